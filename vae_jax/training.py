@@ -202,3 +202,37 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
         if on_epoch is not None:
             on_epoch(epoch, state, metrics)
     return state, history
+
+
+def stack(trees: list[Any]) -> Any:
+    """Stacks pytrees (e.g. TrainStates of one model with different seeds or
+    ``hparams``) along a new leading axis, for :func:`train_epoch_stacked`.
+
+    TrainStates must share one optimizer object (it is static pytree metadata)."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any) -> list[Any]:
+    """Inverse of :func:`stack`: a list of pytrees, one per leading index."""
+    n = jax.tree.leaves(tree)[0].shape[0]
+    return [jax.tree.map(lambda leaf: leaf[i], tree) for i in range(n)]
+
+
+@functools.partial(jax.jit, static_argnames=("train_step", "batch_size"), donate_argnames=("states",))
+def train_epoch_stacked(train_step: Callable, states: TrainState, data: jax.Array, keys: jax.Array, *,
+                        batch_size: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_epoch` of M stacked models as ONE compiled, vmapped computation.
+
+    Args:
+      train_step: from :func:`make_train_step` (shared by all models).
+      states: a TrainState whose leaves have a leading axis ``[M]``
+        (see :func:`stack`); ``hparams`` such as ``beta`` may differ per model.
+      data: ``[N, H, W, C]`` training images, shared.
+      keys: ``[M]`` PRNG keys, one per model (its shuffle and draws).
+      batch_size: examples per step.
+
+    Returns:
+      ``(states, metrics)`` with every metric of shape ``[M]``.
+    """
+    epoch = functools.partial(train_epoch.__wrapped__, train_step, batch_size=batch_size)
+    return jax.vmap(epoch, in_axes=(0, None, 0))(states, data, keys)
