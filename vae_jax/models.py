@@ -125,6 +125,19 @@ class VAE(_Model):
         return O.elbo(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
                       likelihood=self.likelihood, **kwargs)
 
+    def iwae_objective(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int
+                       ) -> tuple[jax.Array, dict]:
+        """:func:`vae_jax.objectives.iwae_bound` with ``num_samples`` draws (IWAE training)."""
+        value = O.iwae_bound(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
+                             likelihood=self.likelihood, num_samples=num_samples)
+        return value, {"iwae": value}
+
+    def log_marginal(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int = 5000,
+                     chunk_size: int = 500) -> jax.Array:
+        """Importance-sampled ``log p(x)`` (:func:`vae_jax.objectives.log_marginal`), nats."""
+        return O.log_marginal(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
+                              likelihood=self.likelihood, num_samples=num_samples, chunk_size=chunk_size)
+
 
 class AE(_Model):
     """Deterministic autoencoder baseline: ``encode(params, x) -> code [d]``."""
