@@ -1,0 +1,90 @@
+"""Shared scaffolding of the experiment modules: arguments, data, training, output.
+
+Every experiment is ``python -m experiments.NAME --out DIR [--quick]`` and
+writes its PNG figures, a ``results.json`` and the ``config.json`` it ran
+with into ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from vae_jax import data as vdata
+from vae_jax import models, training
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every experiment has (``doc``: the module docstring)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="output folder for figures, results.json, config.json")
+    p.add_argument("--quick", action="store_true", help="tiny size (seconds), as run by the test suite")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of everything (default 0)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files "
+                   "(default: $VAE_JAX_DATA_DIR or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def load_data(args: argparse.Namespace, *, quick_train: int = 2000, quick_test: int = 500,
+              dataset: str = "fashion_mnist") -> vdata.Dataset:
+    """The dataset (``--quick``: the first ``quick_train`` / ``quick_test`` examples)."""
+    ds = vdata.load_dataset(dataset, data_dir=args.data_dir)
+    if args.quick:
+        ds = ds._replace(train=vdata.Split(*(a[:quick_train] for a in ds.train)),
+                         test=vdata.Split(*(a[:quick_test] for a in ds.test)))
+    return ds
+
+
+def train_model(config: models.ModelConfig, images: np.ndarray, *, epochs: int, batch_size: int = 128,
+                learning_rate: float = 1e-3, seed: int = 0, dynamic_binarization: bool = False,
+                progress: bool = True, desc: str = "train", **hparams: float
+                ) -> tuple[Any, training.TrainState, list[dict[str, float]], float]:
+    """Builds ``config``'s model and trains it with Adam on ``images [N, H, W, C]``.
+
+    Returns:
+      ``(model, state, history, seconds)``: history has one dict of epoch means per epoch.
+    """
+    model = models.build_model(config, images.shape[1:])
+    key_init, key_fit = jax.random.split(jax.random.key(seed))
+    state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
+    step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
+    start = time.perf_counter()
+    state, history = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
+                                  progress=progress, desc=desc)
+    return model, state, history, time.perf_counter() - start
+
+
+def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
+    """``fn(params, x_i)`` for every example of ``x``, jitted and vmapped: a numpy array."""
+    return np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))
+
+
+def write_outputs(out: Path, *, config: dict[str, Any], results: dict[str, Any]) -> None:
+    """Writes ``config.json`` and ``results.json`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.generic, jax.Array)) or hasattr(obj, "item"):
+        arr = np.asarray(obj)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    return obj
