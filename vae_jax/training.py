@@ -44,7 +44,9 @@ def create_train_state(model: Any, key: jax.Array, example: jax.Array, optimizer
     """
     params = model.init(key, jnp.asarray(example))
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-    return TrainState.create(apply_fn=None, params=params, tx=optimizer, hparams=hparams)
+    state = TrainState.create(apply_fn=None, params=params, tx=optimizer, hparams=hparams)
+    # An array step (not Python's 0) keeps the step's input types fixed: one compilation.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def batch_objective(objective: Objective, params: Any, key: jax.Array, batch: jax.Array,
@@ -82,7 +84,7 @@ def make_train_step(objective: Objective, *, dynamic_binarization: bool = False)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads=grads)
-        return new_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads)}
+        return new_state, {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=0)
 
