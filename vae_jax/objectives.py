@@ -184,6 +184,11 @@ def log_marginal(
 
     Returns:
       Scalar estimate of ``log p(x)`` in nats.
+
+    Raises:
+      ValueError: bad likelihood, num_samples or chunk_size, an encoder output
+        other than two ``[d]`` arrays, or (for concrete inputs) Bernoulli data
+        outside ``[0, 1]``.
     """
     _check_objective_args(x, likelihood)
     _check_num_samples(num_samples)
@@ -191,6 +196,7 @@ def log_marginal(
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
     mean, log_std = encode(x)
+    _check_posterior(mean, log_std)
 
     def body(carry, chunk):
         running_max, running_sum = carry
