@@ -1,0 +1,243 @@
+"""Gradient estimators against the exact ELBO gradient of a linear-Gaussian model.
+
+The model p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I) with an affine encoder
+q(z|x) = N(A x + c, diag(exp(S x + s))^2) has an exact, differentiable ELBO
+(:meth:`LinearGaussian.elbo`), so ``jax.grad`` of it is the truth that each
+unbiased estimator's mean over many draws must match within standard errors.
+"""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import LinearGaussian, estimators as E
+from vae_jax import objectives as O
+from vae_jax.training import TrainState
+
+DATA_DIM, LATENT_DIM, BATCH, DRAWS = 8, 3, 4, 4000
+MAX_Z = 5.0  # ~90 z-scores per test: a false alarm beyond 5 standard errors has probability ~1e-5
+
+
+class AffineLinearGaussian:
+    """Duck-typed VAE: an affine Gaussian encoder and the linear-Gaussian decoder."""
+
+    likelihood = "gaussian_learned"
+
+    def encode(self, params, x):
+        e = params["encoder"]
+        return e["A"] @ x + e["c"], e["S"] @ x + e["s"]
+
+    def decode(self, params, z):
+        return params["decoder"].decode(z)
+
+
+MODEL = AffineLinearGaussian()
+
+
+def _setup(orthogonal=False):
+    lg = LinearGaussian.random(jax.random.key(0), DATA_DIM, LATENT_DIM, sigma=0.7, orthogonal=orthogonal)
+    x = lg.sample(jax.random.key(1), BATCH)
+    k = jax.random.split(jax.random.key(2), 3)
+    encoder = {"A": 0.3 * jax.random.normal(k[0], (LATENT_DIM, DATA_DIM)),
+               "c": 0.1 * jax.random.normal(k[1], (LATENT_DIM,)),
+               "S": 0.05 * jax.random.normal(k[2], (LATENT_DIM, DATA_DIM)),
+               "s": jnp.full((LATENT_DIM,), -0.5)}
+    return {"encoder": encoder, "decoder": lg}, x
+
+
+def _exact_posterior_params(lg):
+    """Encoder parameters with q(z|x) = p(z|x) (diagonal when W has orthogonal columns)."""
+    _, cov = lg.posterior(jnp.zeros(DATA_DIM))  # the posterior covariance does not depend on x
+    gain = cov @ lg.weight.T * jnp.exp(-2 * lg.log_sigma)
+    encoder = {"A": gain, "c": -gain @ lg.bias, "S": jnp.zeros((LATENT_DIM, DATA_DIM)),
+               "s": 0.5 * jnp.log(jnp.diag(cov))}
+    return {"encoder": encoder, "decoder": lg}
+
+
+def _exact_gradient(params, x):
+    def mean_elbo(p):
+        return jnp.mean(jax.vmap(lambda xi: p["decoder"].elbo(xi, *MODEL.encode(p, xi)))(x))
+    return jax.grad(mean_elbo)(params)
+
+
+def _max_z(stats, truth, truth_variance=None):
+    """Largest |mean - truth| / standard error over every parameter of both groups."""
+    worst = 0.0
+    for group in ("encoder", "decoder"):
+        s = stats[group]
+        t_var = truth_variance[group] if truth_variance else jax.tree.map(jnp.zeros_like, s.variance)
+        z = jax.tree.map(lambda m, v, t, tv: jnp.abs(m - t) / jnp.sqrt((v + tv) / DRAWS), s.mean, s.variance,
+                         truth[group], t_var)
+        worst = max(worst, max(float(jnp.max(leaf)) for leaf in jax.tree.leaves(z)))
+    return worst
+
+
+_CACHE = {}
+
+
+def _stats(name, params, x, *, hparams=None, seed=3, **options):
+    """Gradient statistics over DRAWS draws, memoised per setting (tests share them to save compilations)."""
+    cache_key = (name, repr(sorted(options.items())), repr(hparams), seed, float(jnp.sum(params["encoder"]["A"])))
+    if cache_key not in _CACHE:
+        estimator = E.make_estimator(name, MODEL, **options)
+        _CACHE[cache_key] = E.gradient_statistics(estimator, params, jax.random.key(seed), x, num_draws=DRAWS,
+                                                  hparams=hparams)
+    return _CACHE[cache_key]
+
+
+UNBIASED_FOR_ELBO = [
+    ("pathwise", {}, None),
+    ("pathwise", {"kl": "monte_carlo", "num_samples": 2}, None),
+    ("stl", {}, None),
+    ("score_function", {}, None),
+    ("score_function", {"baseline": "running_mean"}, {"baseline_value": -9.0}),
+    ("score_function", {"baseline": "leave_one_out", "num_samples": 4}, None),
+    ("iwae", {"num_samples": 1}, None),  # the one-sample IWAE bound is the Monte-Carlo ELBO
+]
+
+
+@pytest.mark.parametrize("name,options,hparams", UNBIASED_FOR_ELBO,
+                         ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o, _ in UNBIASED_FOR_ELBO])
+def test_mean_gradient_matches_exact_elbo_gradient(name, options, hparams):
+    params, x = _setup()
+    assert _max_z(_stats(name, params, x, hparams=hparams, **options), _exact_gradient(params, x)) < MAX_Z
+
+
+def test_the_z_test_detects_a_gradient_of_another_objective():
+    # Power of the check above: the k = 4 IWAE gradient is not the ELBO gradient.
+    params, x = _setup()
+    assert _max_z(_stats("iwae", params, x, num_samples=4), _exact_gradient(params, x)) > 50
+
+
+def test_dreg_mean_matches_iwae_mean():
+    params, x = _setup()
+    iwae = _stats("iwae", params, x, num_samples=4)
+    dreg = _stats("dreg", params, x, num_samples=4, seed=4)  # independent draws: a two-sample test
+    truth = {g: iwae[g].mean for g in iwae}
+    assert _max_z(dreg, truth, {g: iwae[g].variance for g in iwae}) < MAX_Z
+
+
+def test_dreg_identities_for_one_key():
+    params, x = _setup()
+    key = jax.random.key(5)
+
+    def grad(name, **options):
+        return jax.jit(jax.grad(lambda p: E.make_estimator(name, MODEL, **options)(p, key, x[0])[0]))(params)
+
+    # Decoder: DReG uses exactly the IWAE gradient. Encoder at k = 1: DReG is STL.
+    for a, b in zip(jax.tree.leaves(grad("dreg", num_samples=6)["decoder"]),
+                    jax.tree.leaves(grad("iwae", num_samples=6)["decoder"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grad("dreg", num_samples=1)["encoder"]),
+                    jax.tree.leaves(grad("stl", num_samples=1)["encoder"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_values_are_the_true_objectives():
+    params, x = _setup()
+    key = jax.random.key(6)
+    encode, decode = (lambda v: MODEL.encode(params, v)), (lambda z: MODEL.decode(params, z))
+    kw = {"likelihood": "gaussian_learned"}
+    mc_elbo = O.elbo(key, x[0], encode, decode, num_samples=3, kl="monte_carlo", **kw)[0]
+    bound = O.iwae_bound(key, x[0], encode, decode, num_samples=3, **kw)
+    for name, options, expected in [("stl", {}, mc_elbo), ("score_function", {}, mc_elbo),
+                                    ("score_function", {"baseline": "leave_one_out"}, mc_elbo),
+                                    ("iwae", {}, bound), ("dreg", {}, bound)]:
+        value, aux = jax.jit(E.make_estimator(name, MODEL, num_samples=3, **options))(params, key, x[0])
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+        np.testing.assert_allclose(aux["iwae" if name in ("iwae", "dreg") else "elbo"], expected, rtol=1e-6)
+
+
+def test_stl_and_dreg_encoder_gradients_vanish_at_the_exact_posterior():
+    params, x = _setup(orthogonal=True)
+    params = _exact_posterior_params(params["decoder"])
+    exact = _exact_gradient(params, x)["encoder"]
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(exact)) < 1e-4  # q is the optimum
+    pathwise = _stats("pathwise", params, x)["encoder"].total_variance
+    assert pathwise > 1.0
+    for name, options in [("stl", {}), ("dreg", {"num_samples": 5})]:
+        stats = _stats(name, params, x, **options)
+        assert float(stats["encoder"].total_variance) < 1e-9 * float(pathwise), name
+        assert float(stats["decoder"].total_variance) > 1e-2  # the decoder's gradient stays noisy
+
+
+def test_score_function_variance_exceeds_pathwise_by_orders_of_magnitude():
+    params, x = _setup()
+    pathwise = float(_stats("pathwise", params, x)["encoder"].total_variance)
+    plain = float(_stats("score_function", params, x)["encoder"].total_variance)
+    loo = float(_stats("score_function", params, x, baseline="leave_one_out", num_samples=4)["encoder"]
+                .total_variance)
+    assert plain > 300 * pathwise
+    assert loo < plain / 30  # a baseline (and k = 4 averaging) removes most of it
+
+
+def test_gradient_statistics_match_a_python_loop():
+    params, x = _setup()
+    estimator = E.make_estimator("dreg", MODEL, num_samples=3)
+    key, n = jax.random.key(7), 6
+    stats = E.gradient_statistics(estimator, params, key, x, num_draws=n)
+    chunked = E.gradient_statistics(estimator, params, key, x, num_draws=n, chunk_size=4)
+
+    def batch_mean(p, k):
+        keys = jax.random.split(k, BATCH)
+        return jnp.mean(jnp.stack([estimator(p, keys[i], x[i])[0] for i in range(BATCH)]))
+
+    grad = jax.jit(jax.grad(batch_mean))
+    draws = [grad(params, k) for k in jax.random.split(key, n)]
+    for group in ("encoder", "decoder"):
+        flat = np.stack([np.concatenate([np.ravel(l) for l in jax.tree.leaves(d[group])]) for d in draws])
+        flat = flat.astype(np.float64)
+        mean, var = flat.mean(0), flat.var(0, ddof=1)
+        for s in (stats[group], chunked[group]):
+            np.testing.assert_allclose(np.concatenate([np.ravel(m) for m in jax.tree.leaves(s.mean)]), mean,
+                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(np.concatenate([np.ravel(v) for v in jax.tree.leaves(s.variance)]), var,
+                                       rtol=1e-3, atol=1e-6)
+            np.testing.assert_allclose(s.total_variance, var.sum(), rtol=1e-3)
+            np.testing.assert_allclose(s.mean_snr, np.mean(np.abs(mean) / np.sqrt(var)), rtol=1e-3)
+            np.testing.assert_allclose(s.norm_snr, np.linalg.norm(mean) / np.sqrt(var.sum()), rtol=1e-3)
+
+
+def test_running_baseline_step_tracks_the_elbo():
+    params, x = _setup()
+    objective = E.make_estimator("score_function", MODEL, baseline="running_mean")
+    state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(1e-3),
+                              hparams={"baseline_value": jnp.asarray(-20.0)})
+
+    def train_step(state, batch, key):  # a minimal step, independent of vae_jax.training
+        keys = jax.random.split(key, batch.shape[0])
+
+        def loss(p):
+            values, aux = jax.vmap(lambda k, xi: objective(p, k, xi, **state.hparams))(keys, batch)
+            return -jnp.mean(values), jnp.mean(aux["elbo"])
+        (value, elbo), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": value, "elbo": elbo}
+
+    step = E.with_running_baseline(train_step, decay=0.75)
+    state, metrics = step(state, x, jax.random.key(8))
+    np.testing.assert_allclose(metrics["loss"], -metrics["elbo"], rtol=1e-6)
+    np.testing.assert_allclose(state.hparams["baseline_value"], 0.75 * -20.0 + 0.25 * metrics["elbo"], rtol=1e-6)
+
+
+def test_bad_arguments_raise_clear_errors():
+    params, x = _setup()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="Unknown estimator"):
+        E.make_estimator("reinforce", MODEL)
+    with pytest.raises(ValueError, match="unknown options"):
+        E.make_estimator("stl", MODEL, baseline="none")
+    with pytest.raises(ValueError, match="num_samples >= 2"):
+        E.make_estimator("score_function", MODEL, baseline="leave_one_out")(params, key, x[0])
+    with pytest.raises(ValueError, match="baseline_value"):
+        E.make_estimator("score_function", MODEL, baseline="running_mean")(params, key, x[0])
+    with pytest.raises(ValueError, match="Unknown baseline"):
+        E.make_estimator("score_function", MODEL, baseline="mean")(params, key, x[0])
+    with pytest.raises(ValueError, match="num_draws"):
+        E.gradient_statistics(E.make_estimator("stl", MODEL), params, key, x, num_draws=1)
+    with pytest.raises(ValueError, match="decay"):
+        E.with_running_baseline(lambda s, b, k: (s, {}), decay=1.0)
