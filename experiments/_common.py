@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from vae_jax import data as vdata
-from vae_jax import models, training
+from vae_jax import models, objectives, training
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -66,6 +66,70 @@ def train_model(config: models.ModelConfig, images: np.ndarray, *, epochs: int, 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
     """``fn(params, x_i)`` for every example of ``x``, jitted and vmapped: a numpy array."""
     return np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))
+
+
+def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int) -> None:
+    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate``, ``--hidden-sizes`` to ``p``.
+
+    ``--epochs`` defaults to None: the experiment uses ``epochs`` (``quick_epochs`` with ``--quick``).
+    """
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs of each model (default {epochs}; {quick_epochs} with --quick)")
+    p.add_argument("--batch-size", type=int, default=128, help="examples per Adam step (default 128)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size (default 1e-3)")
+    p.add_argument("--hidden-sizes", type=int, nargs="+", default=[512, 256],
+                   help="MLP encoder widths, reversed for the decoder (default 512 256)")
+
+
+def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, args: argparse.Namespace, *,
+                     epochs: int) -> dict[str, tuple[Any, training.TrainState, list[dict[str, float]], float]]:
+    """Trains an AE and a VAE that differ only in ``kind``: same networks, data, seed and budget.
+
+    Args:
+      config: the shared model config (its ``kind`` is replaced).
+      images: ``[N, H, W, C]`` training images.
+      args: parsed arguments of :func:`parser` and :func:`add_training_args`.
+      epochs: training epochs of each model.
+
+    Returns:
+      ``{"ae": (model, state, history, seconds), "vae": (...)}`` as :func:`train_model` returns.
+    """
+    return {kind: train_model(dataclasses.replace(config, kind=kind), images, epochs=epochs,
+                              batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                              progress=not args.no_progress, desc=f"{kind} d={config.latent_dim}")
+            for kind in ("ae", "vae")}
+
+
+def aggregate_posterior_samples(model: models.VAE, params: Any, key: jax.Array, x: np.ndarray) -> np.ndarray:
+    """One draw ``z_n ~ q(z | x_n)`` per example of ``x [N, H, W, C]``: ``[N, d]``.
+
+    Together they are N samples of the aggregate posterior ``q(z) = mean_n q(z | x_n)``.
+    """
+    keys = jax.random.split(key, len(x))
+    draw = jax.vmap(lambda k, v: objectives.reparameterize(k, *model.encode(params, v)))
+    return np.asarray(jax.jit(draw)(keys, x))
+
+
+def fitted_gaussian_kl(codes: np.ndarray) -> float:
+    """KL(N(m, S) || N(0, I)) in nats for the Gaussian fitted to ``codes [N, d]`` (full covariance).
+
+    ``m`` and ``S`` are the sample mean and (unbiased) covariance; the closed form is
+    ``(tr S + m.m - d - log det S) / 2``. Since the Gaussian has the largest entropy for
+    given moments, this is a lower bound on the KL of the codes' own distribution to N(0, I).
+
+    Raises:
+      ValueError: ``codes`` is not ``[N, d]`` with ``N > d``.
+    """
+    codes = np.asarray(codes, np.float64)
+    if codes.ndim != 2 or codes.shape[0] <= codes.shape[1]:
+        raise ValueError(f"codes must be [N, d] with N > d; got shape {codes.shape}.")
+    d = codes.shape[1]
+    mean = codes.mean(axis=0)
+    cov = np.atleast_2d(np.cov(codes, rowvar=False))
+    sign, logdet = np.linalg.slogdet(cov)
+    if sign <= 0:
+        return float("inf")
+    return float(0.5 * (np.trace(cov) + mean @ mean - d - logdet))
 
 
 def write_outputs(out: Path, *, config: dict[str, Any], results: dict[str, Any]) -> None:
