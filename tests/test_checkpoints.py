@@ -1,0 +1,132 @@
+"""vae_jax.checkpoints: bitwise round trips, latest + best retention, atomicity, clear errors."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import vae_jax as vj
+from vae_jax.checkpoints import CheckpointError, RunCheckpoints
+
+METRIC = "validation_elbo"
+VALUES = [-50.0, -30.0, -40.0, -35.0]  # epoch 2 is the best, epoch 4 the latest
+
+
+def _state(hidden=(8,), seed=0):
+    model = vj.build_model(vj.ModelConfig(latent_dim=2, hidden_sizes=hidden), (4, 4, 1))
+    return vj.create_train_state(model, jax.random.key(seed), jnp.zeros((4, 4, 1)), optax.adam(1e-3), beta=2.0)
+
+
+def _state_at(epoch):
+    """A distinct state per epoch: trained-looking params, optimiser moments and step count."""
+    state = _state()
+    shift = lambda tree: jax.tree.map(lambda a: a + jnp.asarray(epoch / 7, a.dtype), tree)  # noqa: E731
+    return state.replace(step=jnp.asarray(epoch * 11, jnp.int32), params=shift(state.params),
+                         opt_state=shift(state.opt_state))
+
+
+def _history(epochs):
+    return [{"epoch": e, "train_loss": 60.0 - e, METRIC: VALUES[e - 1]} for e in range(1, epochs + 1)]
+
+
+def _assert_bitwise_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), strict=True)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A checkpoint folder after 4 epochs with the metrics VALUES."""
+    directory = tmp_path_factory.mktemp("run") / "checkpoints"
+    with RunCheckpoints(directory, metric=METRIC, create=True) as ckpts:
+        for epoch in range(1, 5):
+            ckpts.save(epoch, _state_at(epoch), history=_history(epoch))
+    return directory
+
+
+def test_keeps_latest_and_best_and_restores_them_bitwise(saved):
+    assert sorted(p.name for p in saved.iterdir()) == ["2", "4"]
+    with RunCheckpoints(saved, metric=METRIC) as ckpts:
+        assert (ckpts.latest_epoch, ckpts.best_epoch) == (4, 2)
+        latest, latest_history = ckpts.restore(_state(), which="latest")
+        best, best_history = ckpts.restore(_state(), which="best")
+    _assert_bitwise_equal(latest.params, _state_at(4).params)
+    _assert_bitwise_equal(latest.opt_state, _state_at(4).opt_state)
+    assert int(latest.step) == 44 and float(latest.hparams["beta"]) == 2.0
+    assert latest.tx is not None and latest_history == _history(4)
+    _assert_bitwise_equal(best.params, _state_at(2).params)
+    assert best_history == _history(2)
+
+
+def test_restored_state_keeps_training(saved):
+    with RunCheckpoints(saved, metric=METRIC) as ckpts:
+        state, _ = ckpts.restore(_state())
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    stepped = state.apply_gradients(grads=grads)
+    assert int(stepped.step) == 45  # the optimiser continues from the saved step count
+
+
+def test_half_written_checkpoint_is_ignored_and_replaced(saved, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    # What a process killed inside Orbax's save leaves: a partial temporary step folder.
+    partial = directory / "5.orbax-checkpoint-tmp"
+    shutil.copytree(directory / "4", partial)
+    shutil.rmtree(partial / "state")
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:
+        assert ckpts.latest_epoch == 4
+        state, history = ckpts.restore(_state())
+        _assert_bitwise_equal(state.params, _state_at(4).params)
+        history = history + [{"epoch": 5, "train_loss": 55.0, METRIC: -20.0}]
+        ckpts.save(5, _state_at(5), history=history)
+    assert sorted(p.name for p in directory.iterdir()) == ["5"]  # latest and best at once
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:
+        assert (ckpts.latest_epoch, ckpts.best_epoch) == (5, 5)
+        _assert_bitwise_equal(ckpts.restore(_state())[0].params, _state_at(5).params)
+
+
+def test_missing_folder_names_it(tmp_path):
+    missing = tmp_path / "no_such_run" / "checkpoints"
+    with pytest.raises(CheckpointError, match="No checkpoint folder.*no_such_run/checkpoints"):
+        RunCheckpoints(missing, metric=METRIC)
+
+
+def test_empty_folder_has_nothing_to_restore(tmp_path):
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, create=True) as ckpts:
+        assert ckpts.latest_epoch is None and ckpts.best_epoch is None
+        with pytest.raises(CheckpointError, match=f"No checkpoint in '{tmp_path}/ck'"):
+            ckpts.restore(_state())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's abandoned reads
+def test_corrupt_checkpoint_names_the_folder(saved, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    for path in (directory / "4" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:
+        with pytest.raises(CheckpointError, match=f"Checkpoint '{directory}/4' is corrupt"):
+            ckpts.restore(_state())
+        best, _ = ckpts.restore(_state(), which="best")  # the untouched best one still loads
+    _assert_bitwise_equal(best.params, _state_at(2).params)
+
+
+def test_checkpoint_of_another_model_is_refused(saved):
+    with RunCheckpoints(saved, metric=METRIC) as ckpts:
+        with pytest.raises(CheckpointError, match="does not match this model"):
+            ckpts.restore(_state(hidden=(16,)))
+
+
+def test_save_checks_the_history(tmp_path):
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, create=True) as ckpts:
+        with pytest.raises(ValueError, match="history must hold 2 epochs"):
+            ckpts.save(2, _state(), history=_history(1))
+        with pytest.raises(ValueError, match="the last with 'validation_elbo'"):
+            ckpts.save(1, _state(), history=[{"epoch": 1}])
+        assert ckpts.latest_epoch is None

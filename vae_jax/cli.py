@@ -1,0 +1,160 @@
+"""The ``vae-jax`` command: ``train``, ``evaluate`` and ``sample`` (``vae-jax COMMAND --help``).
+
+``train`` writes into its ``--out`` folder: ``config.json`` (the model and
+training configs), ``run.json`` (status, epochs done, best epoch, versions),
+``metrics.csv`` (one row per epoch), ``checkpoints/`` (Orbax: the latest and
+the best by validation ELBO) and, at the end, PNG figures. Exit codes: 0 done,
+1 failure (missing run, corrupt checkpoint, non-finite loss), 2 bad input,
+130 interrupted (Ctrl-C; the checkpoints are intact: continue with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from vae_jax.checkpoints import CheckpointError
+from vae_jax.config import OBJECTIVES, RunConfig, TrainConfig, load_run_config
+from vae_jax.data import BINARIZATION_MODES
+from vae_jax.distributions import LIKELIHOODS
+from vae_jax.models import ARCHITECTURES, KINDS, ModelConfig
+from vae_jax.networks import ACTIVATIONS
+
+_FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
+_CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
+            "activation": tuple(ACTIVATIONS), "objective": OBJECTIVES,
+            "binarization": ("auto", *BINARIZATION_MODES)}
+_MODEL_HELP = {
+    "kind": "'vae' or 'ae' (the deterministic autoencoder baseline)",
+    "latent_dim": "size of the latent code z (2 also draws the latent space)",
+    "likelihood": "p(x|z): 'bernoulli', 'gaussian' (sigma = 1) or 'gaussian_learned'",
+    "architecture": "'mlp' or 'conv' (conv needs image sides divisible by 4)",
+    "hidden_sizes": "comma-separated MLP encoder widths, reversed for the decoder",
+    "activation": "hidden activation",
+}
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 512,256; got {text!r}") from None
+
+
+def _add_config_options(group: argparse._ArgumentGroup, cls: type, helps: dict[str, str]) -> None:
+    """One option per dataclass field; its default stays in the dataclass (the parser's is None)."""
+    for f in dataclasses.fields(cls):
+        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        kind = _int_list if isinstance(f.default, tuple) else type(f.default)
+        help_text = f"{helps.get(f.name) or f.metadata['help']} (default: {default!r})".replace("%", "%%")
+        group.add_argument(_FLAGS.get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, type=kind,
+                           choices=_CHOICES.get(f.name), default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vae-jax`` argument parser with its three sub-commands."""
+    parser = argparse.ArgumentParser(prog="vae-jax", description=__doc__.replace("``", ""),
+                                     allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample}")
+
+    p = sub.add_parser("train", help="train a VAE or AE, with checkpoints, metrics and figures",
+                       description="Train a model; every option defaults to the config dataclasses' value.",
+                       allow_abbrev=False)
+    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, metrics and figures")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
+                   "(options not given are taken from its config.json; only --epochs may change)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_options(p.add_argument_group("model (vae_jax.ModelConfig)"), ModelConfig, _MODEL_HELP)
+    _add_config_options(p.add_argument_group("training (vae_jax.config.TrainConfig)"), TrainConfig, {})
+    p.set_defaults(func=_train)
+
+    for name, text in (("evaluate", "print and save (evaluation.json) the test ELBO and optionally log p(x)"),
+                       ("sample", "decode draws z ~ N(0, I) into a PNG grid")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", allow_abbrev=False)
+        p.add_argument("--run", type=Path, required=True, help="run folder written by vae-jax train")
+        p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                       help="checkpoint to use: best by validation ELBO, or latest (default: best)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+        p.set_defaults(func=_evaluate if name == "evaluate" else _sample)
+        if name == "evaluate":
+            p.add_argument("--num-samples", type=int, default=0, help="also estimate log p(x) by importance "
+                           "sampling with this many samples per image, e.g. 5000 (default: 0, off)")
+            p.add_argument("--examples", type=int, default=0,
+                           help="evaluate the first N test images only (default: 0, all)")
+            p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        else:
+            p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
+            p.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN/samples.png)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``vae-jax``; returns the exit code (errors are one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        code, message = 2 if isinstance(e, ValueError) else 1, str(e)
+    except (CheckpointError, FloatingPointError, ImportError) as e:
+        code, message = 1, str(e)
+    except KeyboardInterrupt:  # before the epoch loop, which handles Ctrl-C itself
+        code, message = 130, "interrupted"
+    print(f"vae-jax {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config options given on the command line, as ``{"model": ..., "train": ...}``."""
+    return {part: {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                   if getattr(args, f.name) is not None}
+            for part, cls in (("model", ModelConfig), ("train", TrainConfig))}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vae_jax import runner  # heavy imports (jax, orbax, matplotlib) only when needed
+
+    given = _given(args)
+    config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
+    if (args.out / "config.json").exists():
+        if not args.resume:
+            raise ValueError(f"{str(args.out)!r} already holds a run; add --resume to continue it, "
+                             "or choose another --out.")
+        saved, _ = load_run_config(args.out)
+        config = RunConfig.from_dict({part: {**saved.to_dict()[part], **given[part]} for part in given})
+        conflicts = config.resume_conflicts(saved)
+        if conflicts:
+            raise ValueError(f"--resume of {str(args.out)!r} with other settings than it was trained with: "
+                             f"{', '.join(conflicts)}; only --epochs may change.")
+    return runner.train(config, args.out, progress=not args.no_progress)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from vae_jax import runner
+
+    if args.num_samples < 0 or args.examples < 0:
+        raise ValueError("--num-samples and --examples must be >= 0.")
+    results = runner.evaluate_run(args.run, which=args.checkpoint, seed=args.seed,
+                                  num_samples=args.num_samples, examples=args.examples,
+                                  progress=not args.no_progress)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from vae_jax import runner
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1; got {args.n}.")
+    out = args.out or args.run / "samples.png"
+    path = runner.sample_run(args.run, out, which=args.checkpoint, seed=args.seed, n=args.n)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The training configuration of a ``vae-jax`` run, and a run's config as JSON.
+
+A run is described by two frozen dataclasses: :class:`vae_jax.ModelConfig`
+(the network) and :class:`TrainConfig` (data, optimiser, objective). The
+command line is built from their fields and defaults; ``config.json`` in the
+run folder holds both, so ``evaluate``, ``sample`` and ``--resume`` rebuild the
+exact model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from vae_jax.data import BINARIZATION_MODES
+from vae_jax.models import ModelConfig
+
+OBJECTIVES = ("elbo", "iwae")
+RESUMABLE_CHANGES = ("epochs", "data_dir")  # fields --resume may change
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (the command-line help is each field's ``help``).
+
+    Attributes:
+      dataset: ``"fashion_mnist"``, ``"digits"`` or a tensorflow-datasets name.
+      epochs: total number of passes over the training set.
+      batch_size: examples per Adam step.
+      learning_rate: Adam step size.
+      beta: weight of the KL term of the ELBO (VAE with ``objective="elbo"`` only).
+      objective: ``"elbo"`` or ``"iwae"`` (importance-weighted bound, VAE only).
+      num_samples: draws of z per example (ELBO) or importance samples (IWAE).
+      binarization: ``"auto"``, ``"dynamic"``, ``"static"``, ``"threshold"`` or ``"none"``.
+      validation_size: training examples held out to pick the best checkpoint.
+      train_size: use only the first N training examples (0: all).
+      seed: seed of the initialisation, shuffles, draws and validation split.
+      data_dir: folder of the Fashion-MNIST IDX files or TFDS data ("": default).
+    """
+
+    dataset: str = _field("fashion_mnist", "'fashion_mnist' (offline IDX files), 'digits' "
+                          "(scikit-learn 8x8) or a tensorflow-datasets name")
+    epochs: int = _field(50, "total number of epochs (with --resume: continue up to this many)")
+    batch_size: int = _field(128, "examples per Adam step")
+    learning_rate: float = _field(1e-3, "Adam learning rate")
+    beta: float = _field(1.0, "weight of the KL term in the ELBO (>= 0; VAE with --objective elbo)")
+    objective: str = _field("elbo", "training objective: 'elbo' or 'iwae' (importance-weighted, VAE only)")
+    num_samples: int = _field(1, "draws of z per example: Monte Carlo samples of the ELBO, or K of the IWAE bound")
+    binarization: str = _field("auto", "pixel binarisation: 'dynamic' (fresh Bernoulli draw every step), "
+                               "'static' (one seeded draw), 'threshold' (x > 0.5), 'none'; 'auto' is "
+                               "dynamic for the Bernoulli likelihood and none for Gaussian ones")
+    validation_size: int = _field(5000, "training examples held out for validation (picks the best checkpoint)")
+    train_size: int = _field(0, "use only the first N training examples after the validation split (0: all)")
+    seed: int = _field(0, "seed of the initialisation, shuffles, draws and validation split")
+    data_dir: str = _field("", "folder of the Fashion-MNIST IDX files or of TFDS data "
+                           "('': $VAE_JAX_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
+
+    def __post_init__(self):
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_samples": self.num_samples,
+                    "validation_size": self.validation_size}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if not isinstance(self.train_size, int) or self.train_size < 0:
+            raise ValueError(f"train_size must be >= 0 (0: all examples); got {self.train_size!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}.")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0; got {self.beta!r}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; expected one of {OBJECTIVES}.")
+        if self.binarization not in ("auto", *BINARIZATION_MODES):
+            raise ValueError(f"Unknown binarization {self.binarization!r}; expected one of "
+                             f"{('auto', *BINARIZATION_MODES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A model and its training, checked together; ``binarization`` is resolved from ``"auto"``."""
+
+    model: ModelConfig
+    train: TrainConfig
+
+    def __post_init__(self):
+        model, train = self.model, self.train
+        if train.objective == "iwae" and model.kind != "vae":
+            raise ValueError("objective 'iwae' needs a VAE (--model vae).")
+        if train.beta != 1.0 and (model.kind != "vae" or train.objective != "elbo"):
+            raise ValueError("beta applies to the ELBO of a VAE only; leave it at 1 for an AE or IWAE.")
+        if train.num_samples != 1 and model.kind != "vae":
+            raise ValueError("num_samples applies to a VAE only; an AE has no draws of z.")
+        if train.binarization == "auto":
+            mode = "dynamic" if model.likelihood == "bernoulli" else "none"
+            object.__setattr__(self, "train", dataclasses.replace(train, binarization=mode))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        model = dict(d["model"], hidden_sizes=tuple(d["model"]["hidden_sizes"]))
+        return cls(ModelConfig(**model), TrainConfig(**d["train"]))
+
+    def resume_conflicts(self, saved: "RunConfig") -> list[str]:
+        """The settings in which ``self`` differs from ``saved``, except those ``--resume`` may change."""
+        new, old = self.to_dict(), saved.to_dict()
+        return [f"{name}={old[part][name]!r} (now {new[part][name]!r})"
+                for part in ("model", "train") for name in new[part]
+                if new[part][name] != old[part][name] and name not in RESUMABLE_CHANGES]
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path, *, what: str) -> Any:
+    """Reads JSON, raising ``FileNotFoundError`` / ``ValueError`` that name the file and ``what`` it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} not found.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({e}).") from None
+
+
+def load_run_config(run: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
+    """The :class:`RunConfig` and image shape ``(H, W, C)`` saved in ``run/config.json``.
+
+    Raises:
+      FileNotFoundError: ``run`` or its ``config.json`` is missing.
+      ValueError: ``config.json`` is not valid JSON or not a run config.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"Run folder {str(run)!r} not found; create one with vae-jax train --out RUN.")
+    saved = read_json(run / "config.json", what="Run config")
+    try:
+        return RunConfig.from_dict(saved), tuple(int(s) for s in saved["input_shape"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"Run config {str(run / 'config.json')!r} is malformed ({e!r}).") from None
