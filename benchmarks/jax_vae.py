@@ -1,0 +1,138 @@
+"""vae_jax timed the ways a user would run it: whole-epoch scan, per-step loop, sweeps, log p(x).
+
+Each ``*_runner`` builds its state and returns a
+:class:`benchmarks.timing.Runner`: ``warm_up()``
+compiles (ahead of time, so no untimed epoch is spent on it) and ``run()``
+trains one epoch (or evaluates) and blocks until the result is ready.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import vae_jax as vj
+from benchmarks.timing import Runner
+from vae_jax import training
+
+
+def build(image_shape: Sequence[int], *, hidden_sizes: Sequence[int], latent_dim: int) -> vj.VAE:
+    """The benchmark's MLP VAE with a Bernoulli likelihood."""
+    config = vj.ModelConfig(latent_dim=latent_dim, hidden_sizes=tuple(hidden_sizes), likelihood="bernoulli")
+    return vj.build_model(config, tuple(image_shape))
+
+
+def _state(model: vj.VAE, data: np.ndarray, seed: int, *, beta: float = 1.0,
+           optimizer: optax.GradientTransformation | None = None) -> training.TrainState:
+    optimizer = optimizer or optax.adam(1e-3)
+    return vj.create_train_state(model, jax.random.key(seed), data[0], optimizer, beta=beta)
+
+
+def epoch_scan_runner(model: vj.VAE, data: np.ndarray, *, batch_size: int, seed: int) -> Runner:
+    """:func:`vae_jax.train_epoch`: the data on the device, one compiled ``lax.scan`` per epoch."""
+    step = vj.make_train_step(model.objective)
+    box = {"state": _state(model, data, seed), "epoch": 0}
+    device_data = jnp.asarray(data)
+    key = jax.random.key(seed + 1)
+
+    def warm_up():
+        box["epoch_fn"] = vj.train_epoch.lower(step, box["state"], device_data, key,
+                                               batch_size=batch_size).compile()
+
+    def run():
+        box["epoch"] += 1
+        box["state"], metrics = box["epoch_fn"](box["state"], device_data, jax.random.fold_in(key, box["epoch"]))
+        return float(metrics["loss"])
+
+    return Runner(warm_up, run, params=lambda: box["state"].params)
+
+
+def per_step_runner(model: vj.VAE, data: np.ndarray, *, batch_size: int, seed: int) -> Runner:
+    """The official Flax example's pattern: a Python loop calling the jitted step on host batches."""
+    step = vj.make_train_step(model.objective)
+    box = {"state": _state(model, data, seed), "key": jax.random.key(seed + 1)}
+    rng = np.random.default_rng(seed)
+    num_batches = data.shape[0] // batch_size
+
+    def one_step(batch):
+        box["key"], key = jax.random.split(box["key"])
+        box["state"], metrics = step(box["state"], batch, key)
+        return metrics
+
+    def warm_up():
+        jax.block_until_ready(one_step(data[:batch_size]))
+
+    def run():
+        order = rng.permutation(data.shape[0])[: num_batches * batch_size].reshape(num_batches, batch_size)
+        losses = [one_step(data[indices])["loss"] for indices in order]
+        return float(jnp.mean(jnp.stack(losses)))
+
+    return Runner(warm_up, run)
+
+
+def sweep_runners(model: vj.VAE, data: np.ndarray, *, batch_size: int, betas: Sequence[float],
+                  seeds: Sequence[int]) -> dict[str, Runner]:
+    """One epoch of ``len(betas) * len(seeds)`` models: ``stacked`` (one vmapped
+    :func:`vae_jax.training.train_epoch_stacked`) and ``sequential`` (one
+    :func:`vae_jax.train_epoch` after the other, sharing one compilation)."""
+    step = vj.make_train_step(model.objective)
+    grid = [(beta, seed) for beta in betas for seed in seeds]
+    device_data = jnp.asarray(data)
+    keys = jnp.stack([jax.random.key(1000 + seed) for _, seed in grid])
+    optimizer = optax.adam(1e-3)  # one object: it is static metadata of every state (one compilation)
+    states = [_state(model, data, seed, beta=beta, optimizer=optimizer) for beta, seed in grid]
+    box = {"stacked": training.stack(states), "sequential": states}
+
+    def warm_up_stacked():
+        box["stacked_fn"] = training.train_epoch_stacked.lower(step, box["stacked"], device_data, keys,
+                                                               batch_size=batch_size).compile()
+
+    def run_stacked():
+        box["stacked"], metrics = box["stacked_fn"](box["stacked"], device_data, keys)
+        return float(jnp.mean(metrics["loss"]))
+
+    def warm_up_sequential():
+        box["epoch_fn"] = vj.train_epoch.lower(step, box["sequential"][0], device_data, keys[0],
+                                               batch_size=batch_size).compile()
+
+    def run_sequential():
+        losses = []
+        for i, key in enumerate(keys):
+            box["sequential"][i], metrics = box["epoch_fn"](box["sequential"][i], device_data, key)
+            losses.append(float(metrics["loss"]))
+        return float(np.mean(losses))
+
+    return {"stacked": Runner(warm_up_stacked, run_stacked),
+            "sequential": Runner(warm_up_sequential, run_sequential)}
+
+
+def log_marginal_runner(model: vj.VAE, params_fn: Callable, images: np.ndarray, *, num_samples: int,
+                        chunk_size: int, batch_size: int) -> Runner:
+    """:meth:`vae_jax.VAE.log_marginal` vmapped over image batches and jitted: one pass over ``images``."""
+
+    def batch_log_marginal(params, keys, x):
+        one = lambda key, image: model.log_marginal(params, key, image, num_samples=num_samples,
+                                                    chunk_size=chunk_size)
+        return jax.vmap(one)(keys, x)
+
+    num_batches = -(-images.shape[0] // batch_size)
+    index_batches = np.array_split(np.arange(images.shape[0]), num_batches)
+    keys = jax.random.split(jax.random.key(7), images.shape[0])
+    inputs = [(keys[index], jnp.asarray(images[index])) for index in index_batches]
+    compiled = {}
+
+    def warm_up():
+        for batch_keys, batch in inputs:
+            if batch.shape not in compiled:
+                compiled[batch.shape] = jax.jit(batch_log_marginal).lower(params_fn(), batch_keys, batch).compile()
+
+    def run():
+        params = params_fn()
+        values = [compiled[batch.shape](params, batch_keys, batch) for batch_keys, batch in inputs]
+        return float(jnp.mean(jnp.concatenate(values)))
+
+    return Runner(warm_up, run)

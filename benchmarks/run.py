@@ -1,0 +1,214 @@
+"""Training throughput of vae_jax against PyTorch, sweeps, and log p(x) evaluation.
+
+    python -m benchmarks.run                      # full size, writes benchmarks/results/<backend>.json
+    python -m benchmarks.run --quick --out /tmp/bench.json   # seconds; what the tests run
+
+One process measures everything, with the repetitions of the implementations
+interleaved, so that the ratios are fair even when the machine's load drifts:
+
+- the machine's float32 matmul rate (:mod:`benchmarks.matmul`);
+- examples per second of one Fashion-MNIST epoch (60000 examples) of the MLP
+  VAE 784-512-512 / 32 latents / Bernoulli / Adam at batch 128 and 1024, for
+  vae_jax's epoch scan, vae_jax's jitted step called from Python, PyTorch eager
+  and ``torch.compile``; each one's FLOP rate (:mod:`benchmarks.flops`) as a
+  fraction of the matmul rate;
+- a sweep of 8 models (4 betas x 2 seeds), one epoch each: one vmapped
+  computation vs one model after the other;
+- importance-sampled log p(x) with 5000 samples: seconds per 1000 test images.
+
+Full size takes about 8 minutes on a quiet 2-core CPU; run it when the machine
+is otherwise idle (the load average is recorded in the JSON). On a GPU or TPU
+the same command runs there (JAX picks the device; PyTorch runs on CUDA where
+its build has it, else it is left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import flops, jax_vae, matmul, torch_vae
+from benchmarks.timing import time_interleaved
+from vae_jax.data import binarize, load_dataset
+
+IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax per-step loop", "pytorch eager", "pytorch compile")
+TARGETS = {"scan_over_torch_compile_at_128": 1.2, "scan_over_torch_eager_at_128": 1.5,
+           "scan_fraction_of_matmul_rate_at_1024": 0.7}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="JSON file to write (default benchmarks/results/<jax backend>.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes (a smaller model, 512 examples) to check that everything runs")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per implementation (median kept)")
+    parser.add_argument("--examples", type=int, default=60000, help="training examples per epoch")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[512, 512])
+    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--sweep-batch-size", type=int, default=128)
+    parser.add_argument("--log-marginal-images", type=int, default=100, help="test images evaluated")
+    parser.add_argument("--log-marginal-samples", type=int, default=5000)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.repeats, args.examples = [32], 1, 512
+        args.hidden_sizes, args.latent_dim, args.sweep_batch_size = [64, 64], 8, 64
+        args.log_marginal_images, args.log_marginal_samples = 8, 100
+    if min(args.batch_sizes) > args.examples or args.repeats < 1:
+        parser.error("need --repeats >= 1 and batch sizes <= --examples")
+    return args
+
+
+def machine_info() -> dict:
+    """CPU model and cores, JAX's devices, load average, library versions."""
+    import flax
+    import jaxlib
+    import optax
+    import torch
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    return {
+        "cpu": cpu, "cpu_cores": os.cpu_count(), "load_average_1_5_15_min_before": list(os.getloadavg()),
+        "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
+        "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                     "jaxlib": jaxlib.__version__,
+                     "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+                     "torch": torch.__version__},
+    }
+
+
+def training_runners(data, model, args, batch_size: int, torch_device: str | None) -> dict:
+    common = dict(batch_size=batch_size, seed=0)
+    runners = {IMPLEMENTATIONS[0]: jax_vae.epoch_scan_runner(model, data, **common),
+               IMPLEMENTATIONS[1]: jax_vae.per_step_runner(model, data, **common)}
+    if torch_device is not None:
+        for name, compile in zip(IMPLEMENTATIONS[2:], (False, True)):
+            runners[name] = torch_vae.runner(data, compile=compile, hidden_sizes=args.hidden_sizes,
+                                             latent_dim=args.latent_dim, device=torch_device, **common)
+    return runners
+
+
+def torch_device_for_backend() -> str | None:
+    """PyTorch runs where JAX runs: the CPU, or CUDA beside a JAX GPU if torch has it."""
+    import torch
+
+    if jax.default_backend() == "cpu":
+        return "cpu"
+    return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else None
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = args.out or pathlib.Path("benchmarks/results") / f"{jax.default_backend()}.json"
+    progress = not args.no_progress
+    report = {"command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
+              "config": {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}}
+    dataset = load_dataset("fashion_mnist")
+    train = binarize(dataset.train.images[: args.examples], "static", seed=0)
+    test = binarize(dataset.test.images[: args.log_marginal_images], "static", seed=1)
+    sizes = (int(np.prod(train.shape[1:])), args.hidden_sizes, args.latent_dim)
+    model = jax_vae.build(train.shape[1:], hidden_sizes=args.hidden_sizes, latent_dim=args.latent_dim)
+
+    shapes = ((256, 256, 256),) if args.quick else matmul.SHAPES
+    report["matmul"] = matmul.matmul_rates(shapes, repeats=args.repeats + 2)
+    peak = max(row["gflops"] for row in report["matmul"])
+    report["matmul_rate_gflops"] = peak
+
+    torch_device = torch_device_for_backend()
+    report["train"], scan_runner = [], None
+    for batch_size in args.batch_sizes:
+        runners = training_runners(train, model, args, batch_size, torch_device)
+        scan_runner = scan_runner or runners[IMPLEMENTATIONS[0]]
+        for name, result in time_interleaved(runners, repeats=args.repeats, progress=progress).items():
+            examples = train.shape[0] // batch_size * batch_size
+            gflops = flops.train_step_flops(*sizes) * examples / result["median_seconds"] / 1e9
+            report["train"].append({"implementation": name, "batch_size": batch_size,
+                                    "examples_per_second": examples / result["median_seconds"],
+                                    "gflops": gflops, "fraction_of_matmul_rate": gflops / peak,
+                                    "final_loss": result.pop("last_value"), **result})
+
+    sweep = jax_vae.sweep_runners(model, train, batch_size=args.sweep_batch_size, betas=(0.5, 1.0, 2.0, 4.0),
+                                  seeds=(0, 1))
+    sweep_times = time_interleaved(sweep, repeats=max(1, args.repeats - 1), progress=progress)
+    report["sweep"] = {"models": 8, "betas": [0.5, 1.0, 2.0, 4.0], "seeds": [0, 1],
+                       "batch_size": args.sweep_batch_size, "examples": train.shape[0],
+                       **{f"{name}_seconds": t["median_seconds"] for name, t in sweep_times.items()},
+                       "sequential_over_stacked": sweep_times["sequential"]["median_seconds"]
+                       / sweep_times["stacked"]["median_seconds"]}
+
+    log_px = jax_vae.log_marginal_runner(model, scan_runner.params, test, num_samples=args.log_marginal_samples,
+                                         chunk_size=min(500, args.log_marginal_samples), batch_size=50)
+    result = time_interleaved({"log_marginal": log_px}, repeats=args.repeats, progress=progress)["log_marginal"]
+    total_flops = flops.log_marginal_flops(*sizes, num_samples=args.log_marginal_samples) * test.shape[0]
+    report["log_marginal"] = {
+        "images": test.shape[0], "num_samples": args.log_marginal_samples, "chunk_size": 500,
+        "seconds_per_1000_images": result["median_seconds"] * 1000 / test.shape[0],
+        "gflops": total_flops / result["median_seconds"] / 1e9,
+        "fraction_of_matmul_rate": total_flops / result["median_seconds"] / 1e9 / peak,
+        "mean_log_px_nats": result["last_value"], "seconds": result["seconds"]}
+    report["ratios"] = ratios(report["train"])
+    report["machine"]["load_average_1_5_15_min_after"] = list(os.getloadavg())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    print(f"\nwritten to {out}")
+    return report
+
+
+def ratios(rows: list[dict]) -> dict:
+    """The issue's targets as measured ratios, where the run has the rows they need."""
+    rate = {(r["implementation"], r["batch_size"]): r for r in rows}
+    out = {}
+    scan128 = rate.get((IMPLEMENTATIONS[0], 128))
+    for key, other in (("scan_over_torch_compile_at_128", IMPLEMENTATIONS[3]),
+                       ("scan_over_torch_eager_at_128", IMPLEMENTATIONS[2])):
+        if scan128 and (other, 128) in rate:
+            out[key] = scan128["examples_per_second"] / rate[(other, 128)]["examples_per_second"]
+    if (IMPLEMENTATIONS[0], 1024) in rate:
+        out["scan_fraction_of_matmul_rate_at_1024"] = rate[(IMPLEMENTATIONS[0], 1024)]["fraction_of_matmul_rate"]
+    return {key: {"value": value, "target": TARGETS[key], "met": value >= TARGETS[key]} for key, value in out.items()}
+
+
+def format_table(report: dict) -> str:
+    machine = report["machine"]
+    lines = [f"{machine['cpu']}, {machine['cpu_cores']} cores, JAX on {machine['jax_devices'][0]}; "
+             f"load average before {machine['load_average_1_5_15_min_before'][0]:.2f}",
+             f"float32 matmul rate: {report['matmul_rate_gflops']:.1f} GFLOP/s (best of "
+             f"{len(report['matmul'])} shape/library probes)", "",
+             f"{'implementation':<24}{'batch':>6}{'examples/s':>12}{'epoch s':>9}{'GFLOP/s':>9}"
+             f"{'of matmul':>10}{'loss':>9}"]
+    for r in report["train"]:
+        lines.append(f"{r['implementation']:<24}{r['batch_size']:>6}{r['examples_per_second']:>12.0f}"
+                     f"{r['median_seconds']:>9.2f}{r['gflops']:>9.1f}{r['fraction_of_matmul_rate']:>10.0%}"
+                     f"{r['final_loss']:>9.1f}")
+    lines.append("")
+    for key, r in report["ratios"].items():
+        lines.append(f"{key:<40}{r['value']:>7.2f}  target >= {r['target']}: {'met' if r['met'] else 'MISSED'}")
+    s = report["sweep"]
+    lines.append(f"sweep of 8 models, one epoch: stacked {s['stacked_seconds']:.1f} s, sequential "
+                 f"{s['sequential_seconds']:.1f} s, sequential / stacked = {s['sequential_over_stacked']:.2f}")
+    m = report["log_marginal"]
+    lines.append(f"log p(x), {m['num_samples']} samples: {m['seconds_per_1000_images']:.1f} s per 1000 images "
+                 f"({m['gflops']:.1f} GFLOP/s, {m['fraction_of_matmul_rate']:.0%} of matmul)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Timing helpers: a runner protocol, and interleaved repetitions so that drifts in
+the machine's load hit every implementation alike."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+@dataclasses.dataclass
+class Runner:
+    """``warm_up()`` once (compilation), then ``run() -> float`` timed repeatedly.
+
+    ``run`` trains one epoch (returning its mean loss) or evaluates (returning a
+    mean log p(x)) and blocks until its result is ready. ``params()``, where
+    given, returns the current parameters.
+    """
+
+    warm_up: Callable[[], None]
+    run: Callable[[], float]
+    params: Callable[[], object] | None = None
+
+
+def time_interleaved(runners: dict[str, Runner], *, repeats: int, progress: bool = True
+                     ) -> dict[str, dict]:
+    """Warms every runner up, then times ``repeats`` rounds of one ``run()`` each, in turn.
+
+    Returns:
+      Per name: ``seconds`` (the list of wall times), ``median_seconds``,
+      ``warm_up_seconds`` and ``last_value`` (what the last ``run()`` returned).
+    """
+    results = {}
+    for name, runner in tqdm(runners.items(), desc="warm-up", disable=not progress, leave=False):
+        start = time.perf_counter()
+        runner.warm_up()
+        results[name] = {"warm_up_seconds": time.perf_counter() - start, "seconds": []}
+    bar = tqdm(total=repeats * len(runners), desc="timing", disable=not progress, leave=False)
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            bar.set_postfix_str(name)
+            start = time.perf_counter()
+            results[name]["last_value"] = runner.run()
+            results[name]["seconds"].append(time.perf_counter() - start)
+            bar.update()
+    bar.close()
+    for result in results.values():
+        result["median_seconds"] = float(np.median(result["seconds"]))
+    return results
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` timed calls after one warm-up call.
+
+    Calls are grouped so that each timed group lasts at least ``min_seconds``;
+    ``fn`` must block until its result is ready.
+    """
+    fn()
+    start = time.perf_counter()
+    fn()
+    per_call = max(time.perf_counter() - start, 1e-9)
+    calls = max(1, int(np.ceil(min_seconds / per_call)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return float(np.median(times))

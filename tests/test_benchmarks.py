@@ -1,0 +1,110 @@
+"""The benchmark suite runs and measures the right thing; timings are never asserted.
+
+Truths: XLA's own FLOP count of the compiled train step, and vae_jax's
+per-example ELBO for the PyTorch baseline given the same weights and draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import vae_jax as vj
+from benchmarks import flops, run, torch_vae
+from vae_jax import distributions as D
+
+
+def test_train_step_flops_match_xla_cost_analysis():
+    """The benchmark's model at batch 256. XLA also counts element-wise work and Adam's
+    per-step update (together about 1.7% at this batch size)."""
+    model = vj.build_model(vj.ModelConfig(latent_dim=32, hidden_sizes=(512, 512)), (28, 28, 1))
+    batch = np.zeros((256, 28, 28, 1), np.float32)
+    state = vj.create_train_state(model, jax.random.key(0), batch[0], optax.adam(1e-3))
+    compiled = vj.make_train_step(model.objective).lower(state, batch, jax.random.key(1)).compile()
+    cost = compiled.cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    counted = 256 * flops.train_step_flops(784, (512, 512), 32)
+    assert counted <= xla_flops <= 1.03 * counted
+
+
+def test_decoder_and_log_marginal_flops_add_up():
+    forward = flops.forward_flops(784, (512, 512), 32)
+    decoder = flops.decoder_flops(784, (512, 512), 32)
+    encoder = forward - decoder
+    assert flops.log_marginal_flops(784, (512, 512), 32, num_samples=10) == encoder + 10 * decoder
+    assert encoder == 2 * (784 * 512 + 512 * 512 + 512 * 64)
+
+
+def _copy_dense(flax_params: dict, linears: list) -> None:
+    import torch
+
+    names = sorted((k for k in flax_params if k.startswith("Dense")), key=lambda k: int(k.split("_")[1]))
+    names += ["head"] if "head" in flax_params else []
+    assert len(names) == len(linears)
+    with torch.no_grad():
+        for name, linear in zip(names, linears):
+            linear.weight.copy_(torch.from_numpy(np.asarray(flax_params[name]["kernel"]).T.copy()))
+            linear.bias.copy_(torch.from_numpy(np.asarray(flax_params[name]["bias"]).copy()))
+
+
+def test_torch_baseline_computes_the_vae_jax_elbo():
+    """Same weights, same draws eps: PyTorch's per-example ELBO equals vae_jax's to float32 rounding."""
+    import torch
+
+    hidden, latent = (16, 12), 3
+    model = vj.build_model(vj.ModelConfig(latent_dim=latent, hidden_sizes=hidden), (8, 8, 1))
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 8, 8, 1), dtype=np.float32)
+    eps = rng.standard_normal((5, latent), dtype=np.float32)
+    params = model.init(jax.random.key(0), x[0])
+    baseline = torch_vae.TorchVAE(64, hidden, latent)
+    linears = [m for m in baseline.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == sum(flops.dense_widths(64, hidden, latent), [])
+    _copy_dense(params["encoder"], linears[:3])
+    _copy_dense(params["decoder"], linears[3:])
+
+    def jax_elbo(image, e):
+        mean, log_std = model.encode(params, image)
+        logits = model.decode(params, mean + jnp.exp(log_std) * e)
+        return D.bernoulli_log_prob(logits, image) - D.kl_to_standard_normal(mean, log_std)
+
+    truth = np.asarray(jax.vmap(jax_elbo)(x, eps))
+    got = baseline.per_example_elbo(torch.from_numpy(x.reshape(5, -1)), torch.from_numpy(eps)).detach().numpy()
+    np.testing.assert_allclose(got, truth, rtol=1e-5)
+    assert np.all(truth < 0)
+
+
+def test_quick_run_writes_valid_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    run.main(["--quick", "--out", str(out), "--no-progress"])
+    report = json.loads(out.read_text())
+    assert report["command"] == f"python -m benchmarks.run --quick --out {out} --no-progress"
+    assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["versions"]["torch"]
+    assert report["matmul_rate_gflops"] == max(row["gflops"] for row in report["matmul"]) > 0
+    assert [r["implementation"] for r in report["train"]] == list(run.IMPLEMENTATIONS)
+    examples = 512 // 32 * 32
+    for row in report["train"]:
+        assert len(row["seconds"]) == 1 and row["median_seconds"] > 0
+        assert math.isclose(row["examples_per_second"], examples / row["median_seconds"])
+        assert math.isclose(row["fraction_of_matmul_rate"], row["gflops"] / report["matmul_rate_gflops"])
+        assert 0 < row["final_loss"] < 2 * 784 * math.log(2)  # a negative ELBO of 784 binary pixels, nats
+    sweep = report["sweep"]
+    assert math.isclose(sweep["sequential_over_stacked"], sweep["sequential_seconds"] / sweep["stacked_seconds"])
+    assert report["log_marginal"]["mean_log_px_nats"] < 0  # binary images: p(x) <= 1
+    assert report["ratios"] == {}  # the targets are defined at batch 128 and 1024 only
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
+
+
+def test_help_and_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "--batch-sizes" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run.parse_args(["--examples", "10", "--batch-sizes", "128"])

@@ -1,0 +1,151 @@
+"""Data-parallel training: the batch axis split across devices, parameters replicated.
+
+The step and the epoch scan are those of :mod:`vae_jax.training`; this module
+only places arrays on a one-axis :class:`jax.sharding.Mesh` and pins each
+step's batch to ``NamedSharding(mesh, P("batch"))``. ``jax.jit`` propagates
+the rest: every device computes the gradient of its slice of the batch, and
+XLA inserts the all-reduce that averages them, so the updated parameters stay
+replicated and equal to single-device training up to float32 rounding (the
+random draws are the same, because ``jax_threefry_partitionable`` makes them
+independent of the sharding).
+
+The same code runs on one CPU, on every GPU/TPU of a host, and across hosts:
+call ``jax.distributed.initialize()`` first, then :func:`make_mesh` spans the
+devices of every process. Each process passes the same data and keys
+(replicated), and, for :func:`shard_batch`, its own part of the batch::
+
+    mesh = make_mesh()
+    step = make_sharded_train_step(model.objective, mesh)
+    state = replicate(create_train_state(model, key, x[0], optax.adam(1e-3)), mesh)
+    state, metrics = train_epoch_sharded(step, state, data, key, batch_size=128, mesh=mesh)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from vae_jax import training
+
+BATCH_AXIS = "batch"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh named ``"batch"`` over ``devices``.
+
+    Args:
+      devices: default ``jax.devices()``: every device of every process
+        (after ``jax.distributed.initialize()``), in the order that keeps each
+        process's devices contiguous.
+
+    Returns:
+      The mesh; its size is the number of data-parallel replicas.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device.")
+    return jax.make_mesh((len(devices),), (BATCH_AXIS,), (AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that keeps a whole copy on every device of ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The sharding that splits the leading (batch) axis across ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Copies every array leaf of ``tree`` (a TrainState, data, keys) to every device of ``mesh``.
+
+    With several processes, each must pass the same values.
+    """
+    return jax.tree.map(lambda leaf: _place(leaf, replicated(mesh)), tree)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> jax.Array:
+    """Splits ``batch [B, ...]`` along ``B`` across the devices of ``mesh``.
+
+    Args:
+      batch: this process's examples (all of them with one process); ``B`` must
+        be divisible by the number of this process's devices in ``mesh``.
+      mesh: from :func:`make_mesh`.
+
+    Returns:
+      A global array of ``B * process_count`` examples, one slice per device.
+    """
+    local_devices = len(mesh.local_devices)
+    if np.shape(batch)[0] % local_devices:
+        raise ValueError(f"Batch of {np.shape(batch)[0]} examples cannot be split evenly across "
+                         f"{local_devices} devices; use a multiple of {local_devices}.")
+    return _place(batch, batch_sharded(mesh))
+
+
+def make_sharded_train_step(objective: training.Objective, mesh: Mesh, *,
+                            dynamic_binarization: bool = False) -> Callable:
+    """:func:`vae_jax.training.make_train_step` with each batch split across ``mesh``.
+
+    Args:
+      objective: per-example ``(params, key, x, **hparams) -> (value, aux)`` to maximise.
+      mesh: from :func:`make_mesh`; the batch size must be a multiple of its size.
+      dynamic_binarization: as for :func:`vae_jax.training.make_train_step`.
+
+    Returns:
+      ``train_step(state, batch, key) -> (state, metrics)``, jitted, state
+      donated; pass it to :func:`train_epoch_sharded` (or to
+      :func:`vae_jax.training.fit` with replicated state and data).
+    """
+    inner = training.make_train_step(objective, dynamic_binarization=dynamic_binarization)
+    sharding = batch_sharded(mesh)
+
+    def train_step(state: training.TrainState, batch: jax.Array, key: jax.Array):
+        _check_divisible(batch.shape[0], mesh)
+        return inner(state, jax.lax.with_sharding_constraint(batch, sharding), key)
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def train_epoch_sharded(train_step: Callable, state: training.TrainState, data: Any, key: jax.Array, *,
+                        batch_size: int, mesh: Mesh) -> tuple[training.TrainState, dict[str, jax.Array]]:
+    """:func:`vae_jax.training.train_epoch` data-parallel across ``mesh``.
+
+    State, data and key are replicated (the epoch's permutation is global, so
+    the batches are those of single-device training); each step's batch is
+    split across the devices.
+
+    Args:
+      train_step: from :func:`make_sharded_train_step` with the same ``mesh``.
+      state: the current state (donated); already replicated or on one device.
+      data: ``[N, H, W, C]`` training images, the same on every process.
+      key: PRNG key for the shuffle and the steps.
+      batch_size: examples per step, a multiple of the mesh size.
+      mesh: from :func:`make_mesh`.
+
+    Returns:
+      ``(state, metrics)`` as :func:`vae_jax.training.train_epoch`; the state stays replicated.
+    """
+    _check_divisible(batch_size, mesh)
+    state, data, key = replicate((state, data, key), mesh)
+    return training.train_epoch(train_step, state, data, key, batch_size=batch_size)
+
+
+def _check_divisible(batch_size: int, mesh: Mesh) -> None:
+    if batch_size % mesh.size:
+        raise ValueError(f"batch_size={batch_size} cannot be split evenly across {mesh.size} devices; "
+                         f"use a multiple of {mesh.size}.")
+
+
+def _place(x: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _place(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
