@@ -21,13 +21,15 @@ MLP 784-200-200-50 (tanh) as in the IWAE paper (VAE -86.76, IWAE k=50 -84.78).
 It needs the prepared dataset, its cached downloads or network access; without
 them it stops at once with a message instead of letting TFDS hang.
 
-Sizes on this 2-core CPU (measured while shared with other jobs): one epoch of
-50000 images takes about 5 s (VAE), 35 s (IWAE k=5) and 5 min (IWAE k=50);
-log p(x) with 5000 samples takes about 0.3 s per image, 50 min per model. The
-full default run (up to 2000 epochs per model) therefore takes days, dominated
-by IWAE k=50. ``--budget``: at most 5 minutes of training per model, 1000
-importance samples on the first 1000 test images, about 20 minutes in all.
-``--quick``: a small net on a few hundred images, seconds.
+Sizes on this 2-core CPU, measured while it was shared (load average 9-12):
+one epoch of 50000 images takes 5-12 s (VAE), 35-50 s (IWAE k=5) and 5-7 min
+(IWAE k=50); log p(x) from 1000 samples of 1000 images 75-100 s per model, so
+5000 samples of all 10000 images about 1-1.5 h per model. The full default run
+(up to 2000 epochs per model, patience 50) therefore takes days, up to about
+11 days if no model stops early, almost all of it IWAE k=50. ``--budget``
+(at most 5 minutes of training per model, then the first 1000 test images with
+1000 importance samples) took 22 minutes. ``--quick`` (a small net, 500
+images) takes under a minute, mostly compilation.
 """
 
 from __future__ import annotations
@@ -155,8 +157,9 @@ def tfds_ready(name: str, data_dir: str | None = None, *, timeout: float = 3.0) 
 
     def cached(url, info):
         fname = resource.get_dl_fname(url, info.checksum)
-        return (downloads / "manual" / info.filename).is_file() or any(
-            (folder / fname).is_file() and (folder / f"{fname}.INFO").is_file() for folder in (downloads, downloads / name))
+        in_cache = [(folder / fname).is_file() and (folder / f"{fname}.INFO").is_file()
+                    for folder in (downloads, downloads / name)]
+        return any(in_cache) or (downloads / "manual" / info.filename).is_file()
 
     if urls and all(cached(url, info) for url, info in urls.items()):
         return True, f"downloads cached in {downloads}"
@@ -246,8 +249,9 @@ def markdown_table(results: dict) -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results["models"]:
         lines.append(f"| {r['name']} (ours, {results['config']['size']} run) | {r['test_log_px_mean']:.2f} "
-                     f"± {r['test_log_px_stderr']:.2f} | {r['test_elbo']:.2f} | {r['active_units']}/{r['latent_dim']} "
-                     f"| {r['epochs']} (best {r['best_epoch']}, {r['stopped_by']}) | {r['train_seconds'] / 60:.1f} min |")
+                     f"± {r['test_log_px_stderr']:.2f} | {r['test_elbo']:.2f} "
+                     f"| {r['active_units']}/{r['latent_dim']} | {r['epochs']} (best {r['best_epoch']}, "
+                     f"{r['stopped_by']}) | {r['train_seconds'] / 60:.1f} min |")
     for name, value in results["references"].items():
         lines.append(f"| {name} | {value:.2f} | | | | |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """Tests of experiments.density_table: the quick protocol end to end, early stopping, the TFDS guard."""
 
 import json
+import os
 import shlex
 import socket
 import time
@@ -14,7 +15,7 @@ from vae_jax import data as vdata
 from vae_jax import models, training
 
 needs_fmnist = pytest.mark.skipif(
-    not __import__("os").path.isfile(f"{vdata.DEFAULT_DATA_DIR}/t10k-images-idx3-ubyte.gz"),
+    not os.path.isfile(f"{vdata.DEFAULT_DATA_DIR}/t10k-images-idx3-ubyte.gz"),
     reason="Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)")
 
 
@@ -92,14 +93,14 @@ def test_tfds_ready_finds_prepared_and_cached_datasets(tmp_path, monkeypatch):
     assert dt.tfds_ready("mnist", str(tmp_path / "a"))[0]
     downloads = tmp_path / "b" / "downloads"
     downloads.mkdir(parents=True)
-    for i, (url, info) in enumerate(cls.url_infos.items()):
-        fname = resource.get_dl_fname(url, info.checksum)
+    fnames = [resource.get_dl_fname(url, info.checksum) for url, info in cls.url_infos.items()]
+    for i, fname in enumerate(fnames):
         (downloads / fname).write_bytes(b"x")
         if i:  # the first file lacks its .INFO: not cached yet
             (downloads / f"{fname}.INFO").write_text("{}")
     monkeypatch.setattr(dt, "_reachable", lambda host, timeout: False)
     assert not dt.tfds_ready("mnist", str(tmp_path / "b"))[0]
-    (downloads / f"{resource.get_dl_fname(*next((u, i.checksum) for u, i in cls.url_infos.items()))}.INFO").write_text("{}")
+    (downloads / f"{fnames[0]}.INFO").write_text("{}")
     ready, message = dt.tfds_ready("mnist", str(tmp_path / "b"))
     assert ready and "cached" in message
     monkeypatch.setattr(dt, "_reachable", lambda host, timeout: True)
