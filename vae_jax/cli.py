@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from vae_jax import runner
 from vae_jax.checkpoints import CheckpointError
 from vae_jax.config import OBJECTIVES, RunConfig, TrainConfig, load_run_config
 from vae_jax.data import BINARIZATION_MODES
@@ -116,8 +117,6 @@ def _given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from vae_jax import runner  # heavy imports (jax, orbax, matplotlib) only when needed
-
     given = _given(args)
     config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
     if (args.out / "config.json").exists():
@@ -134,8 +133,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from vae_jax import runner
-
     if args.num_samples < 0 or args.examples < 0:
         raise ValueError("--num-samples and --examples must be >= 0.")
     results = runner.evaluate_run(args.run, which=args.checkpoint, seed=args.seed,
@@ -146,15 +143,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from vae_jax import runner
-
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}.")
     out = args.out or args.run / "samples.png"
     path = runner.sample_run(args.run, out, which=args.checkpoint, seed=args.seed, n=args.n)
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
