@@ -1,0 +1,210 @@
+"""beta-VAE sweep on Fashion-MNIST: rate vs distortion, traversals, active units, a class MIG.
+
+One VAE per beta (default 0.5, 1, 2, 4, 8) is trained with the objective
+E_q[log p(x|z)] - beta KL(q(z|x) || N(0, I)). The models are stacked
+(``vae_jax.training.stack``; one shared optimizer object, beta in
+``TrainState.hparams``) and trained as ONE vmapped computation per epoch
+(``train_epoch_stacked``). All models start from the same initial parameters
+and see the same batches and noise, so beta is the only difference.
+
+Measured on the test set, per beta:
+
+* rate = KL(q(z|x) || N(0, I)) and distortion = -E_q log p(x|z), nats per
+  image. The likelihood is Bernoulli on the grey levels, so the distortion is
+  the usual binary cross-entropy reconstruction term (not a likelihood of
+  8-bit data: see ``experiments.likelihoods``).
+* active units: latent dimensions whose posterior mean varies over the data,
+  Var_x[E_q z_j] > 0.01 (Burda et al., 2016).
+* a disentanglement-style score, the mutual information gap (MIG, Chen et al.,
+  2018) with the class label as the only factor: each posterior mean is
+  discretised into 20 equal-width bins, I(z_j; y) is computed from the
+  contingency table, and MIG = (I_top1 - I_top2) / H(y). It is high when class
+  information sits in ONE latent. Limitation: Fashion-MNIST classes are not
+  independent generative factors (a class is one categorical variable that
+  several continuous factors, such as shape, width and brightness, jointly
+  decide), so a representation that spreads class information over several
+  latents scores low without being "entangled"; the score can only say how
+  concentrated class information is, and binned MI is biased upwards. We also
+  report I_top1 / H(y) (how much class information the best single latent
+  holds).
+* traversals: for a fixed test image, each of the 4 units with the largest
+  posterior-mean variance is moved from mu_j - 3 to mu_j + 3 (prior standard
+  deviations) while the others stay at the image's code.
+
+Writes ``rate_distortion.png``, ``traversals.png`` (one panel per beta),
+``active_units.png`` (posterior-mean variance per unit), ``results.json`` and
+``config.json``.
+
+Size: the default (20000 training images, MLP 784-256-128-10, 20 epochs, five
+betas) takes about 2 minutes of CPU time on a 2-core CPU (5-6 minutes
+wall-clock on our 2-core machine shared with other jobs); ``--quick`` (1000
+images, 2 epochs) about 20 seconds of CPU time, mostly compilation.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from sklearn.metrics import mutual_info_score
+from tqdm.auto import tqdm
+
+from experiments import _common
+from vae_jax import evaluation, models, plotting, training
+
+ACTIVE_THRESHOLD = 0.01
+MIG_BINS = 20
+TRAVERSAL_UNITS = 4
+TRAVERSAL_STEPS = 9
+
+
+def train_sweep(model, images: np.ndarray, betas: list[float], *, epochs: int, batch_size: int,
+                learning_rate: float, seed: int, progress: bool = True
+                ) -> tuple[training.TrainState, list[dict[str, list[float]]]]:
+    """Trains one ``model`` per beta as one stacked, vmapped computation per epoch.
+
+    Returns:
+      ``(states, history)``: states with leaves ``[M, ...]`` (M = len(betas)) and one dict per
+      epoch mapping each metric to its M per-model values.
+    """
+    optimizer = optax.adam(learning_rate)  # one object: it is static metadata of the stacked state
+    key_init, key_fit = jax.random.split(jax.random.key(seed))
+    states = training.stack([training.create_train_state(model, key_init, images[0], optimizer, beta=b)
+                             for b in betas])
+    step = training.make_train_step(model.objective)
+    data = jnp.asarray(images)
+    history = []
+    for epoch in tqdm(range(epochs), desc="beta sweep", disable=not progress, leave=False):
+        keys = jnp.stack([jax.random.fold_in(key_fit, epoch)] * len(betas))  # common random numbers
+        states, metrics = training.train_epoch_stacked(step, states, data, keys, batch_size=batch_size)
+        history.append({k: np.asarray(v).tolist() for k, v in metrics.items()})
+    return states, history
+
+
+def class_mig(means: np.ndarray, labels: np.ndarray, *, bins: int = MIG_BINS) -> dict[str, object]:
+    """Mutual information gap with the class label as the single factor.
+
+    Args:
+      means: ``[N, d]`` posterior means.
+      labels: ``[N]`` integer classes.
+      bins: equal-width bins per latent used to discretise it.
+
+    Returns:
+      ``mutual_information [d]`` (nats), ``label_entropy`` (nats), ``mig`` (gap of the
+      two largest MIs over H(y), in [0, 1]) and ``top_mi_fraction`` (largest MI over H(y)).
+    """
+    means = np.asarray(means)
+    if means.ndim != 2 or means.shape[1] < 2 or len(means) != len(labels):
+        raise ValueError(f"means must be [N, d >= 2] with one label per row; got {means.shape}, "
+                         f"{len(labels)} labels.")
+    mi = np.array([mutual_info_score(labels, np.digitize(m, np.histogram_bin_edges(m, bins)[1:-1]))
+                   for m in means.T])
+    entropy = mutual_info_score(labels, labels)
+    if entropy == 0:
+        raise ValueError("labels must hold at least two classes (H(y) = 0 leaves MIG undefined).")
+    top = np.sort(mi)[::-1]
+    return {"mutual_information": mi, "label_entropy": entropy, "mig": (top[0] - top[1]) / entropy,
+            "top_mi_fraction": top[0] / entropy}
+
+
+def traversal(model, params, x: np.ndarray, units: np.ndarray, *, span: float = 3.0,
+              steps: int = TRAVERSAL_STEPS) -> np.ndarray:
+    """Decoded means with unit ``units[i]`` set to ``mu_j + delta``, ``delta`` in ``[-span, span]``.
+
+    Returns:
+      ``[len(units) * steps, H, W, C]``, one row of ``steps`` images per unit.
+    """
+    mean = np.asarray(model.code(params, jnp.asarray(x)))
+    z = np.repeat(mean[None], len(units) * steps, axis=0)
+    deltas = np.linspace(-span, span, steps, dtype=np.float32)
+    for row, unit in enumerate(units):
+        z[row * steps:(row + 1) * steps, unit] += deltas
+    return _common.batched(model.decode_mean, params, z)
+
+
+def save_rate_distortion(betas, rates, distortions, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(rates, distortions, marker="o")
+    for b, r, d in zip(betas, rates, distortions):
+        ax.annotate(f"beta={b:g}", (r, d), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("rate: KL(q(z|x) || p(z)) [nats]")
+    ax.set_ylabel("distortion: -E_q log p(x|z) [nats]")
+    ax.set_title("beta-VAE on Fashion-MNIST (test set)", fontsize=10)
+    ax.grid(alpha=0.3)
+    plotting.save_figure(fig, path)
+
+
+def save_traversals(panels: dict[str, np.ndarray], path) -> None:
+    fig, axes = plt.subplots(len(panels), 1, figsize=(4.6, 2.1 * len(panels)), squeeze=False)
+    for ax, (title, images) in zip(axes[:, 0], panels.items()):
+        plotting.plot_image_grid(ax, images, ncols=TRAVERSAL_STEPS, title=title)
+    fig.suptitle(f"rows: the {TRAVERSAL_UNITS} most active units j, mu_j - 3 ... mu_j + 3", fontsize=9, y=0.995)
+    fig.subplots_adjust(top=0.95, hspace=0.3)
+    plotting.save_figure(fig, path, dpi=80)
+
+
+def save_active_units(betas, variances, path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for b, v in zip(betas, variances):
+        ax.plot(np.sort(v)[::-1], marker="o", markersize=3, label=f"beta={b:g}")
+    ax.axhline(ACTIVE_THRESHOLD, color="k", ls="--", lw=0.8, label="active threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel("latent unit (sorted)")
+    ax.set_ylabel("Var_x[E_q z_j]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    plotting.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = _common.parser(__doc__)
+    p.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0], help="KL weights")
+    p.add_argument("--latent-dim", type=int, default=10, help="size of z (default 10)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 20, quick 2)")
+    p.add_argument("--train-size", type=int, default=20000, help="training images used (default 20000)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    args = p.parse_args(argv)
+    if any(b < 0 for b in args.betas) or len(args.betas) < 2:
+        p.error(f"--betas needs at least two values >= 0; got {args.betas}")
+    epochs = args.epochs or (2 if args.quick else 20)
+    data = _common.load_data(args, quick_train=1000, quick_test=500)
+    train = data.train.images[: args.train_size]
+    config = models.ModelConfig(latent_dim=args.latent_dim, likelihood="bernoulli", hidden_sizes=(256, 128))
+    model = models.build_model(config, train.shape[1:])
+    start = time.perf_counter()
+    states, history = train_sweep(model, train, args.betas, epochs=epochs, batch_size=args.batch_size,
+                                  learning_rate=args.learning_rate, seed=args.seed,
+                                  progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    test, labels = data.test.images, data.test.labels
+    rows, panels, variances = [], {}, []
+    for beta, state in zip(args.betas, training.unstack(states)):
+        metrics = training.evaluate(model.objective, state.params, test, jax.random.key(args.seed + 1),
+                                    hparams={"beta": 1.0})
+        var = evaluation.posterior_mean_variance(model, state.params, test)
+        mig = class_mig(_common.batched(model.code, state.params, test), labels)
+        units = np.argsort(var)[::-1][:TRAVERSAL_UNITS]
+        panels[f"beta={beta:g}: units {', '.join(map(str, units))}"] = traversal(model, state.params, test[0], units)
+        variances.append(var)
+        rows.append({"beta": beta, "rate": metrics["kl"], "distortion": -metrics["reconstruction"],
+                     "elbo": metrics["elbo"],
+                     "active_units": evaluation.active_units(model, state.params, test, threshold=ACTIVE_THRESHOLD),
+                     "posterior_mean_variance": var, **mig})
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_rate_distortion(args.betas, [r["rate"] for r in rows], [r["distortion"] for r in rows],
+                         args.out / "rate_distortion.png")
+    save_traversals(panels, args.out / "traversals.png")
+    save_active_units(args.betas, variances, args.out / "active_units.png")
+    results = {"models": rows, "train_seconds": seconds, "train_size": len(train), "test_size": len(test),
+               "final_train_loss": history[-1]["loss"], "units": "nats per image"}
+    _common.write_outputs(args.out, config={**vars(args), "epochs": epochs, "model": config}, results=results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
