@@ -6,6 +6,7 @@ q(z|x) = N(A x + c, diag(exp(S x + s))^2) has an exact, differentiable ELBO
 unbiased estimator's mean over many draws must match within standard errors.
 """
 
+import functools
 import json
 import math
 
@@ -77,16 +78,22 @@ def _max_z(stats, truth, truth_variance=None):
     return worst
 
 
+@functools.lru_cache(maxsize=None)
+def _estimator(name, options):
+    # One object per setting, so that jit's cache (keyed on the static estimator) is shared across tests.
+    return E.make_estimator(name, MODEL, **dict(options))
+
+
 _CACHE = {}
 
 
 def _stats(name, params, x, *, hparams=None, seed=3, **options):
     """Gradient statistics over DRAWS draws, memoised per setting (tests share them to save compilations)."""
-    cache_key = (name, repr(sorted(options.items())), repr(hparams), seed, float(jnp.sum(params["encoder"]["A"])))
+    options = tuple(sorted(options.items()))
+    cache_key = (name, options, repr(hparams), seed, float(jnp.sum(params["encoder"]["A"])))
     if cache_key not in _CACHE:
-        estimator = E.make_estimator(name, MODEL, **options)
-        _CACHE[cache_key] = E.gradient_statistics(estimator, params, jax.random.key(seed), x, num_draws=DRAWS,
-                                                  hparams=hparams)
+        _CACHE[cache_key] = E.gradient_statistics(_estimator(name, options), params, jax.random.key(seed), x,
+                                                  num_draws=DRAWS, hparams=hparams)
     return _CACHE[cache_key]
 
 
@@ -160,7 +167,7 @@ def test_stl_and_dreg_encoder_gradients_vanish_at_the_exact_posterior():
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(exact)) < 1e-4  # q is the optimum
     pathwise = _stats("pathwise", params, x)["encoder"].total_variance
     assert pathwise > 1.0
-    for name, options in [("stl", {}), ("dreg", {"num_samples": 5})]:
+    for name, options in [("stl", {}), ("dreg", {"num_samples": 4})]:
         stats = _stats(name, params, x, **options)
         assert float(stats["encoder"].total_variance) < 1e-9 * float(pathwise), name
         assert float(stats["decoder"].total_variance) > 1e-2  # the decoder's gradient stays noisy
@@ -200,7 +207,21 @@ def test_gradient_statistics_match_a_python_loop():
                                        rtol=1e-3, atol=1e-6)
             np.testing.assert_allclose(s.total_variance, var.sum(), rtol=1e-3)
             np.testing.assert_allclose(s.mean_snr, np.mean(np.abs(mean) / np.sqrt(var)), rtol=1e-3)
-            np.testing.assert_allclose(s.norm_snr, np.linalg.norm(mean) / np.sqrt(var.sum()), rtol=1e-3)
+            signal = max(np.sum(mean**2) - var.sum() / n, 0.0)  # bias-corrected squared norm
+            np.testing.assert_allclose(s.norm_snr, np.sqrt(signal / var.sum()), rtol=1e-3)
+
+
+def test_snr_of_deterministic_and_zero_gradients():
+    def estimator(p, key, x):  # d/dw = 2 (no noise), d/du = 1 + noise, d/dv = 0
+        g = p["group"]
+        return 2.0 * g["w"] + g["u"] * (1.0 + jax.random.normal(key)) + 0.0 * g["v"] + 0.0 * x, {}
+
+    params = {"group": {"w": jnp.ones(()), "u": jnp.ones(()), "v": jnp.ones(())}}
+    stats = E.gradient_statistics(estimator, params, jax.random.key(0), jnp.zeros((1,)), num_draws=500)["group"]
+    assert float(stats.snr["w"]) == np.inf and float(stats.snr["v"]) == 0.0
+    assert 0.8 < float(stats.snr["u"]) < 1.2  # |1| / 1, from 500 draws
+    np.testing.assert_allclose(stats.mean_snr, (0.0 + stats.snr["u"]) / 2)  # the inf is left out
+    np.testing.assert_allclose(stats.mean["w"], 2.0)
 
 
 def test_running_baseline_step_tracks_the_elbo():
@@ -241,3 +262,35 @@ def test_bad_arguments_raise_clear_errors():
         E.gradient_statistics(E.make_estimator("stl", MODEL), params, key, x, num_draws=1)
     with pytest.raises(ValueError, match="decay"):
         E.with_running_baseline(lambda s, b, k: (s, {}), decay=1.0)
+
+
+def _check_study_outputs(out, results, epochs):
+    for name in ("variance_through_training.png", "snr_vs_k.png", "training_curves.png", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    study1, study2, study3 = (results[k] for k in ("variance_through_training", "snr_against_k", "training"))
+    assert study1["epoch"] == list(range(epochs + 1))[: len(study1["epoch"])] and study1["epoch"][-1] == epochs
+    for label in ("pathwise", "score_leave_one_out"):
+        assert all(v > 0 and math.isfinite(v) for g in ("encoder", "decoder") for v in study1[label][g])
+    # Same keys give the same z: the score function's decoder gradient is the pathwise one, draw by draw.
+    np.testing.assert_allclose(study1["score_leave_one_out"]["decoder"], study1["pathwise"]["decoder"], rtol=1e-4)
+    assert all(s > 3 * p for s, p in zip(study1["score_leave_one_out"]["encoder"], study1["pathwise"]["encoder"]))
+    # DReG's decoder gradient is the IWAE one, so their decoder SNRs agree for every k.
+    for study in (study2, *results["snr_against_k_linear_gaussian"].values()):
+        for kind in ("mean_snr", "norm_snr"):
+            np.testing.assert_allclose(study["dreg"]["decoder"][kind], study["iwae"]["decoder"][kind], rtol=1e-3)
+        assert all(v > 0 and math.isfinite(v) for v in study["iwae"]["encoder"]["mean_snr"])
+    for curves in study3.values():
+        assert not curves["diverged"] and len(curves["test_elbo"]) == epochs
+        # log p(x) by importance sampling is a tighter bound than the ELBO on every epoch.
+        assert all(lp > e for lp, e in zip(curves["test_log_px"], curves["test_elbo"]))
+
+
+def test_gradient_estimator_study_quick(tmp_path):
+    from experiments import gradient_estimators
+
+    results = gradient_estimators.main(["--out", str(tmp_path), "--quick", "--no-progress",
+                                        "--estimators", "pathwise", "score_leave_one_out"])
+    assert set(results["training"]) == {"pathwise", "score_leave_one_out"}
+    assert json.loads((tmp_path / "config.json").read_text())["quick"] is True
+    _check_study_outputs(tmp_path, results, epochs=2)
