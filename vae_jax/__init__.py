@@ -1,5 +1,6 @@
 """vae_jax: pure, composable JAX functions for variational autoencoders."""
 
+from vae_jax import data, estimators, evaluation, parallel
 from vae_jax.distributions import (
     LIKELIHOODS,
     bernoulli_log_prob,
@@ -60,4 +61,9 @@ __all__ = [
     "reparameterize",
     "standard_normal_log_prob",
     "train_epoch",
+    # submodules (plotting, checkpoints and cli are imported on demand: matplotlib, Orbax)
+    "data",
+    "estimators",
+    "evaluation",
+    "parallel",
 ]
