@@ -111,8 +111,12 @@ def sweep_runners(model: vj.VAE, data: np.ndarray, *, batch_size: int, betas: Se
 
 
 def log_marginal_runner(model: vj.VAE, params_fn: Callable, images: np.ndarray, *, num_samples: int,
-                        chunk_size: int, batch_size: int) -> Runner:
-    """:meth:`vae_jax.VAE.log_marginal` vmapped over image batches and jitted: one pass over ``images``."""
+                        chunk_size: int, batch_size: int, compiler_options: dict | None = None) -> Runner:
+    """:meth:`vae_jax.VAE.log_marginal` vmapped over image batches and jitted: one pass over ``images``.
+
+    ``compiler_options`` are XLA options for this computation only, e.g.
+    ``{"xla_cpu_experimental_ynn_fusion_type": ""}`` (Eigen instead of YNNPACK for the matmuls).
+    """
 
     def batch_log_marginal(params, keys, x):
         one = lambda key, image: model.log_marginal(params, key, image, num_samples=num_samples,
@@ -128,7 +132,8 @@ def log_marginal_runner(model: vj.VAE, params_fn: Callable, images: np.ndarray, 
     def warm_up():
         for batch_keys, batch in inputs:
             if batch.shape not in compiled:
-                compiled[batch.shape] = jax.jit(batch_log_marginal).lower(params_fn(), batch_keys, batch).compile()
+                lowered = jax.jit(batch_log_marginal).lower(params_fn(), batch_keys, batch)
+                compiled[batch.shape] = lowered.compile(compiler_options=compiler_options)
 
     def run():
         params = params_fn()

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import vae_jax as vj
-from benchmarks import flops, run, torch_vae
+from benchmarks import flops, profile_step, run, torch_vae
 from vae_jax import distributions as D
 
 
@@ -96,7 +96,13 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
         assert 0 < row["final_loss"] < 2 * 784 * math.log(2)  # a negative ELBO of 784 binary pixels, nats
     sweep = report["sweep"]
     assert math.isclose(sweep["sequential_over_stacked"], sweep["sequential_seconds"] / sweep["stacked_seconds"])
-    assert report["log_marginal"]["mean_log_px_nats"] < 0  # binary images: p(x) <= 1
+    compilers = {row["compiler"]: row for row in report["log_marginal"]}
+    assert set(compilers) == {"default XLA", "Eigen matmuls"}
+    for row in compilers.values():
+        assert row["mean_log_px_nats"] < 0  # binary images: p(x) <= 1
+    # The compiler option changes the matmul library, not the estimate (same draws).
+    assert math.isclose(compilers["default XLA"]["mean_log_px_nats"], compilers["Eigen matmuls"]["mean_log_px_nats"],
+                        rel_tol=1e-5)
     assert report["ratios"] == {}  # the targets are defined at batch 128 and 1024 only
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
@@ -108,3 +114,11 @@ def test_help_and_bad_arguments(capsys):
     assert exit_info.value.code == 0 and "--batch-sizes" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         run.parse_args(["--examples", "10", "--batch-sizes", "128"])
+
+
+def test_profile_step_runs():
+    result = profile_step.profile(8, steps=2, repeats=1, hidden_sizes=(32, 16), latent_dim=4)
+    seconds = result["seconds_per_step"]
+    assert set(seconds) == {"matmuls", "adam", "train step", "rest"}
+    assert all(np.isfinite(v) for v in seconds.values())
+    assert min(seconds["matmuls"], seconds["adam"], seconds["train step"]) > 0
