@@ -16,7 +16,7 @@ interleaved, so that the ratios are fair even when the machine's load drifts:
   computation vs one model after the other;
 - importance-sampled log p(x) with 5000 samples: seconds per 1000 test images.
 
-Full size takes about 8 minutes on a quiet 2-core CPU; run it when the machine
+Full size takes about 6 minutes on a quiet 2-core CPU; run it when the machine
 is otherwise idle (the load average is recorded in the JSON). On a GPU or TPU
 the same command runs there (JAX picks the device; PyTorch runs on CUDA where
 its build has it, else it is left out).
