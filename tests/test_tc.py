@@ -1,0 +1,173 @@
+"""beta-TCVAE: the minibatch TC estimators against closed forms and direct computation, and its train step."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+from vae_jax import distributions as D
+from vae_jax import models, tc, training
+
+
+def _gaussian_posteriors(key, cov, n, s):
+    """Means ~ N(0, cov - s^2 I), std s: the aggregate posterior is N(0, cov) as n grows."""
+    k1, k2 = jax.random.split(key)
+    chol = jnp.linalg.cholesky(jnp.asarray(cov) - s ** 2 * jnp.eye(len(cov)))
+    mean = jax.random.normal(k1, (n, len(cov))) @ chol.T
+    log_std = jnp.full_like(mean, math.log(s))
+    return mean + s * jax.random.normal(k2, mean.shape), mean, log_std
+
+
+@pytest.mark.parametrize("cov", [[[1.0, 0.8], [0.8, 1.0]], [[1.0, 0.0], [0.0, 2.0]],
+                                 [[1.0, 0.5, 0.3], [0.5, 1.0, -0.4], [0.3, -0.4, 1.5]]])
+def test_tc_of_a_correlated_gaussian_matches_the_closed_form(cov):
+    """TC(N(0, S)) = (sum_l log S_ll - log det S) / 2; mss and batch estimators from 3000 draws."""
+    cov = np.asarray(cov)
+    exact = 0.5 * (np.sum(np.log(np.diag(cov))) - np.linalg.slogdet(cov)[1])
+    z, mean, log_std = _gaussian_posteriors(jax.random.key(0), cov, 3000, 0.4)
+    for estimator in ("mss", "batch"):
+        estimate = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator=estimator))
+        assert estimate == pytest.approx(exact, abs=0.03), estimator
+    # the paper's minibatch-weighted sampling: the batch estimate plus (L - 1) log N, exactly
+    mws = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator="mws"))
+    batch = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator="batch"))
+    assert mws - batch == pytest.approx((len(cov) - 1) * math.log(10 ** 6), rel=1e-5)
+
+
+def _mixture_setup():
+    mean = jnp.array([[-1.0, 0.5], [0.3, 0.2], [1.2, 1.5], [0.0, -1.0], [2.0, -0.5]])
+    log_std = jnp.log(jnp.array([[0.5, 0.3], [0.7, 0.9], [0.4, 0.6], [1.0, 0.5], [0.3, 0.3]]))
+    return mean, log_std
+
+
+def test_decomposition_terms_equal_a_direct_numpy_computation():
+    mean, log_std = _mixture_setup()
+    z = mean + jnp.exp(log_std) * jax.random.normal(jax.random.key(1), mean.shape)
+    n_data = 1000
+    out = tc.kl_decomposition(z, mean, log_std, dataset_size=n_data, estimator="mws")
+    zn, mn, sn = (np.asarray(a, np.float64) for a in (z, mean, jnp.exp(log_std)))
+    m = len(zn)
+    log_q = norm.logpdf(zn[:, None, :], mn[None], sn[None])  # [i, j, l]
+    log_qz = logsumexp(log_q.sum(2), axis=1) - math.log(n_data * m)
+    log_prod = (logsumexp(log_q, axis=1) - math.log(n_data * m)).sum(1)
+    log_qzx = norm.logpdf(zn, mn, sn).sum(1)
+    log_pz = norm.logpdf(zn).sum(1)
+    np.testing.assert_allclose(out["mutual_information"], log_qzx - log_qz, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["total_correlation"], log_qz - log_prod, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["dimensionwise_kl"], log_prod - log_pz, rtol=1e-5, atol=1e-5)
+    # the three terms telescope to the Monte-Carlo KL of each example's own posterior
+    kl = jax.vmap(D.gaussian_log_prob)(z, mean, log_std) - jax.vmap(D.standard_normal_log_prob)(z)
+    np.testing.assert_allclose(out["mutual_information"] + out["total_correlation"] + out["dimensionwise_kl"], kl,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["kl"], kl, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_estimator_is_unbiased_when_the_batch_is_the_dataset():
+    """A 5-component mixture q(z): TC by numerical integration on a grid vs the mean estimate over draws."""
+    mean, log_std = _mixture_setup()
+    mn, sn = np.asarray(mean, np.float64), np.exp(np.asarray(log_std, np.float64))
+    g = np.linspace(-7, 7, 1401)
+    h = g[1] - g[0]
+    marg = [norm.pdf(g[:, None], mn[:, l], sn[:, l]).mean(1) for l in range(2)]  # q(z_l) on the grid
+    joint = np.mean(norm.pdf(g[:, None, None], mn[:, 0], sn[:, 0]) * norm.pdf(g[None, :, None], mn[:, 1], sn[:, 1]),
+                    axis=2)
+    exact = h * h * np.sum(joint * (np.log(joint) - np.log(marg[0])[:, None] - np.log(marg[1])[None, :]))
+    assert 0.05 < exact < 1.0
+    keys = jax.random.split(jax.random.key(2), 20000)
+    draw = jax.vmap(lambda k: mean + jnp.exp(log_std) * jax.random.normal(k, mean.shape))(keys)
+    estimates = np.asarray(jax.vmap(lambda z: tc.total_correlation(z, mean, log_std, dataset_size=5,
+                                                                    estimator="batch"))(draw))
+    stderr = estimates.std() / np.sqrt(len(estimates))
+    assert abs(estimates.mean() - exact) < 4 * stderr + 1e-4, (estimates.mean(), exact, stderr)
+
+
+def test_weight_matrices():
+    for m, n in ((4, 10), (8, 8), (2, 1000)):
+        w = np.exp(np.asarray(tc.log_weight_matrix(m, n, "mss"), np.float64))
+        np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(np.diag(w), 1.0 / n, rtol=1e-6)
+        np.testing.assert_allclose(np.exp(np.asarray(tc.log_weight_matrix(m, n, "mws"))).sum(1), 1.0 / n, rtol=1e-6)
+        np.testing.assert_allclose(np.exp(np.asarray(tc.log_weight_matrix(m, n, "batch"))).sum(1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(estimator="nope"), "estimator"), (dict(dataset_size=3), "dataset_size"),
+                                           (dict(dataset_size=0), "dataset_size"), (dict(dataset_size=2.5), "dataset_size")])
+def test_bad_arguments_raise(kwargs, match):
+    z = jnp.zeros((4, 2))
+    with pytest.raises(ValueError, match=match):
+        tc.total_correlation(z, z, z, **{"dataset_size": 10, **kwargs})
+
+
+def test_shape_errors_raise():
+    with pytest.raises(ValueError, match=r"\[M, L\]"):
+        tc.log_density_matrix(jnp.zeros((4, 2)), jnp.zeros((4, 3)), jnp.zeros((4, 2)))
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = models.ModelConfig(latent_dim=3, hidden_sizes=(16,))
+    data = (jax.random.uniform(jax.random.key(0), (64, 6, 6, 1)) > 0.6).astype(jnp.float32)
+    return models.build_model(config, data.shape[1:]), data
+
+
+def _state(model, data, beta):
+    return training.create_train_state(model, jax.random.key(1), data[0], optax.adam(1e-3), beta=beta)
+
+
+def test_beta_one_is_the_monte_carlo_elbo_step(tiny):
+    model, data = tiny
+    batch, key = data[:16], jax.random.key(5)
+    tc_step = tc.make_tc_train_step(model, dataset_size=64)
+    elbo_step = training.make_train_step(functools.partial(model.objective, kl="monte_carlo"))
+    s1, m1 = tc_step(_state(model, data, 1.0), batch, key)
+    s2, m2 = elbo_step(_state(model, data, 1.0), batch, key)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["elbo"], m2["elbo"], rtol=1e-5)
+    np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_the_tc_weight_adds_beta_minus_one_times_tc(tiny):
+    model, data = tiny
+    batch, key = data[:16], jax.random.key(6)
+    step = tc.make_tc_train_step(model, dataset_size=64, estimator="mss")
+    _, m1 = step(_state(model, data, 1.0), batch, key)
+    _, m6 = step(_state(model, data, 6.0), batch, key)
+    np.testing.assert_allclose(m6["loss"] - m1["loss"], 5.0 * m1["total_correlation"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m1["mutual_information"] + m1["total_correlation"] + m1["dimensionwise_kl"],
+                               m1["kl"], rtol=1e-5, atol=1e-5)
+
+
+def test_tc_step_runs_in_fit_and_stacked_epochs(tiny):
+    model, data = tiny
+    step = tc.make_tc_train_step(model, dataset_size=64, dynamic_binarization=True)
+    result = training.fit(step, _state(model, data, 4.0), data, jax.random.key(2), epochs=3, batch_size=16,
+                          progress=False)
+    state, history = result[0], result[1]
+    losses = [h.get("train_loss", h.get("loss")) for h in history]  # fit's row names: old and new
+    assert len(history) == 3 and np.all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert int(state.step) == 12
+    optimizer = optax.adam(1e-3)
+    states = training.stack([training.create_train_state(model, jax.random.key(i), data[0], optimizer, beta=b)
+                             for i, b in enumerate((1.0, 8.0))])
+    states, metrics = training.train_epoch_stacked(step, states, data, jax.random.split(jax.random.key(3), 2),
+                                                   batch_size=16)
+    assert metrics["loss"].shape == (2,) and np.all(np.isfinite(metrics["total_correlation"]))
+
+
+def test_missing_beta_raises(tiny):
+    model, data = tiny
+    state = training.create_train_state(model, jax.random.key(1), data[0], optax.adam(1e-3))
+    with pytest.raises(ValueError, match="beta"):
+        tc.make_tc_train_step(model, dataset_size=64)(state, data[:8], jax.random.key(0))

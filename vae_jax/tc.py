@@ -1,0 +1,198 @@
+"""beta-TCVAE (Chen et al., 2018): the KL split into index-code MI, total correlation and
+dimension-wise KL, estimated over a minibatch, and a train step for it (jax only).
+
+For a batch ``x_1..x_M`` from a dataset of ``N`` examples with one draw
+``z_i ~ q(z | x_i)`` each, the aggregate posterior ``q(z) = (1/N) sum_n q(z | x_n)``
+is estimated at ``z_i`` from the batch:
+
+    log q(z_i)        ~ logsumexp_j [log w_ij + log q(z_i | x_j)]
+    log prod_l q(z_il) ~ sum_l logsumexp_j [log w_ij + log q(z_il | x_j)]
+
+and the per-example Monte-Carlo KL ``log q(z_i|x_i) - log p(z_i)`` telescopes into
+
+    MI_i  = log q(z_i | x_i) - log q(z_i)           (index-code mutual information)
+    TC_i  = log q(z_i) - sum_l log q(z_il)           (total correlation)
+    DKL_i = sum_l log q(z_il) - sum_l log p(z_il)    (dimension-wise KL)
+
+Weights ``w`` (:data:`ESTIMATORS`):
+
+* ``"mws"``: minibatch-weighted sampling as in the paper and its code,
+  ``w_ij = 1 / (N M)``. Its log q estimates sit ``log N`` below the batch's own
+  aggregate posterior, so its TC is that of ``"batch"`` plus ``(L - 1) log N``
+  exactly: a constant, irrelevant to gradients, but not a value to report as nats.
+* ``"mss"``: minibatch stratified sampling (the paper's appendix): ``w_ii = 1/N``,
+  ``w_i,i+1 = (N - M + 1) / (N (M - 1))`` (cyclic), the others ``1 / (M - 1)``;
+  rows sum to 1, the self term nearly drops out: a consistent estimate for ``M, N`` large.
+* ``"batch"``: ``w_ij = 1 / M``: the batch's own aggregate posterior, exact when
+  the batch IS the dataset.
+
+Why a batch-level objective: ``q(z)`` mixes every example's posterior, so no
+per-example function can compute it; :func:`tc_vae_objective` takes the whole
+batch and still returns per-example values and aux ``[M]`` (averaged by the
+step, like :func:`vae_jax.training.make_train_step`). :func:`make_tc_train_step`
+returns the same ``(state, batch, key) -> (state, metrics)`` contract, so it
+plugs into ``train_epoch``, ``train_epoch_stacked`` and ``fit``; the TC weight is
+``state.hparams["beta"]``, so a sweep over it is one vmapped computation.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax import distributions as D
+
+ESTIMATORS = ("mws", "mss", "batch")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def log_density_matrix(z: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    """``[M, M, L]`` with entry ``[i, j, l] = log N(z_il; mean_jl, exp(log_std_jl)^2)``.
+
+    Args:
+      z: ``[M, L]`` one draw per example.
+      mean, log_std: ``[M, L]`` posterior parameters of the same examples.
+    """
+    if z.ndim != 2 or mean.shape != z.shape or log_std.shape != z.shape:
+        raise ValueError(f"z, mean and log_std must all be [M, L]; got {z.shape}, {mean.shape}, {log_std.shape}.")
+    standardized = (z[:, None, :] - mean[None, :, :]) * jnp.exp(-log_std)[None, :, :]
+    return -0.5 * (standardized ** 2 + _LOG_2PI) - log_std[None, :, :]
+
+
+def log_weight_matrix(batch_size: int, dataset_size: int, estimator: str = "mws") -> jax.Array:
+    """``[M, M]`` log importance weights ``log w_ij`` of the batch estimators (see module doc)."""
+    _check_sizes(batch_size, dataset_size, estimator)
+    m, n = batch_size, float(dataset_size)
+    if estimator == "mws":
+        return jnp.full((m, m), -math.log(n * m))
+    if estimator == "batch":
+        return jnp.full((m, m), -math.log(m))
+    eye = jnp.eye(m, dtype=bool)
+    nxt = jnp.roll(eye, 1, axis=1)  # (i, i + 1 mod M): the example stratum of the paper's appendix
+    w = jnp.where(eye, 1.0 / n, jnp.where(nxt, (n - m + 1) / (n * (m - 1)), 1.0 / (m - 1)))
+    return jnp.log(w)
+
+
+def kl_decomposition(z: jax.Array, mean: jax.Array, log_std: jax.Array, *, dataset_size: int,
+                     estimator: str = "mws") -> dict[str, jax.Array]:
+    """Per-example MI, TC and dimension-wise KL of the batch (nats; they sum to ``kl``).
+
+    Args:
+      z: ``[M, L]`` draws, ``z_i ~ q(z | x_i)``.
+      mean, log_std: ``[M, L]`` posterior parameters.
+      dataset_size: ``N``, the number of training examples (``>= M``).
+      estimator: ``"mws"``, ``"mss"`` or ``"batch"``.
+
+    Returns:
+      Dict of ``[M]`` arrays: ``mutual_information``, ``total_correlation``,
+      ``dimensionwise_kl`` and ``kl`` (= ``log q(z_i|x_i) - log N(z_i; 0, I)``, their sum).
+    """
+    log_q = log_density_matrix(z, mean, log_std)
+    log_w = log_weight_matrix(z.shape[0], dataset_size, estimator)
+    log_qz_given_x = jnp.sum(jnp.diagonal(log_q, axis1=0, axis2=1), axis=0)
+    log_qz = jax.nn.logsumexp(log_w + jnp.sum(log_q, axis=2), axis=1)
+    log_prod_qz = jnp.sum(jax.nn.logsumexp(log_w[:, :, None] + log_q, axis=1), axis=1)
+    log_pz = jnp.sum(-0.5 * (z ** 2 + _LOG_2PI), axis=1)
+    return {"mutual_information": log_qz_given_x - log_qz, "total_correlation": log_qz - log_prod_qz,
+            "dimensionwise_kl": log_prod_qz - log_pz, "kl": log_qz_given_x - log_pz}
+
+
+def total_correlation(z: jax.Array, mean: jax.Array, log_std: jax.Array, *, dataset_size: int,
+                      estimator: str = "mws") -> jax.Array:
+    """Batch estimate of ``TC = KL(q(z) || prod_l q(z_l))``, scalar nats (see :func:`kl_decomposition`)."""
+    return jnp.mean(kl_decomposition(z, mean, log_std, dataset_size=dataset_size,
+                                     estimator=estimator)["total_correlation"])
+
+
+def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Callable, *, likelihood: str,
+                     beta: float | jax.Array, dataset_size: int, estimator: str = "mws"
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """beta-TCVAE objective of a batch: ``log p(x_i|z_i) - MI_i - beta TC_i - DKL_i`` per example.
+
+    With ``beta = 1`` it is the single-sample Monte-Carlo ELBO (``objectives.elbo`` with
+    ``kl="monte_carlo"``), draw for draw: example ``i`` uses ``jax.random.split(key, M)[i]``.
+
+    Args:
+      key: PRNG key of the batch's draws.
+      x: ``[M, ...]`` a batch of examples, ``M >= 2``.
+      encode: ONE example ``-> (mean [L], log_std [L])``; decode: ``z [L] ->`` likelihood parameters.
+      likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
+      beta: weight of the total correlation (1: plain VAE).
+      dataset_size: ``N``, training examples the batches are drawn from (``>= M``).
+      estimator: ``"mws"`` (the paper's), ``"mss"`` or ``"batch"``.
+
+    Returns:
+      ``(values [M], aux)`` to maximise; aux entries ``[M]``: ``reconstruction``, ``kl``
+      (Monte-Carlo), ``elbo``, ``mutual_information``, ``total_correlation``, ``dimensionwise_kl``.
+    """
+    D.check_likelihood(likelihood)
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be a batch [M >= 2, ...]; got shape {x.shape}.")
+    keys = jax.random.split(key, x.shape[0])
+    mean, log_std = jax.vmap(encode)(x)
+    eps = jax.vmap(lambda k, m: jax.random.normal(k, m.shape, m.dtype))(keys, mean)
+    z = mean + jnp.exp(log_std) * eps
+    reconstruction = jax.vmap(lambda xi, zi: D.log_likelihood(likelihood, xi, decode(zi)))(x, z)
+    terms = kl_decomposition(z, mean, log_std, dataset_size=dataset_size, estimator=estimator)
+    value = (reconstruction - terms["mutual_information"] - beta * terms["total_correlation"]
+             - terms["dimensionwise_kl"])
+    return value, {"reconstruction": reconstruction, "elbo": reconstruction - terms["kl"], **terms}
+
+
+def make_tc_train_step(model: Any, *, dataset_size: int, estimator: str = "mws",
+                       dynamic_binarization: bool = False) -> Callable:
+    """``train_step(state, batch, key) -> (state, metrics)`` of beta-TCVAE, jitted, state donated.
+
+    Same contract as :func:`vae_jax.training.make_train_step`, so it runs in
+    ``training.train_epoch``, ``train_epoch_stacked`` and ``fit``.
+
+    Args:
+      model: a VAE (``encode(params, x)``, ``decode(params, z)``, ``likelihood``).
+      dataset_size: ``N`` of the training data.
+      estimator: see :func:`tc_vae_objective`.
+      dynamic_binarization: replace the batch by a Bernoulli draw of its pixels each step.
+
+    Returns:
+      The compiled step; the TC weight is ``state.hparams["beta"]``. ``metrics`` are batch
+      means of ``loss`` (= -objective) and every aux entry, plus ``grad_norm``.
+    """
+    _check_sizes(2, dataset_size, estimator)
+
+    def train_step(state, batch, key):
+        if "beta" not in state.hparams:
+            raise ValueError("beta-TCVAE needs the TC weight in the state: create_train_state(..., beta=...).")
+        key_data, key_objective = jax.random.split(key)
+        if dynamic_binarization:
+            batch = jax.random.bernoulli(key_data, batch).astype(batch.dtype)
+
+        def loss_fn(params):
+            values, aux = tc_vae_objective(
+                key_objective, batch, lambda v: model.encode(params, v), lambda z: model.decode(params, z),
+                likelihood=model.likelihood, beta=state.hparams["beta"], dataset_size=dataset_size,
+                estimator=estimator)
+            return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+        return state.apply_gradients(grads=grads), {"loss": loss, **aux, "grad_norm": grad_norm}
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def _check_sizes(batch_size: int, dataset_size: int, estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+    for name, v in (("batch_size", batch_size), ("dataset_size", dataset_size)):
+        try:
+            ok = not isinstance(v, bool) and operator.index(v) >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a positive int; got {v!r}.")
+    if batch_size < 2 or dataset_size < batch_size:
+        raise ValueError(f"need 2 <= batch_size <= dataset_size; got batch_size={batch_size}, "
+                         f"dataset_size={dataset_size}.")
