@@ -1,285 +1,418 @@
-"""Density table: test log p(x) of an MLP VAE and the same net trained as IWAE (k = 5, 50).
+"""Density table: test log p(x) on dynamically binarised Fashion-MNIST beside the published rows.
 
-Protocol of the published Fashion-MNIST density results (VampPrior, Exemplar
-VAE): 50000 training / 10000 validation images split from the training set
-(fixed permutation), training images binarised dynamically (a fresh Bernoulli
-draw in every step), validation and test images binarised once with fixed
-seeds, early stopping on the validation objective (ELBO for the VAE, the
-k-sample IWAE bound for IWAE-k, as each model is trained), and test log p(x)
-from 5000 importance samples per image (``vae_jax.evaluation.log_marginal``).
-Net: MLP 784-300-300-40 (ReLU), Gaussian prior, Bernoulli decoder, Adam 5e-4,
-batches of 100, at most 2000 epochs, patience 50 (VampPrior's code defaults;
-unlike it, we use plain dense layers and no KL warm-up).
+Protocol of the published results (VampPrior, Exemplar VAE; defaults read from
+the authors' code, github.com/jmtomczak/vae_vampprior and sajadn/Exemplar-VAE):
+50000 training / 10000 validation images split from the training set (fixed
+permutation), training images binarised dynamically (a fresh Bernoulli draw in
+every step), validation and test images binarised once with fixed seeds,
+early stopping on the validation objective (ELBO at beta = 1, or the k-sample
+bound for IWAE-k; patience 50, counted only after the warm-up as in the
+authors' code), log p(x) from 5000 importance samples on all 10000 test images
+(``vae_jax.evaluation.log_marginal``). Net (``--architecture gated_mlp``, the
+authors'): gated dense layers ``(W1 x + b1) * sigmoid(W2 x + b2)``, encoder
+784-300-300, 40 latents, decoder 40-300-300-784, Bernoulli likelihood, Adam
+5e-4, batches of 100, at most 2000 epochs.
 
-Per model: test ELBO, test log p(x) (mean and standard error over images),
-active units (Var_x E_q[z_u] > 0.01), epochs, training time. Writes
-``results.json`` (numbers, config and exact command), ``config.json``,
-``table.md`` and ``validation.png`` (validation objective per epoch).
+Rows (``--models``, default all but ``iwae50``):
+  vae          VAE, standard normal prior, no warm-up
+  vae_warmup   VAE, KL warm-up (beta rising linearly from 0 to 1 over 100 epochs)
+  vamp_warmup  VampPrior with K = 500 pseudo-inputs (init N(0.05, 0.01), clipped to
+               [0, 1]), KL warm-up over 100 epochs
+  iwae5        the same net trained on the IWAE bound with k = 5
+  iwae50       ... with k = 50 (about 10x an iwae5 epoch: see docs/density_table.md)
 
-``--dataset mnist``: dynamically binarised MNIST through tensorflow-datasets,
-MLP 784-200-200-50 (tanh) as in the IWAE paper (VAE -86.76, IWAE k=50 -84.78).
-It needs the prepared dataset, its cached downloads or network access; without
-them it stops at once with a message instead of letting TFDS hang.
+Resumable: every model is checkpointed after every epoch under
+``OUT/models/NAME/checkpoints`` (latest and best), with ``history.csv`` and a
+``status.json`` (epochs so far, best validation value, the resume command);
+``--resume`` continues each unfinished model from its latest checkpoint (the
+warm-up schedule and the data order continue exactly: a resumed run ends
+identical to an uninterrupted one) and skips finished ones. When a model
+finishes it writes ``OUT/models/NAME/result.json`` (per-epoch history, stop
+reason, test numbers, exact command, package versions, machine, load average)
+and the process rewrites ``OUT/table.md`` and ``OUT/results.json`` from every
+finished model. Several processes may share one OUT with disjoint ``--models``
+(each model folder is locked by the process that trains it).
 
-Sizes on this 2-core CPU, measured while it was shared (load average 9-12):
-one epoch of 50000 images takes 5-12 s (VAE), 35-50 s (IWAE k=5) and 5-7 min
-(IWAE k=50); log p(x) from 1000 samples of 1000 images 75-100 s per model, so
-5000 samples of all 10000 images about 1-1.5 h per model. The full default run
-(up to 2000 epochs per model, patience 50) therefore takes days, up to about
-11 days if no model stops early, almost all of it IWAE k=50. ``--budget``
-(at most 5 minutes of training per model, then the first 1000 test images with
-1000 importance samples) took 22 minutes. ``--quick`` (a small net, 500
-images) takes under a minute, mostly compilation.
+A row is labelled "protocol" only when it ran the protocol to the end: the
+full sizes (no --train-size/--test-size/--max-minutes, 5000 samples, at most
+2000 epochs, patience 50) and training stopped by early stopping or after
+2000 epochs. Any other row says what it was (epochs, stop reason, test
+images, samples).
+
+Examples:
+  python -m experiments.density_table --out runs/density_protocol             # the table
+  python -m experiments.density_table --out runs/density_protocol --resume    # continue it
+  python -m experiments.density_table --out runs/density_protocol --models vamp_warmup iwae5
+  python -m experiments.density_table --out runs/q --quick                    # seconds (tests)
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import fcntl
+import json
 import os
+import platform
 import shlex
 import socket
 import sys
-import threading
 import time
+import zlib
+from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from experiments import _common
-from vae_jax import data as vdata
-from vae_jax import evaluation, models, plotting, training
+from experiments._density_io import load, tfds_ready, _reachable  # noqa: F401  (re-exported for tests)
+from vae_jax import checkpoints, estimators, evaluation, hooks, models, plotting, training
 
 REFERENCES = {
     "fashion_mnist": {"VAE, Gaussian prior (published)": -228.70, "VampPrior (published)": -227.35,
-                      "Exemplar VAE (published)": -226.75},
+                      "Exemplar VAE (published)": -226.75, "HVAE, Gaussian prior (published)": -227.37,
+                      "HVAE, VampPrior (published)": -226.72, "ConvHVAE, Gaussian prior (published)": -225.38,
+                      "ConvHVAE, VampPrior (published)": -224.67},
     "mnist": {"VAE k=1 (IWAE paper)": -86.76, "IWAE k=50 (IWAE paper)": -84.78},
 }
-NETS = {"fashion_mnist": dict(latent_dim=40, hidden_sizes=(300, 300), activation="relu"),
-        "mnist": dict(latent_dim=50, hidden_sizes=(200, 200), activation="tanh")}
-SPLIT_SEED, VALIDATION_BINARIZATION_SEED, TEST_BINARIZATION_SEED = 0, 1, 2
+ROWS = {  # name: (label, prior, warm-up, IWAE k or None)
+    "vae": ("VAE", "standard_normal", False, None),
+    "vae_warmup": ("VAE + warm-up", "standard_normal", True, None),
+    "vamp_warmup": ("VampPrior (K={K}) + warm-up", "vamp", True, None),
+    "iwae5": ("IWAE k=5", "standard_normal", False, 5),
+    "iwae50": ("IWAE k=50", "standard_normal", False, 50),
+}
+DEFAULT_MODELS = ["vae", "vae_warmup", "vamp_warmup", "iwae5"]
+NETS = {"fashion_mnist": dict(latent_dim=40, hidden_sizes=(300, 300)),
+        "mnist": dict(latent_dim=40, hidden_sizes=(300, 300))}
 SIZES = {  # None: no limit; every value can be overridden by its flag
-    "full": dict(train_size=None, test_size=None, epochs=2000, patience=50, max_minutes=None, num_samples=5000),
-    "budget": dict(train_size=None, test_size=1000, epochs=2000, patience=50, max_minutes=5.0, num_samples=1000),
-    "quick": dict(train_size=500, test_size=50, epochs=2, patience=50, max_minutes=None, num_samples=50),
+    "full": dict(train_size=None, test_size=None, epochs=2000, patience=50, max_minutes=None, num_samples=5000,
+                 warmup_epochs=100, num_components=500),
+    "quick": dict(train_size=500, test_size=50, epochs=2, patience=50, max_minutes=None, num_samples=50,
+                  warmup_epochs=1, num_components=10),
 }
 QUICK_NET = dict(latent_dim=8, hidden_sizes=(64,))
+PROTOCOL = dict(train_size=None, test_size=None, max_minutes=None, epochs=2000, patience=50)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _common.parser(__doc__)
     p.add_argument("--dataset", choices=sorted(NETS), default="fashion_mnist")
-    p.add_argument("--budget", action="store_true", help="medium size run here: 5 min training per model, "
-                   "1000 importance samples on 1000 test images")
-    p.add_argument("--iwae-k", type=int, nargs="*", default=None, help="IWAE sample counts (default 5 50; "
-                   "--quick: 2); a VAE is always trained")
-    p.add_argument("--epochs", type=int, help="maximum epochs per model")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation value")
-    p.add_argument("--max-minutes", type=float, help="stop training a model after this many minutes")
-    p.add_argument("--num-samples", type=int, help="importance samples per test image")
+    p.add_argument("--models", nargs="+", choices=sorted(ROWS), default=None,
+                   help=f"rows to train in this process, in order (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--resume", action="store_true", help="continue every unfinished model of OUT from its latest "
+                   "checkpoint and skip finished ones (without it, an OUT that holds checkpoints is an error)")
+    p.add_argument("--architecture", choices=["gated_mlp", "mlp"], default="gated_mlp",
+                   help="gated dense layers (the authors', default) or plain ReLU layers")
+    p.add_argument("--epochs", type=int, help="maximum epochs per model (2000)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better validation "
+                   "value, counted after the warm-up (50)")
+    p.add_argument("--warmup-epochs", type=int, help="KL warm-up length of the *_warmup rows (100)")
+    p.add_argument("--num-components", type=int, help="VampPrior pseudo-inputs K (500)")
+    p.add_argument("--max-minutes", type=float, help="stop training a model after this many minutes of this "
+                   "process and evaluate it (a reduced row)")
+    p.add_argument("--num-samples", type=int, help="importance samples per test image (5000)")
     p.add_argument("--test-size", type=int, help="evaluate the first N test images only")
     p.add_argument("--train-size", type=int, help="train on the first N training images only")
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--chunk-size", type=int, default=500, help="importance samples decoded at once")
     p.add_argument("--eval-batch-size", type=int, default=50, help="test images per compiled log p(x) call")
-    p.add_argument("--tfds-data-dir", default=None, help="tensorflow-datasets folder for --dataset mnist "
-                   "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--tfds-data-dir", default=None, help="tensorflow-datasets folder for --dataset mnist")
     return p
 
 
 def make_config(args: argparse.Namespace) -> dict:
-    """Everything the run depends on, from the size preset and the flags that override it."""
-    size = "quick" if args.quick else "budget" if args.budget else "full"
+    """Everything a model's numbers depend on, from the size preset and the flags that override it."""
+    size = "quick" if args.quick else "full"
     cfg = dict(SIZES[size], size=size)
     for name in cfg:
         if getattr(args, name, None) is not None:
             cfg[name] = getattr(args, name)
-    net = dict(NETS[args.dataset], **(QUICK_NET if args.quick else {}))
-    iwae_k = args.iwae_k if args.iwae_k is not None else ([2] if args.quick else [5, 50])
-    if any(k < 1 for k in iwae_k) or cfg["epochs"] < 1 or cfg["patience"] < 1 or cfg["num_samples"] < 1:
-        raise ValueError("--iwae-k, --epochs, --patience and --num-samples must be >= 1.")
-    cfg.update(dataset=args.dataset, net=net, iwae_k=iwae_k, learning_rate=args.learning_rate,
-               batch_size=args.batch_size, chunk_size=args.chunk_size, eval_batch_size=args.eval_batch_size,
-               seed=args.seed, validation_size=10000 if size != "quick" else 200, split_seed=SPLIT_SEED,
-               validation_binarization_seed=VALIDATION_BINARIZATION_SEED,
-               test_binarization_seed=TEST_BINARIZATION_SEED, binarization="dynamic (train), static (validation, test)")
-    cfg["full_protocol"] = (size == "full" and cfg["train_size"] is None and cfg["test_size"] is None
-                            and cfg["num_samples"] >= 5000 and cfg["max_minutes"] is None)
+    for name in ("epochs", "patience", "num_samples", "num_components"):
+        if cfg[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {cfg[name]}.")
+    if cfg["warmup_epochs"] < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0; got {cfg['warmup_epochs']}.")
+    net = dict(NETS[args.dataset], **(QUICK_NET if args.quick else {}), architecture=args.architecture)
+    cfg.update(dataset=args.dataset, net=net, learning_rate=args.learning_rate, batch_size=args.batch_size,
+               chunk_size=args.chunk_size, eval_batch_size=args.eval_batch_size,
+               seed=args.seed, validation_size=10000 if size != "quick" else 200, split_seed=0,
+               validation_binarization_seed=1, test_binarization_seed=2,
+               binarization="dynamic (train), static (validation, test)")
+    cfg["full_protocol"] = (size == "full" and all(cfg[k] == v for k, v in PROTOCOL.items())
+                            and cfg["num_samples"] >= 5000 and args.architecture == "gated_mlp")
     return cfg
 
 
-def _reachable(host: str, timeout: float, port: int = 443) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (DNS included)."""
-    opened = []
+def model_config(cfg: dict, name: str) -> models.ModelConfig:
+    _, prior, _, _ = ROWS[name]
+    return models.ModelConfig(latent_dim=cfg["net"]["latent_dim"], hidden_sizes=tuple(cfg["net"]["hidden_sizes"]),
+                              architecture=cfg["net"]["architecture"], prior=prior,
+                              num_components=cfg["num_components"])
 
-    def probe():
+
+class WarmupEarlyStopping:
+    """The authors' early stopping: ``patience`` epochs without a better ``metric``, counted from
+    the later of the best epoch and the end of the warm-up (their counter is reset during it)."""
+
+    def __init__(self, metric: str, *, patience: int, warmup_epochs: int):
+        self.metric, self.patience, self.warmup_epochs = metric, patience, warmup_epochs
+
+    def best(self, history: list[dict]) -> dict:
+        return max(history, key=lambda row: row[self.metric])  # the first of equals
+
+    def __call__(self, epoch: int, state, history: list[dict]) -> str | None:
+        if not history:
+            return None
+        best = self.best(history)
+        if epoch - max(best["epoch"], self.warmup_epochs) >= self.patience:
+            return (f"early stopping: no better {self.metric} in {self.patience} epochs "
+                    f"(best {best[self.metric]:.4f} at epoch {best['epoch']})")
+        return None
+
+
+class Status:
+    """Rewrites ``status.json`` every epoch: epochs so far, best validation value, resume command."""
+
+    def __init__(self, path: Path, base: dict):
+        self.path, self.base = path, base
+
+    def __call__(self, epoch: int, state, history: list[dict]) -> None:
+        best = max(history, key=lambda row: row["validation_objective"])
+        write_json(self.path, dict(self.base, state="training", epochs=epoch, best_epoch=best["epoch"],
+                                   best_validation_objective=best["validation_objective"],
+                                   last_epoch_seconds=history[-1].get("seconds"), updated=time.ctime()))
+
+
+class EpochTimer:
+    """Adds ``seconds`` (wall clock since the previous epoch's hooks, this process) to each row."""
+
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def __call__(self, epoch: int, state, history: list[dict]) -> None:
+        now = time.perf_counter()
+        history[-1]["seconds"] = now - self.last
+        self.last = now
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_common._jsonable(obj), indent=1))
+    tmp.replace(path)
+
+
+def environment() -> dict:
+    """Package versions, machine and load average, for the results files."""
+    versions = {}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            opened.append(True)
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return dict(versions=versions, python=platform.python_version(), machine=platform.machine(),
+                processor=platform.processor(), hostname=socket.gethostname(), cpu_count=os.cpu_count(),
+                jax_backend=jax.default_backend(), jax_devices=[str(d) for d in jax.devices()],
+                xla_flags=os.environ.get("XLA_FLAGS", ""), load_average_1_5_15=list(os.getloadavg()))
+
+
+def objectives_for(model, k: int | None):
+    """``(train objective, validation objective, validation hparams)`` of a row."""
+    if k is None:
+        return model.objective, model.objective, {"beta": 1.0}
+    iwae = estimators.make_estimator("iwae", model, num_samples=k)
+    return iwae, iwae, {}
+
+
+class ModelLock:
+    """An exclusive ``flock`` on ``folder/.lock`` for the life of the training of one model."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / ".lock"
+
+    def __enter__(self):
+        self.file = open(self.path, "w")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            pass
+            self.file.close()
+            raise RuntimeError(f"{self.path.parent} is being written by another process; give each process "
+                               "its own --models.") from None
+        return self
 
-    thread = threading.Thread(target=probe, daemon=True)  # a hanging DNS lookup is abandoned
-    thread.start()
-    thread.join(timeout)
-    return bool(opened)
-
-
-def tfds_ready(name: str, data_dir: str | None = None, *, timeout: float = 3.0) -> tuple[bool, str]:
-    """Whether ``tfds.load(name)`` can finish here instead of hanging, without calling it.
-
-    True if the dataset is prepared under ``data_dir`` (``NAME/VERSION/dataset_info.json``),
-    if every file it downloads is in TFDS's download cache (``downloads/<get_dl_fname>``
-    with its ``.INFO``, or ``downloads/manual/<filename>``), or if the download host
-    answers within ``timeout`` seconds.
-
-    Returns:
-      ``(ready, message)``: what was found, or why it cannot run and how to fix it.
-    """
-    try:
-        import tensorflow_datasets as tfds
-        from tensorflow_datasets.core.download import resource
-    except ImportError:
-        return False, "tensorflow-datasets is not installed (pip install -e '.[tfds]')."
-    root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR).expanduser()
-    builder = tfds.builder_cls(name)
-    prepared = root / name / str(builder.VERSION)
-    if (prepared / "dataset_info.json").is_file():
-        return True, f"prepared in {prepared}"
-    urls = builder.url_infos or {}
-    downloads = root / "downloads"
-
-    def cached(url, info):
-        fname = resource.get_dl_fname(url, info.checksum)
-        in_cache = [(folder / fname).is_file() and (folder / f"{fname}.INFO").is_file()
-                    for folder in (downloads, downloads / name)]
-        return any(in_cache) or (downloads / "manual" / info.filename).is_file()
-
-    if urls and all(cached(url, info) for url, info in urls.items()):
-        return True, f"downloads cached in {downloads}"
-    host = urlparse(next(iter(urls))).hostname if urls else "storage.googleapis.com"
-    if _reachable(host, timeout):
-        return True, f"{host} is reachable: TFDS will download {name}"
-    return False, (f"{name} is not prepared in {prepared}, its downloads are not cached in {downloads}, and "
-                   f"{host} did not answer within {timeout:g} s (no network). On a machine with network access run "
-                   f"`python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='DIR')\"`, then "
-                   f"copy DIR here and pass --tfds-data-dir DIR.")
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
-def load(cfg: dict, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train (grey levels), validation and test (binarised once) images, ``[N, 28, 28, 1]``."""
-    if cfg["dataset"] == "mnist":
-        ready, message = tfds_ready("mnist", args.tfds_data_dir)
-        if not ready:
-            raise SystemExit(f"--dataset mnist cannot run here: {message}")
-        ds = vdata.load_dataset("mnist", validation_size=cfg["validation_size"], seed=cfg["split_seed"],
-                                data_dir=args.tfds_data_dir)
-    else:
-        ds = vdata.load_dataset("fashion_mnist", validation_size=cfg["validation_size"], seed=cfg["split_seed"],
-                                data_dir=args.data_dir)
-    train = ds.train.images[: cfg["train_size"]]
-    validation = vdata.binarize_static(ds.validation.images, cfg["validation_binarization_seed"])
-    test = vdata.binarize_static(ds.test.images, cfg["test_binarization_seed"])[: cfg["test_size"]]
-    return train, validation, test
+def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, command: str, resume_command: str,
+              progress: bool) -> dict:
+    """Trains (or resumes) one row, evaluates its best checkpoint and writes ``result.json``."""
+    label, prior, warmup, k = ROWS[name]
+    label = label.format(K=cfg["num_components"])
+    folder = out / "models" / name
+    result_path = folder / "result.json"
+    if result_path.is_file():
+        if not resume:
+            raise SystemExit(f"{folder} already holds a finished model; pass --resume to keep it, or another --out.")
+        return json.loads(result_path.read_text())
+    if (folder / "checkpoints").is_dir() and not resume:
+        raise SystemExit(f"{folder} holds checkpoints; pass --resume to continue them, or another --out.")
+    folder.mkdir(parents=True, exist_ok=True)
+    train, validation, test = data
+    model = models.build_model(model_config(cfg, name), train.shape[1:])
+    key = jax.random.fold_in(jax.random.key(cfg["seed"]), zlib.crc32(name.encode()) % (2 ** 31))
+    key_init, key_fit, key_val, key_test = jax.random.split(key, 4)
+    objective, val_objective, val_hparams = objectives_for(model, k)
+    steps_per_epoch = len(train) // cfg["batch_size"]
+    warmup_epochs = cfg["warmup_epochs"] if warmup else 0
+    hparams = {"beta": 1.0} if k is None else {}
+    state = training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]),
+                                        kl_warmup_steps=warmup_epochs * steps_per_epoch, **hparams)
+    with ModelLock(folder), checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective",
+                                                       create=True) as ckpt:
+        history = []
+        if ckpt.latest_epoch is not None:
+            state, history = ckpt.restore(state, which="latest")
+            print(f"{name}: resumed after epoch {len(history)}", flush=True)
+        stop_hook = WarmupEarlyStopping("validation_objective", patience=cfg["patience"],
+                                        warmup_epochs=warmup_epochs)
+        base = dict(name=name, label=label, resume_command=resume_command, steps_per_epoch=steps_per_epoch,
+                    kl_warmup_steps=warmup_epochs * steps_per_epoch)
+        stop_reason = stop_hook(len(history), state, history) or ("max epochs" if len(history) >= cfg["epochs"]
+                                                                  else None)
+        start = time.perf_counter()
+        if stop_reason is None:
+            fit_hooks = [EpochTimer(), hooks.Validate(val_objective, validation, key_val, hparams=val_hparams,
+                                                      same_draws=True),
+                         hooks.RequireFinite("validation_objective"), hooks.Checkpoint(ckpt),
+                         hooks.CSVLog(folder / "history.csv"), Status(folder / "status.json", base), stop_hook]
+            if cfg["max_minutes"] is not None:
+                fit_hooks.append(hooks.TimeLimit(cfg["max_minutes"]) if cfg["max_minutes"] > 0 else
+                                 (lambda epoch, state, history: "time limit: 0 minutes"))
+            fitted = training.fit(training.make_train_step(objective, dynamic_binarization=True), state,
+                                  jnp.asarray(train), key_fit, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                                  history=history, hooks=fit_hooks, progress=progress, desc=name)
+            history, stop_reason = fitted.history, fitted.stop_reason
+        train_seconds = time.perf_counter() - start
+        write_json(folder / "status.json", dict(base, state="evaluating", epochs=len(history),
+                                                stop_reason=stop_reason, updated=time.ctime()))
+        best_state, _ = ckpt.restore(_template(model, key_init, train, cfg, warmup_epochs, hparams),
+                                     which="best")
+        best_epoch = ckpt.best_epoch
+    result = evaluate_row(name, model, best_state.params, validation, test, key_test, cfg, progress=progress)
+    finished = stop_reason.startswith("early stopping") or stop_reason == "max epochs"
+    result.update(label=label, prior=prior, kl_warmup_epochs=warmup_epochs, iwae_k=k, epochs=len(history),
+                  best_epoch=best_epoch, stop_reason=stop_reason,
+                  best_validation_objective=max(r["validation_objective"] for r in history),
+                  train_seconds_this_process=train_seconds,
+                  train_seconds_total=float(sum(r.get("seconds", 0.0) for r in history)),
+                  protocol=bool(cfg["full_protocol"] and finished), command=command, resume_command=resume_command,
+                  config=cfg, model_config=model_config(cfg, name), environment=environment(), history=history)
+    write_json(result_path, result)
+    write_json(folder / "status.json", dict(base, state="finished", epochs=len(history), stop_reason=stop_reason,
+                                            updated=time.ctime()))
+    return result
 
 
-def train_model(model, objective, train, validation, key, cfg, *, progress=True, desc="train"):
-    """Adam with dynamic binarisation and early stopping on the validation ``objective``.
+def _template(model, key_init, train, cfg, warmup_epochs, hparams):
+    return training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]),
+                                       kl_warmup_steps=warmup_epochs * (len(train) // cfg["batch_size"]), **hparams)
 
-    Returns:
-      ``(best_params, info)``: parameters of the best validation epoch and a dict
-      with the per-epoch history, epochs run, best epoch, why it stopped and seconds.
-    """
-    key_init, key_fit, key_val = jax.random.split(key, 3)
-    state = training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]))
-    step = training.make_train_step(objective, dynamic_binarization=True)
-    data = jnp.asarray(train)
-    best_value, best_epoch, best_params, history, stop = -np.inf, -1, None, [], "max epochs"
+
+def evaluate_row(name, model, params, validation, test, key, cfg, *, progress) -> dict:
+    """Test ELBO, test log p(x) (mean, standard error), active units, seconds."""
     start = time.perf_counter()
-    bar = tqdm(range(cfg["epochs"]), desc=desc, disable=not progress, leave=False)
-    for epoch in bar:
-        state, metrics = training.train_epoch(step, state, data, jax.random.fold_in(key_fit, epoch),
-                                              batch_size=cfg["batch_size"])
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{desc}: non-finite loss {loss} in epoch {epoch}; lower the learning rate.")
-        value = training.evaluate(objective, state.params, validation, key_val)["objective"]  # same draws each epoch
-        history.append({"epoch": epoch + 1, "train_objective": -loss, "validation_objective": value})
-        if value > best_value:
-            best_value, best_epoch, best_params = value, epoch + 1, jax.device_get(state.params)
-        bar.set_postfix(val=f"{value:.2f}", best=f"{best_value:.2f}")
-        minutes = (time.perf_counter() - start) / 60
-        if epoch + 1 - best_epoch >= cfg["patience"]:
-            stop = "early stopping"
-        elif cfg["max_minutes"] is not None and minutes >= cfg["max_minutes"]:
-            stop = "time budget"
-        else:
-            continue
-        break
-    info = dict(epochs=len(history), best_epoch=best_epoch, stopped_by=stop, best_validation_objective=best_value,
-                train_seconds=time.perf_counter() - start, history=history)
-    return best_params, info
-
-
-def run_model(name, k, model, train, validation, test, key, cfg, *, progress):
-    """Trains one model (``k = 1``: the ELBO, else the IWAE-k bound) and measures it on ``test``."""
-    objective = model.objective if k == 1 else functools.partial(model.iwae_objective, num_samples=k)
-    key_train, key_elbo, key_px = jax.random.split(key, 3)
-    params, info = train_model(model, objective, train, validation, key_train, cfg, progress=progress, desc=name)
-    start = time.perf_counter()
-    test_elbo = training.evaluate(model.objective, params, test, key_elbo)["elbo"]
+    key_elbo, key_px = jax.random.split(key)
+    test_elbo = evaluation.evaluate(model.objective, params, test, key_elbo)["elbo"]
+    load_before = os.getloadavg()[0]
+    px_start = time.perf_counter()
     log_px = evaluation.log_marginal(model, params, test, key_px, num_samples=cfg["num_samples"],
                                      chunk_size=cfg["chunk_size"], batch_size=cfg["eval_batch_size"],
                                      progress=progress, desc=f"{name} log p(x)")
-    return dict(name=name, training_objective="elbo" if k == 1 else f"iwae k={k}", k=k, test_elbo=test_elbo,
-                test_log_px_mean=log_px.mean, test_log_px_stderr=log_px.stderr,
+    return dict(name=name, test_elbo=test_elbo, test_log_px_mean=log_px.mean, test_log_px_stderr=log_px.stderr,
+                test_images=len(test), num_samples=cfg["num_samples"],
                 active_units=evaluation.active_units(model, params, test), latent_dim=model.latent_dim,
-                eval_seconds=time.perf_counter() - start, **info)
+                log_px_seconds=time.perf_counter() - px_start, eval_seconds=time.perf_counter() - start,
+                load_average_1min_during_log_px=[load_before, os.getloadavg()[0]])
 
 
-def markdown_table(results: dict) -> str:
-    """Our rows beside the published references, as a Markdown table."""
-    lines = ["| model | test log p(x) (nats) | test ELBO | active units | epochs | training time |",
+def row_label(r: dict) -> str:
+    if r.get("protocol"):
+        return f"{r['label']}, ours (protocol)"
+    return (f"{r['label']}, ours (NOT the protocol: {r['epochs']} epochs, {r['stop_reason'].split(':')[0]}, "
+            f"{r['test_images']} test images, {r['num_samples']} samples)")
+
+
+def markdown_table(rows: list[dict], references: dict) -> str:
+    """Our finished rows (each once) beside the published references, as a Markdown table."""
+    lines = ["| model | test log p(x) (nats) | test ELBO | active units | epochs (best) | training time |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for r in results["models"]:
-        lines.append(f"| {r['name']} (ours, {results['config']['size']} run) | {r['test_log_px_mean']:.2f} "
-                     f"± {r['test_log_px_stderr']:.2f} | {r['test_elbo']:.2f} "
-                     f"| {r['active_units']}/{r['latent_dim']} | {r['epochs']} (best {r['best_epoch']}, "
-                     f"{r['stopped_by']}) | {r['train_seconds'] / 60:.1f} min |")
-    for name, value in results["references"].items():
+    for r in rows:
+        lines.append(f"| {row_label(r)} | {r['test_log_px_mean']:.2f} ± {r['test_log_px_stderr']:.2f} "
+                     f"| {r['test_elbo']:.2f} | {r['active_units']}/{r['latent_dim']} | {r['epochs']} "
+                     f"({r['best_epoch']}) | {r['train_seconds_total'] / 60:.1f} min |")
+    for name, value in references.items():
         lines.append(f"| {name} | {value:.2f} | | | | |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def collect(out: Path) -> tuple[list[dict], list[dict]]:
+    """``(finished results, statuses of unfinished models)`` found under ``out/models``, in row order."""
+    finished, unfinished = [], []
+    for name in ROWS:
+        folder = out / "models" / name
+        if (folder / "result.json").is_file():
+            finished.append(json.loads((folder / "result.json").read_text()))
+        elif (folder / "status.json").is_file():
+            unfinished.append(json.loads((folder / "status.json").read_text()))
+    return finished, unfinished
+
+
+def write_table(out: Path, dataset: str) -> str:
+    finished, unfinished = collect(out)
+    table = markdown_table(finished, REFERENCES[dataset])
+    (out / "table.md").write_text(table)
+    summary = [{k: v for k, v in r.items() if k != "history"} for r in finished]
+    write_json(out / "results.json", dict(models=summary, unfinished=unfinished, references=REFERENCES[dataset]))
+    if finished:
+        plotting.save_curves({r["label"]: [h["validation_objective"] for h in r["history"]] for r in finished},
+                             out / "validation.png", ylabel="validation objective (nats)",
+                             title=f"{dataset}: ELBO (VAE, VampPrior) / IWAE-k bound")
+    return table
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     cfg = make_config(args)
-    train, validation, test = load(cfg, args)
-    cfg.update(train_images=len(train), validation_images=len(validation), test_images=len(test))
-    model = models.build_model(models.ModelConfig(**cfg["net"]), train.shape[1:])
-    key = jax.random.key(cfg["seed"])
-    load_before = os.getloadavg()
-    rows = [run_model("VAE" if k == 1 else f"IWAE k={k}", k, model, train, validation, test,
-                      jax.random.fold_in(key, k), cfg, progress=not args.no_progress)
-            for k in [1, *cfg["iwae_k"]]]
-    command = "python -m experiments.density_table " + " ".join(shlex.quote(a) for a in argv)
-    results = dict(command=command, config=cfg, references=REFERENCES[cfg["dataset"]], models=rows,
-                   load_average_1min=[load_before[0], os.getloadavg()[0]], cpu_count=os.cpu_count(),
-                   jax_backend=jax.default_backend())
-    _common.write_outputs(args.out, config=cfg, results=results)
-    (args.out / "table.md").write_text(markdown_table(results))
-    plotting.save_curves({r["name"]: [h["validation_objective"] for h in r["history"]] for r in rows},
-                         args.out / "validation.png", ylabel="validation objective (nats)",
-                         title=f"{cfg['dataset']}: ELBO (VAE) / IWAE-k bound (IWAE)")
-    print(markdown_table(results))
-    return results
+    names = args.models or DEFAULT_MODELS
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    quoted = " ".join(shlex.quote(a) for a in argv)
+    command = f"python -m experiments.density_table {quoted}"
+    resume_command = command if args.resume else f"{command} --resume"
+    data = load(cfg, args)
+    cfg.update(train_images=len(data[0]), validation_images=len(data[1]), test_images=len(data[2]))
+    cfg["full_protocol"] = cfg["full_protocol"] and (cfg["train_images"], cfg["test_images"]) == (50000, 10000)
+    saved = out / "models" / "config.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous != json.loads(json.dumps(_common._jsonable(cfg))):
+            raise SystemExit(f"{out} was run with another configuration ({saved}); use the same flags or another "
+                             "--out.")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    if not saved.is_file():
+        write_json(saved, cfg)
+    rows = []
+    for name in names:
+        rows.append(run_model(name, cfg, data, out, resume=args.resume, command=command,
+                              resume_command=resume_command, progress=not args.no_progress))
+        print(write_table(out, cfg["dataset"]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":

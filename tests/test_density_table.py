@@ -1,4 +1,4 @@
-"""Tests of experiments.density_table: the quick protocol end to end, early stopping, the TFDS guard."""
+"""Tests of experiments.density_table: quick rows end to end, honest labels, resume, early stopping, the TFDS guard."""
 
 import json
 import os
@@ -10,82 +10,128 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import _density_io as dio
 from experiments import density_table as dt
-from vae_jax import data as vdata
-from vae_jax import models, training
+from vae_jax import checkpoints, data as vdata
 
 needs_fmnist = pytest.mark.skipif(
     not os.path.isfile(f"{vdata.DEFAULT_DATA_DIR}/t10k-images-idx3-ubyte.gz"),
     reason="Debian's dataset-fashion-mnist is not installed (scripts/setup.sh installs it)")
+QUICK = ["--quick", "--no-progress", "--test-size", "20", "--num-samples", "20"]
 
 
 @needs_fmnist
-def test_quick_run_writes_a_table_whose_command_reproduces_its_config_and_stops_on_time(tmp_path):
-    results = dt.main(["--out", str(tmp_path), "--quick", "--max-minutes", "0", "--no-progress"])
-    for name in ("results.json", "config.json", "table.md", "validation.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert json.loads((tmp_path / "results.json").read_text())["command"] == results["command"]
-    cfg = results["config"]
-    assert cfg["size"] == "quick" and not cfg["full_protocol"]
-    assert (cfg["train_images"], cfg["validation_images"], cfg["test_images"]) == (500, 200, 50)
-    argv = shlex.split(results["command"])[3:]
-    again = dt.make_config(dt.build_parser().parse_args(argv))
-    assert again == {k: v for k, v in cfg.items() if not k.endswith("_images")}
-    assert [r["name"] for r in results["models"]] == ["VAE", "IWAE k=2"]
-    for r in results["models"]:
-        values = [h["validation_objective"] for h in r["history"]]
-        assert (r["epochs"], r["stopped_by"]) == (1, "time budget")  # --max-minutes 0: one epoch
-        assert r["best_validation_objective"] == max(values)
-        assert -800 < r["test_elbo"] < -150 and 0 <= r["active_units"] <= 8
-        # 50-sample log p(x) sits above the (1-sample) ELBO of 50 test images
-        assert r["test_elbo"] < r["test_log_px_mean"] < 0 and r["test_log_px_stderr"] > 0
+def test_quick_rows_write_results_labelled_as_not_the_protocol(tmp_path):
+    rows = dt.main(["--out", str(tmp_path), *QUICK, "--epochs", "2", "--models", "vamp_warmup", "iwae5"])
+    assert [r["name"] for r in rows] == ["vamp_warmup", "iwae5"]
+    for r in rows:
+        saved = json.loads((tmp_path / "models" / r["name"] / "result.json").read_text())
+        assert saved["command"] == r["command"] and saved["stop_reason"] == "max epochs"
+        assert not saved["protocol"] and not saved["config"]["full_protocol"]
+        assert len(saved["history"]) == 2 and saved["environment"]["versions"]["jax"] == jax.__version__
+        assert r["best_validation_objective"] == max(h["validation_objective"] for h in r["history"])
+        # 20-sample log p(x) sits above the 1-sample ELBO of the same 20 images
+        assert -800 < r["test_elbo"] < r["test_log_px_mean"] < 0 and r["test_log_px_stderr"] > 0
+    assert rows[0]["label"] == "VampPrior (K=10) + warm-up" and rows[0]["kl_warmup_epochs"] == 1
     table = (tmp_path / "table.md").read_text()
-    assert "-228.70" in table and "quick run" in table
+    assert table.count("VampPrior (K=10) + warm-up, ours") == 1 and table.count("IWAE k=5, ours") == 1
+    assert "(protocol)" not in table and "NOT the protocol: 2 epochs, max epochs, 20 test images, 20 samples" in table
+    assert "-228.70" in table and "-224.67" in table
+    # the command rebuilds the same configuration
+    argv = shlex.split(rows[0]["command"])[3:]
+    again = dt.make_config(dt.build_parser().parse_args(argv))
+    assert again == {k: v for k, v in rows[0]["config"].items() if not k.endswith("_images")} | \
+        {"full_protocol": False}
+    with pytest.raises(SystemExit, match="--resume"):  # a finished OUT is not overwritten
+        dt.main(["--out", str(tmp_path), *QUICK, "--epochs", "2", "--models", "iwae5"])
 
 
-def _digits_setup():
-    x = vdata.load_digits().images
-    model = models.build_model(models.ModelConfig(latent_dim=2, hidden_sizes=(16,)), x.shape[1:])
-    validation = vdata.binarize_static(x[:100], 0)
-    return model, x[100:600], validation
+@needs_fmnist
+def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(tmp_path, monkeypatch):
+    args = [*QUICK, "--epochs", "3", "--warmup-epochs", "2", "--models", "vae_warmup"]
+    whole = dt.main(["--out", str(tmp_path / "a"), *args])[0]
+
+    calls = []
+
+    def interrupt(self, epoch, state, history):
+        calls.append(epoch)
+        if epoch == 1:  # after the checkpoint of epoch 1 (Status runs after Checkpoint)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dt.Status, "__call__", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        dt.main(["--out", str(tmp_path / "b"), *args])
+    status_free = json.loads((tmp_path / "b" / "models" / "config.json").read_text())
+    assert status_free["epochs"] == 3 and not (tmp_path / "b" / "models" / "vae_warmup" / "result.json").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        dt.main(["--out", str(tmp_path / "b"), *args])
+    resumed = dt.main(["--out", str(tmp_path / "b"), *args, "--resume"])[0]
+    assert calls == [1, 2, 3]
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(whole["history"])  # same losses, betas and validation values
+    for key in ("test_elbo", "test_log_px_mean", "best_epoch"):
+        assert resumed[key] == whole[key]
+    states = []
+    for run in ("a", "b"):
+        with checkpoints.RunCheckpoints(tmp_path / run / "models" / "vae_warmup" / "checkpoints",
+                                        metric="validation_objective") as ckpt:
+            template = dt._template(*_model_and_key(run_cfg=whole["config"]))
+            states.append(ckpt.restore(template, which="latest")[0])
+    assert int(states[0].step) == int(states[1].step) == 3 * 5 and int(states[1].kl_warmup_steps) == 2 * 5
+    for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _cfg(**changes):
-    return dict(dict(learning_rate=0.05, batch_size=50, epochs=40, patience=2, max_minutes=None), **changes)
+def _model_and_key(run_cfg):
+    from vae_jax import models
+    train = np.zeros((500, 28, 28, 1), np.float32)
+    model = models.build_model(dt.model_config(run_cfg, "vae_warmup"), train.shape[1:])
+    return model, jax.random.key(0), train, run_cfg, run_cfg["warmup_epochs"], {"beta": 1.0}
 
 
-def test_early_stopping_keeps_the_best_validation_parameters():
-    model, train, validation = _digits_setup()
-    key = jax.random.key(0)
-    params, info = dt.train_model(model, model.objective, train, validation, key, _cfg(), progress=False)
-    values = [h["validation_objective"] for h in info["history"]]
-    assert info["stopped_by"] == "early stopping" and info["epochs"] < 40
-    assert info["epochs"] == info["best_epoch"] + 2  # patience 2
-    assert info["best_validation_objective"] == max(values) == values[info["best_epoch"] - 1]
-    # the returned parameters are those of the best epoch: same validation value with the same draws
-    key_val = jax.random.split(key, 3)[2]
-    again = training.evaluate(model.objective, params, validation, key_val)["objective"]
-    np.testing.assert_allclose(again, info["best_validation_objective"], rtol=1e-5)
+def test_warmup_early_stopping_counts_patience_after_the_warmup():
+    stop = dt.WarmupEarlyStopping("v", patience=3, warmup_epochs=5)
+    history = [{"epoch": e, "v": -e if e > 2 else float(e)} for e in range(1, 12)]  # best at epoch 2
+    reasons = {e: stop(e, None, history[:e]) for e in range(1, 12)}
+    assert [e for e, r in reasons.items() if r] == [8, 9, 10, 11]  # 5 (end of warm-up) + 3
+    assert "best 2.0000 at epoch 2" in reasons[8]
+    no_warmup = dt.WarmupEarlyStopping("v", patience=3, warmup_epochs=0)
+    assert [e for e in range(1, 12) if no_warmup(e, None, history[:e])] == [5, 6, 7, 8, 9, 10, 11]
+
+
+def test_labels_say_protocol_only_for_a_finished_full_run():
+    row = dict(label="VAE", epochs=400, stop_reason="early stopping: ...", test_images=10000, num_samples=5000)
+    assert dt.row_label(dict(row, protocol=True)) == "VAE, ours (protocol)"
+    assert dt.row_label(dict(row, protocol=False, epochs=12, stop_reason="time limit: 5.0 of 5 minutes",
+                             test_images=1000)) == \
+        "VAE, ours (NOT the protocol: 12 epochs, time limit, 1000 test images, 5000 samples)"
+
+
+def test_full_protocol_flag_follows_the_sizes(tmp_path):
+    parse = lambda *a: dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
+    assert parse()["full_protocol"]
+    for flags in (["--max-minutes", "50"], ["--test-size", "200"], ["--num-samples", "1000"], ["--epochs", "3"],
+                  ["--architecture", "mlp"], ["--quick"], ["--patience", "10"]):
+        assert not parse(*flags)["full_protocol"], flags
 
 
 def test_mnist_without_data_or_network_fails_fast_without_calling_tfds_load(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     probed = []
-    monkeypatch.setattr(dt, "_reachable", lambda host, timeout: probed.append(host) or False)
+    monkeypatch.setattr(dio, "_reachable", lambda host, timeout: probed.append(host) or False)
     monkeypatch.setattr(vdata, "load_tfds", lambda *a, **k: pytest.fail("tfds.load of an unprepared dataset"))
     start = time.perf_counter()
     with pytest.raises(SystemExit, match="cannot run here.*not prepared.*no network"):
         dt.main(["--out", str(tmp_path / "out"), "--quick", "--dataset", "mnist",
                  "--tfds-data-dir", str(tmp_path / "tfds")])
     assert time.perf_counter() - start < 10 and probed == ["storage.googleapis.com"]
-    assert not (tmp_path / "out").exists()
 
 
 def test_tfds_ready_finds_prepared_and_cached_datasets(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     from tensorflow_datasets.core.download import resource
 
-    monkeypatch.setattr(dt, "_reachable", lambda host, timeout: pytest.fail("probed the network"))
+    monkeypatch.setattr(dio, "_reachable", lambda host, timeout: pytest.fail("probed the network"))
     cls = tfds.builder_cls("mnist")
     prepared = tmp_path / "a" / "mnist" / str(cls.VERSION)
     prepared.mkdir(parents=True)
@@ -98,12 +144,12 @@ def test_tfds_ready_finds_prepared_and_cached_datasets(tmp_path, monkeypatch):
         (downloads / fname).write_bytes(b"x")
         if i:  # the first file lacks its .INFO: not cached yet
             (downloads / f"{fname}.INFO").write_text("{}")
-    monkeypatch.setattr(dt, "_reachable", lambda host, timeout: False)
+    monkeypatch.setattr(dio, "_reachable", lambda host, timeout: False)
     assert not dt.tfds_ready("mnist", str(tmp_path / "b"))[0]
     (downloads / f"{fnames[0]}.INFO").write_text("{}")
     ready, message = dt.tfds_ready("mnist", str(tmp_path / "b"))
     assert ready and "cached" in message
-    monkeypatch.setattr(dt, "_reachable", lambda host, timeout: True)
+    monkeypatch.setattr(dio, "_reachable", lambda host, timeout: True)
     assert dt.tfds_ready("mnist", str(tmp_path / "c"))[0]
 
 
@@ -116,7 +162,8 @@ def test_reachable_probe_on_loopback():
     assert not dt._reachable("127.0.0.1", 2.0, port=port)  # closed now: refused at once
 
 
-@pytest.mark.parametrize("flag", [["--iwae-k", "0"], ["--epochs", "0"], ["--num-samples", "0"]])
+@pytest.mark.parametrize("flag", [["--epochs", "0"], ["--num-samples", "0"], ["--patience", "0"],
+                                  ["--num-components", "0"], ["--warmup-epochs", "-1"]])
 def test_bad_sizes_raise(flag, tmp_path):
-    with pytest.raises(ValueError, match=">= 1"):
+    with pytest.raises(ValueError, match=">= "):
         dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), *flag]))

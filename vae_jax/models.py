@@ -8,18 +8,17 @@ All methods work on ONE example (``x [H, W, C]``, ``z [d]``) except
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions as D
-from vae_jax import networks
-from vae_jax import objectives as O
+from vae_jax import distributions, networks, objectives, priors
 
 Params = Any
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "gated_mlp")
 KINDS = ("vae", "ae")
 
 
@@ -31,9 +30,14 @@ class ModelConfig:
       kind: ``"vae"`` or ``"ae"`` (the deterministic autoencoder baseline).
       latent_dim: size ``d`` of z, ``>= 1``.
       likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
-      architecture: ``"mlp"`` or ``"conv"`` (conv needs H, W divisible by 4).
+      architecture: ``"mlp"``, ``"conv"`` (needs H, W divisible by 4) or ``"gated_mlp"``
+        (gated dense layers ``(W1 x + b1) * sigmoid(W2 x + b2)``, He-initialised, log_std
+        clipped to [-3, 1]: the VampPrior authors' MLP; ``activation`` is unused).
       hidden_sizes: encoder widths (MLP; reversed for the decoder).
       activation: hidden activation name (see :data:`vae_jax.networks.ACTIVATIONS`).
+      prior: ``"standard_normal"``, ``"mixture"`` (K learned diagonal Gaussians) or
+        ``"vamp"`` (VampPrior with K learned pseudo-inputs); see :mod:`vae_jax.priors`.
+      num_components: K of the mixture / VampPrior, ``>= 1`` (500 in the VampPrior paper).
     """
 
     kind: str = "vae"
@@ -42,6 +46,8 @@ class ModelConfig:
     architecture: str = "mlp"
     hidden_sizes: tuple[int, ...] = (512, 256)
     activation: str = "relu"
+    prior: str = "standard_normal"
+    num_components: int = 500
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -52,7 +58,14 @@ class ModelConfig:
             raise ValueError(f"Unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}.")
         if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive ints; got {self.hidden_sizes!r}.")
-        D.check_likelihood(self.likelihood)
+        distributions.check_likelihood(self.likelihood)
+        if self.prior not in priors.PRIORS:
+            raise ValueError(f"Unknown prior {self.prior!r}; expected one of {priors.PRIORS}.")
+        if isinstance(self.num_components, bool) or not isinstance(self.num_components, int) \
+                or self.num_components <= 0:
+            raise ValueError(f"num_components must be a positive int; got {self.num_components!r}.")
+        if self.kind == "ae" and self.prior != "standard_normal":
+            raise ValueError(f"an autoencoder (kind='ae') has no prior; got prior={self.prior!r}.")
         networks.get_activation(self.activation)
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
@@ -67,11 +80,29 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE":
     if config.architecture == "mlp":
         encoder = networks.MLPEncoder(config.latent_dim, config.hidden_sizes, config.activation, stochastic)
         decoder = networks.MLPDecoder(input_shape, config.hidden_sizes[::-1], config.activation, num_outputs)
+    elif config.architecture == "gated_mlp":
+        encoder = networks.GatedMLPEncoder(config.latent_dim, config.hidden_sizes, stochastic)
+        decoder = networks.GatedMLPDecoder(input_shape, config.hidden_sizes[::-1], num_outputs)
     else:
         encoder = networks.ConvEncoder(config.latent_dim, activation=config.activation, stochastic=stochastic)
         decoder = networks.ConvDecoder(input_shape, activation=config.activation, num_outputs=num_outputs)
     cls = VAE if stochastic else AE
-    return cls(encoder, decoder, config.likelihood, config.latent_dim)
+    return cls(encoder, decoder, config.likelihood, config.latent_dim, input_shape, config.prior,
+               config.num_components)
+
+
+class Bound(NamedTuple):
+    """A model's pure functions with its parameters bound: what every objective takes.
+
+    Attributes:
+      encode: ``x -> (mean [d], log_std [d])`` (VAE) or ``x -> code [d]`` (AE).
+      decode: ``z [d] ->`` the parameters of p(x | z).
+      prior: ``log p(z)`` of one ``z [d]``, or ``None`` for N(0, I).
+    """
+
+    encode: Callable[[jax.Array], Any]
+    decode: Callable[[jax.Array], Any]
+    prior: Callable[[jax.Array], jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +111,39 @@ class _Model:
     decoder: nn.Module
     likelihood: str = "bernoulli"
     latent_dim: int = 32
+    input_shape: tuple[int, ...] | None = None  # (H, W, C) of one example, when known
+    prior: str = "standard_normal"  # a name of vae_jax.priors.PRIORS
+    num_components: int = 500  # K of the "mixture" and "vamp" priors
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
-        """Parameters for one example ``x [H, W, C]``."""
-        k_enc, k_dec = jax.random.split(key)
-        return {
+        """Parameters for one example ``x [H, W, C]``: ``encoder``, ``decoder`` and, for a
+        learned prior, ``prior`` (mixture weights/means/log_stds, or the VampPrior's
+        pseudo-inputs ``[K, H, W, C]``)."""
+        k_enc, k_dec, k_prior = jax.random.split(key, 3)
+        params = {
             "encoder": self.encoder.init(k_enc, x)["params"],
             "decoder": self.decoder.init(k_dec, jnp.zeros((self.latent_dim,), x.dtype))["params"],
         }
+        if self.prior == "mixture":
+            params["prior"] = priors.init_mixture(k_prior, num_components=self.num_components,
+                                                  latent_dim=self.latent_dim)
+        elif self.prior == "vamp":
+            params["prior"] = priors.init_vamp(k_prior, num_components=self.num_components, input_shape=x.shape)
+        return params
+
+    def prior_distribution(self, params: Params) -> "priors.StandardNormal | priors.GaussianMixture":
+        """The prior p(z) of these parameters: ``.log_prob(z [d])`` and ``.sample(key, n) -> [n, d]``."""
+        if self.prior == "mixture":
+            return priors.mixture(params["prior"])
+        if self.prior == "vamp":
+            return priors.vamp(params["prior"], functools.partial(self.encode, params))
+        return priors.StandardNormal(self.latent_dim)
+
+    def bind(self, params: Params) -> Bound:
+        """The pure ``(encode, decode, prior)`` of these parameters (see :class:`Bound`); ``prior``
+        is None for N(0, I) (so objectives use the closed-form KL), else its ``log_prob``."""
+        prior = None if self.prior == "standard_normal" else self.prior_distribution(params).log_prob
+        return Bound(functools.partial(self.encode, params), functools.partial(self.decode, params), prior)
 
     def encode(self, params: Params, x: jax.Array) -> Any:
         return self.encoder.apply({"params": params["encoder"]}, x)
@@ -98,7 +154,7 @@ class _Model:
 
     def decode_mean(self, params: Params, z: jax.Array) -> jax.Array:
         """``z [d] ->`` the mean of p(x | z), an image ``[H, W, C]``."""
-        return D.likelihood_mean(self.likelihood, self.decode(params, z))
+        return distributions.likelihood_mean(self.likelihood, self.decode(params, z))
 
     def code(self, params: Params, x: jax.Array) -> jax.Array:
         """The point code of ``x``, ``[d]`` (the posterior mean for a VAE)."""
@@ -109,8 +165,8 @@ class _Model:
         return self.decode_mean(params, self.code(params, x))
 
     def sample(self, params: Params, key: jax.Array, n: int) -> jax.Array:
-        """Means of p(x | z) for ``n`` draws ``z ~ N(0, I)``: ``[n, H, W, C]``."""
-        z = jax.random.normal(key, (n, self.latent_dim))
+        """Means of p(x | z) for ``n`` draws ``z ~ p(z)`` (the model's prior): ``[n, H, W, C]``."""
+        z = self.prior_distribution(params).sample(key, n)
         return jax.vmap(self.decode_mean, in_axes=(None, 0))(params, z)
 
 
@@ -121,22 +177,20 @@ class VAE(_Model):
         return self.encode(params, x)[0]
 
     def objective(self, params: Params, key: jax.Array, x: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
-        """:func:`vae_jax.objectives.elbo` of this model; ``kwargs``: beta, num_samples, kl."""
-        return O.elbo(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
-                      likelihood=self.likelihood, **kwargs)
+        """:func:`vae_jax.objectives.elbo` of this model; ``kwargs``: beta, num_samples, kl.
 
-    def iwae_objective(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int
-                       ) -> tuple[jax.Array, dict]:
-        """:func:`vae_jax.objectives.iwae_bound` with ``num_samples`` draws (IWAE training)."""
-        value = O.iwae_bound(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
-                             likelihood=self.likelihood, num_samples=num_samples)
-        return value, {"iwae": value}
+        Other objectives and gradient estimators of the same model (IWAE, DReG,
+        score function, ...) come from :func:`vae_jax.estimators.make_estimator`.
+        """
+        encode, decode, prior = self.bind(params)
+        return objectives.elbo(key, x, encode, decode, likelihood=self.likelihood, prior=prior, **kwargs)
 
     def log_marginal(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int = 5000,
                      chunk_size: int = 500) -> jax.Array:
         """Importance-sampled ``log p(x)`` (:func:`vae_jax.objectives.log_marginal`), nats."""
-        return O.log_marginal(key, x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
-                              likelihood=self.likelihood, num_samples=num_samples, chunk_size=chunk_size)
+        encode, decode, prior = self.bind(params)
+        return objectives.log_marginal(key, x, encode, decode, likelihood=self.likelihood, prior=prior,
+                                       num_samples=num_samples, chunk_size=chunk_size)
 
 
 class AE(_Model):
@@ -148,6 +202,6 @@ class AE(_Model):
     def objective(self, params: Params, key: jax.Array, x: jax.Array) -> tuple[jax.Array, dict]:
         """Minus :func:`vae_jax.objectives.autoencoder_loss` (``key`` is unused)."""
         del key
-        value = -O.autoencoder_loss(x, lambda v: self.encode(params, v), lambda z: self.decode(params, z),
-                                    likelihood=self.likelihood)
+        encode, decode, _ = self.bind(params)
+        value = -objectives.autoencoder_loss(x, encode, decode, likelihood=self.likelihood)
         return value, {"reconstruction": value}
