@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import optax
 
 from vae_jax import data as vdata
 from vae_jax import models, objectives, training
+from vae_jax.config import write_json
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
@@ -44,23 +44,32 @@ def load_data(args: argparse.Namespace, *, quick_train: int = 2000, quick_test: 
     return ds
 
 
-def train_model(config: models.ModelConfig, images: np.ndarray, *, epochs: int, batch_size: int = 128,
-                learning_rate: float = 1e-3, seed: int = 0, dynamic_binarization: bool = False,
-                progress: bool = True, desc: str = "train", **hparams: float
+def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any
                 ) -> tuple[Any, training.TrainState, list[dict[str, float]], float]:
-    """Builds ``config``'s model and trains it with Adam on ``images [N, H, W, C]``.
+    """Builds ``config``'s model and trains it with :func:`train` (``kwargs`` go there).
 
     Returns:
-      ``(model, state, history, seconds)``: history has one dict of epoch means per epoch.
+      ``(model, state, history, seconds)``.
     """
     model = models.build_model(config, images.shape[1:])
+    return (model, *train(model, images, **kwargs))
+
+
+def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
+          seed: int = 0, dynamic_binarization: bool = False, progress: bool = True, desc: str = "train",
+          **hparams: float) -> tuple[training.TrainState, list[dict[str, float]], float]:
+    """Trains ``model`` with Adam on ``images [N, H, W, C]``; ``hparams`` go to its objective.
+
+    Returns:
+      ``(state, history, seconds)``: history has one dict of epoch means per epoch.
+    """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
     state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
     start = time.perf_counter()
-    state, history = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
-                                  progress=progress, desc=desc)
-    return model, state, history, time.perf_counter() - start
+    state, history, _ = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
+                                     progress=progress, desc=desc)
+    return state, history, time.perf_counter() - start
 
 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
@@ -135,8 +144,8 @@ def fitted_gaussian_kl(codes: np.ndarray) -> float:
 def write_outputs(out: Path, *, config: dict[str, Any], results: dict[str, Any]) -> None:
     """Writes ``config.json`` and ``results.json`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    write_json(out / "config.json", _jsonable(config))
+    write_json(out / "results.json", _jsonable(results))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -76,12 +76,13 @@ def train_sweep(model, images: np.ndarray, betas: list[float], *, epochs: int, b
     states = training.stack([training.create_train_state(model, key_init, images[0], optimizer, beta=b)
                              for b in betas])
     step = training.make_train_step(model.objective)
-    data = jnp.asarray(images)
-    history = []
-    for epoch in tqdm(range(epochs), desc="beta sweep", disable=not progress, leave=False):
-        keys = jnp.stack([jax.random.fold_in(key_fit, epoch)] * len(betas))  # common random numbers
-        states, metrics = training.train_epoch_stacked(step, states, data, keys, batch_size=batch_size)
-        history.append({k: np.asarray(v).tolist() for k, v in metrics.items()})
+
+    def stacked_epoch(step, states, data, key, *, batch_size):
+        keys = jnp.stack([key] * len(betas))  # common random numbers: every beta sees the same batches
+        return training.train_epoch_stacked(step, states, data, keys, batch_size=batch_size)
+
+    states, history, _ = training.fit(step, states, images, key_fit, epochs=epochs, batch_size=batch_size,
+                                      epoch_fn=stacked_epoch, progress=progress, desc="beta sweep")
     return states, history
 
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     test, labels = data.test.images, data.test.labels
     rows, panels, variances = [], {}, []
     for beta, state in zip(args.betas, training.unstack(states)):
-        metrics = training.evaluate(model.objective, state.params, test, jax.random.key(args.seed + 1),
+        metrics = evaluation.evaluate(model.objective, state.params, test, jax.random.key(args.seed + 1),
                                     hparams={"beta": 1.0})
         var = evaluation.posterior_mean_variance(model, state.params, test)
         mig = class_mig(_common.batched(model.code, state.params, test), labels)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     save_traversals(panels, args.out / "traversals.png")
     save_active_units(args.betas, variances, args.out / "active_units.png")
     results = {"models": rows, "train_seconds": seconds, "train_size": len(train), "test_size": len(test),
-               "final_train_loss": history[-1]["loss"], "units": "nats per image"}
+               "final_train_loss": history[-1]["train_loss"], "units": "nats per image"}
     _common.write_outputs(args.out, config={**vars(args), "epochs": epochs, "model": config}, results=results)
     return results
 

@@ -51,7 +51,7 @@ from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import estimators as E
 from vae_jax import evaluation, models, plotting, training
-from vae_jax.linear_gaussian import LinearGaussian
+from vae_jax.linear_gaussian import AffineLinearGaussian
 
 SETTINGS = {  # label -> (estimator, options besides num_samples)
     "pathwise": ("pathwise", {}),
@@ -70,10 +70,11 @@ def estimator(model, label: str, k: int):
     return E.make_estimator(name, model, num_samples=k, **options)
 
 
-def _baseline_hparams(model, label, params, batch, key):
+def _baseline_state(model, label, params, batch, key):
+    """``{"baseline_value": ELBO of params on batch}`` for the running-mean baseline, else ``{}``."""
     if SETTINGS[label][1].get("baseline") != "running_mean":
         return {}
-    return {"baseline_value": training.evaluate(model.objective, params, batch, key)["elbo"]}
+    return {"baseline_value": evaluation.evaluate(model.objective, params, batch, key)["elbo"]}
 
 
 def variance_through_training(model, state, train, batch, args, key):
@@ -82,53 +83,26 @@ def variance_through_training(model, state, train, batch, args, key):
     objectives = {label: estimator(model, label, args.samples) for label in args.estimators}
     out = {"epoch": [], **{label: {"encoder": [], "decoder": []} for label in args.estimators}}
     key_train, key_measure = jax.random.split(key)
-    for epoch in tqdm(range(args.epochs + 1), desc="study 1: variance", disable=args.no_progress, leave=False):
-        if epoch > 0:
-            state, _ = training.train_epoch(step, state, train, jax.random.fold_in(key_train, epoch),
-                                            batch_size=args.batch_size)
+
+    def measure(epoch, state, history=None):
         if epoch not in args.checkpoints and epoch != args.epochs:
-            continue
+            return
         out["epoch"].append(epoch)
         key_baseline, key_draws = jax.random.split(jax.random.fold_in(key_measure, epoch))
         for label, objective in objectives.items():
-            hparams = _baseline_hparams(model, label, state.params, batch, key_baseline)
+            hparams = _baseline_state(model, label, state.params, batch, key_baseline)
             stats = E.gradient_statistics(objective, state.params, key_draws, batch,
                                           num_draws=args.draws, hparams=hparams, chunk_size=args.chunk)
             for group in ("encoder", "decoder"):
                 out[label][group].append(float(stats[group].total_variance))
+
+    measure(0, state)
+    state, _, _ = training.fit(step, state, train, key_train, epochs=args.epochs, batch_size=args.batch_size,
+                               hooks=[measure], progress=not args.no_progress, desc="study 1: variance")
     return state, out
 
 
 REFERENCE_WIDTHS = {"wide_q": 1.3, "narrow_q": 0.8}  # std of q / posterior std
-
-
-class AffineLinearGaussian:
-    """The linear-Gaussian model with an affine Gaussian encoder: a reference where k is cheap."""
-
-    likelihood = "gaussian_learned"
-
-    @staticmethod
-    def params(key, *, width, data_dim=8, latent_dim=3, mean_noise=0.1):
-        """A random model (diagonal posterior) and an encoder near its posterior, one observation ``[1, D]``.
-
-        q has the posterior's standard deviations times ``width`` and the
-        posterior mean map plus N(0, ``mean_noise``^2) perturbations.
-        """
-        k_model, k_x, k_a, k_c = jax.random.split(key, 4)
-        lg = LinearGaussian.random(k_model, data_dim, latent_dim, sigma=0.7, orthogonal=True)
-        _, cov = lg.posterior(jnp.zeros(data_dim))  # the same for every x
-        gain = cov @ lg.weight.T * jnp.exp(-2 * lg.log_sigma)
-        encoder = {"A": gain + mean_noise * jax.random.normal(k_a, gain.shape),
-                   "c": -gain @ lg.bias + mean_noise * jax.random.normal(k_c, (latent_dim,)),
-                   "S": jnp.zeros((latent_dim, data_dim)), "s": 0.5 * jnp.log(jnp.diag(cov)) + np.log(width)}
-        return {"encoder": encoder, "decoder": lg}, lg.sample(k_x, 1)
-
-    def encode(self, params, x):
-        e = params["encoder"]
-        return e["A"] @ x + e["c"], e["S"] @ x + e["s"]
-
-    def decode(self, params, z):
-        return params["decoder"].decode(z)
 
 
 def _slope(ks, values):
@@ -172,16 +146,16 @@ def train_each(model, init_key, train, test, batch, args, key):
     for label in tqdm(args.estimators, desc="study 3: training", disable=args.no_progress, leave=False):
         objective = estimator(model, label, args.samples)
         state = training.create_train_state(model, init_key, train[0], optax.adam(args.learning_rate))
-        hparams = _baseline_hparams(model, label, state.params, batch, key)
-        state = state.replace(hparams={k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()})
+        baseline = _baseline_state(model, label, state.params, batch, key)
+        state = state.replace(estimator_state={k: jnp.asarray(v, jnp.float32) for k, v in baseline.items()})
         step = training.make_train_step(objective, dynamic_binarization=True)
-        if hparams:
+        if baseline:
             step = E.with_running_baseline(step, decay=args.baseline_decay)
         curves = {"test_elbo": [], "test_log_px": [], "train_objective": []}
 
-        def on_epoch(epoch, state, metrics, curves=curves):
-            curves["train_objective"].append(-metrics["loss"])
-            curves["test_elbo"].append(training.evaluate(model.objective, state.params, test,
+        def on_epoch(epoch, state, history, curves=curves):
+            curves["train_objective"].append(-history[-1]["train_loss"])
+            curves["test_elbo"].append(evaluation.evaluate(model.objective, state.params, test,
                                                          jax.random.key(args.seed + 1))["elbo"])
             curves["test_log_px"].append(evaluation.log_marginal(
                 model, state.params, test, jax.random.key(args.seed + 2), num_samples=args.marginal_samples,
@@ -190,7 +164,7 @@ def train_each(model, init_key, train, test, batch, args, key):
         start = time.perf_counter()
         try:
             training.fit(step, state, train, jax.random.fold_in(key, 1), epochs=args.epochs,
-                         batch_size=args.batch_size, progress=not args.no_progress, desc=label, on_epoch=on_epoch)
+                         batch_size=args.batch_size, progress=not args.no_progress, desc=label, hooks=[on_epoch])
             curves["diverged"] = False
         except FloatingPointError:
             curves["diverged"] = True
@@ -324,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
                            chunk=args.chunk, key=jax.random.fold_in(key, 2), progress=not args.no_progress)
     references = {}
     for name, width in REFERENCE_WIDTHS.items():
-        reference_params, reference_x = AffineLinearGaussian.params(jax.random.fold_in(key, 4), width=width)
+        reference_params = AffineLinearGaussian.params(jax.random.fold_in(key, 4), width=width)
+        reference_x = reference_params["decoder"].sample(jax.random.fold_in(key, 6), 1)
         references[name] = snr_against_k(AffineLinearGaussian(), reference_params, reference_x, args.reference_ks,
                                          draws=args.reference_draws, chunk=100, key=jax.random.fold_in(key, 5),
                                          progress=not args.no_progress)

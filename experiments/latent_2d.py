@@ -91,7 +91,7 @@ def run(args) -> dict:
                   + f"\nfitted-Gaussian KL to N(0, I): {stats['fitted_gaussian_kl']:.3g} nats")
         manifold = C.batched(model.decode_mean, state.params, grid)
         plotting.plot_image_grid(axes[1, col], manifold, ncols=n, title=what)
-        results[kind] = {**stats, "final_train_loss": history[-1]["loss"], "train_seconds": seconds}
+        results[kind] = {**stats, "final_train_loss": history[-1]["train_loss"], "train_seconds": seconds}
     plotting.save_figure(fig, args.out / "latent_2d.png")
 
     results["test_images"] = len(ds.test.images)

@@ -52,12 +52,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments import _common
 from vae_jax import data as vdata
@@ -112,19 +110,8 @@ def build(likelihood: str, input_shape, *, latent_dim: int, min_log_std: float =
                                                   hidden_sizes=(256, 128)), input_shape)
     if likelihood == "bernoulli":
         return model
-    return EightBitGaussianVAE(model.encoder, model.decoder, model.likelihood, model.latent_dim, min_log_std)
-
-
-def train(model: models.VAE, images: np.ndarray, *, epochs: int, batch_size: int, learning_rate: float,
-          seed: int, progress: bool) -> tuple[training.TrainState, list[dict[str, float]], float]:
-    """Trains ``model`` on ``images``; the Bernoulli model sees a fresh binarisation every step."""
-    key_init, key_fit = jax.random.split(jax.random.key(seed))
-    state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), beta=1.0)
-    step = training.make_train_step(model.objective, dynamic_binarization=model.likelihood == "bernoulli")
-    start = time.perf_counter()
-    state, history = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
-                                  progress=progress, desc=model.likelihood)
-    return state, history, time.perf_counter() - start
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    return EightBitGaussianVAE(**fields, min_log_std=min_log_std)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n"))
@@ -168,12 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
     sample_rows, results = {}, {}
     for i, likelihood in enumerate(LIKELIHOODS):
         model = build(likelihood, test.shape[1:], latent_dim=args.latent_dim, min_log_std=args.min_log_std)
-        state, history, seconds = train(model, train_images, epochs=epochs, batch_size=args.batch_size,
-                                        learning_rate=args.learning_rate, seed=args.seed,
-                                        progress=not args.no_progress)
+        # The Bernoulli model sees a fresh binarisation every step.
+        state, history, seconds = _common.train(
+            model, train_images, epochs=epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            seed=args.seed, dynamic_binarization=likelihood == "bernoulli", progress=not args.no_progress,
+            desc=likelihood, beta=1.0)
         evaluation_data = test_binary if likelihood == "bernoulli" else test
         key_elbo, key_ll, key_draw = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), i), 3)
-        elbo = training.evaluate(model.objective, state.params, evaluation_data, key_elbo, hparams={"beta": 1.0})
+        elbo = evaluation.evaluate(model.objective, state.params, evaluation_data, key_elbo, hparams={"beta": 1.0})
         log_lik = evaluation.log_marginal(model, state.params, evaluation_data, key_ll, num_samples=num_importance,
                                           chunk_size=min(num_importance, 250), batch_size=50,
                                           progress=not args.no_progress, desc=f"log p(x) {likelihood}")
@@ -182,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "elbo": elbo["elbo"], "log_likelihood": log_lik.mean, "log_likelihood_stderr": log_lik.stderr,
                  "bits_per_dim": -log_lik.mean / (num_dims * math.log(2)),
                  "reconstruction": elbo["reconstruction"], "kl": elbo["kl"],
-                 "train_seconds": seconds, "final_train_loss": history[-1]["loss"]}
+                 "train_seconds": seconds, "final_train_loss": history[-1]["train_loss"]}
         recon_rows[LABELS[likelihood]] = _common.batched(model.reconstruct, state.params, evaluation_data[shown])
         if likelihood == "gaussian_learned":
             log_std = _common.batched(lambda prm, x: model.decode(prm, model.code(prm, x))[1], state.params, test)

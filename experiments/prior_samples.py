@@ -64,7 +64,7 @@ def run(args) -> dict:
         plotting.plot_image_grid(ax, samples, ncols=int(np.ceil(np.sqrt(args.num_samples))),
                                  title=f"{kind.upper()}: decoded z ~ N(0, I), d = {args.latent_dim}\n"
                                        f"fitted-Gaussian KL({what} || N(0, I)) = {kl:.3g} nats")
-        results[kind] = {**stats, "final_train_loss": history[-1]["loss"], "train_seconds": seconds}
+        results[kind] = {**stats, "final_train_loss": history[-1]["train_loss"], "train_seconds": seconds}
     plotting.save_figure(fig, args.out / "prior_samples.png")
 
     results["test_images"] = len(x_test)

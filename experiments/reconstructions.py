@@ -88,7 +88,7 @@ def run(args) -> dict:
     p_mean = np.clip(x_train.mean(axis=0), 1e-4, 1 - 1e-4)
     errors["mean_image"] = reconstruction_errors(np.log(p_mean) - np.log1p(-p_mean), x_test)
     vae, vae_state = trained["vae"][0], trained["vae"][1]
-    vae_test = training.evaluate(vae.objective, vae_state.params, x_test, jax.random.key(args.seed + 1))
+    vae_test = evaluation.evaluate(vae.objective, vae_state.params, x_test, jax.random.key(args.seed + 1))
 
     shown = one_per_class(ds.test.labels)
     labels = {k: f"{k.upper()}\nSE {e['squared_error']:.1f}\nCE {e['cross_entropy']:.1f}" for k, e in errors.items()}

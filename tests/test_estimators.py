@@ -16,25 +16,12 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import LinearGaussian, estimators as E
+from vae_jax import AffineLinearGaussian, LinearGaussian, estimators as E
 from vae_jax import objectives as O
 from vae_jax.training import TrainState
 
 DATA_DIM, LATENT_DIM, BATCH, DRAWS = 8, 3, 4, 4000
 MAX_Z = 5.0  # ~90 z-scores per test: a false alarm beyond 5 standard errors has probability ~1e-5
-
-
-class AffineLinearGaussian:
-    """Duck-typed VAE: an affine Gaussian encoder and the linear-Gaussian decoder."""
-
-    likelihood = "gaussian_learned"
-
-    def encode(self, params, x):
-        e = params["encoder"]
-        return e["A"] @ x + e["c"], e["S"] @ x + e["s"]
-
-    def decode(self, params, z):
-        return params["decoder"].decode(z)
 
 
 MODEL = AffineLinearGaussian()
@@ -228,13 +215,13 @@ def test_running_baseline_step_tracks_the_elbo():
     params, x = _setup()
     objective = E.make_estimator("score_function", MODEL, baseline="running_mean")
     state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(1e-3),
-                              hparams={"baseline_value": jnp.asarray(-20.0)})
+                              estimator_state={"baseline_value": jnp.asarray(-20.0)})
 
     def train_step(state, batch, key):  # a minimal step, independent of vae_jax.training
         keys = jax.random.split(key, batch.shape[0])
 
         def loss(p):
-            values, aux = jax.vmap(lambda k, xi: objective(p, k, xi, **state.hparams))(keys, batch)
+            values, aux = jax.vmap(lambda k, xi: objective(p, k, xi, **state.objective_kwargs()))(keys, batch)
             return -jnp.mean(values), jnp.mean(aux["elbo"])
         (value, elbo), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), {"loss": value, "elbo": elbo}
@@ -242,7 +229,7 @@ def test_running_baseline_step_tracks_the_elbo():
     step = E.with_running_baseline(train_step, decay=0.75)
     state, metrics = step(state, x, jax.random.key(8))
     np.testing.assert_allclose(metrics["loss"], -metrics["elbo"], rtol=1e-6)
-    np.testing.assert_allclose(state.hparams["baseline_value"], 0.75 * -20.0 + 0.25 * metrics["elbo"], rtol=1e-6)
+    np.testing.assert_allclose(state.estimator_state["baseline_value"], 0.75 * -20.0 + 0.25 * metrics["elbo"], rtol=1e-6)
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -104,7 +104,7 @@ def test_trained_vae_on_digits_iwae_estimate_exceeds_its_elbo():
     x = (load_digits().images[:300] > 0.5).astype(np.float32)
     model = vj.build_model(vj.ModelConfig(latent_dim=4, hidden_sizes=(32,)), x.shape[1:])
     state = vj.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3))
-    state, _ = vj.fit(vj.make_train_step(model.objective), state, x[:200], jax.random.key(1), epochs=5,
+    state, *_ = vj.fit(vj.make_train_step(model.objective), state, x[:200], jax.random.key(1), epochs=5,
                       batch_size=50, progress=False)
     test = x[200:]
     elbo_100 = functools.partial(model.objective, num_samples=100)  # a low-noise ELBO per example

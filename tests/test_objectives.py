@@ -156,7 +156,7 @@ def test_bad_inputs_raise_clear_errors():
     decode = lambda z: jnp.zeros(DATA_DIM)
     with pytest.raises(ValueError, match="Unknown likelihood 'gauss'"):
         elbo(key, x, _other_encoder, decode, likelihood="gauss")
-    with pytest.raises(ValueError, match="beta must be >= 0"):
+    with pytest.raises(ValueError, match="beta must be finite and >= 0"):
         elbo(key, x, _other_encoder, decode, likelihood="gaussian", beta=-1.0)
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
         elbo(key, x, _other_encoder, decode, likelihood="gaussian", num_samples=0)

@@ -59,12 +59,13 @@ def test_training_raises_heldout_elbo(digits):
     model = _model()
     state = vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3))
     before = vj.evaluate(model.objective, state.params, test, jax.random.key(5))["elbo"]
-    state, history = vj.fit(vj.make_train_step(model.objective), state, train, jax.random.key(1), epochs=30,
-                            batch_size=100, progress=False)
+    state, history, stop_reason = vj.fit(vj.make_train_step(model.objective), state, train, jax.random.key(1),
+                                         epochs=30, batch_size=100, progress=False)
     after = vj.evaluate(model.objective, state.params, test, jax.random.key(5))["elbo"]
     # Measured: about -47 nats at initialisation, about -25 after 30 epochs.
     assert after > before + 15.0, (before, after)
-    assert history[-1]["elbo"] > history[0]["elbo"]
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+    assert stop_reason == "max epochs" and [row["epoch"] for row in history] == list(range(1, 31))
 
 
 def test_train_epoch_compiles_once_and_uses_every_batch(digits):
@@ -118,7 +119,7 @@ def test_fit_stops_on_non_finite_loss(digits):
         return jnp.log(params["w"] - 10.0), {}  # log of a negative number: NaN
 
     state = vj.create_train_state(Scalar(), jax.random.key(0), train[0], optax.sgd(0.1))
-    with pytest.raises(FloatingPointError, match="Non-finite loss nan in epoch 0"):
+    with pytest.raises(FloatingPointError, match=r"Non-finite training loss or parameters in epoch 1 \(steps 1-4\)"):
         vj.fit(vj.make_train_step(objective), state, train[:256], jax.random.key(0), epochs=2, batch_size=64,
                progress=False)
 
@@ -152,3 +153,99 @@ def test_batch_larger_than_data_is_an_error(digits):
     state = vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3))
     with pytest.raises(ValueError, match="batch_size=4096 is larger than the dataset"):
         vj.train_epoch(vj.make_train_step(model.objective), state, train, jax.random.key(0), batch_size=4096)
+
+
+def _digits_state(train, **kwargs):
+    model = _model()
+    return model, vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3), **kwargs)
+
+
+def test_fit_resumed_from_state_and_history_is_bitwise_identical(digits):
+    """Three epochs, then two more from the returned state and history == five in one go."""
+    train, _ = digits
+    model, state = _digits_state(train, beta=1.0, kl_warmup_steps=40)  # the warm-up spans the break
+    step = vj.make_train_step(model.objective)
+    copy = jax.tree.map(jnp.copy, state)
+    whole = vj.fit(step, state, train, jax.random.key(3), epochs=5, batch_size=128, progress=False)
+    part = vj.fit(step, copy, train, jax.random.key(3), epochs=3, batch_size=128, progress=False)
+    resumed = vj.fit(step, part.state, train, jax.random.key(3), epochs=5, batch_size=128,
+                     history=part.history, progress=False)
+    assert resumed.history == whole.history and len(whole.history) == 5
+    for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(whole.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_kl_warmup_ramps_beta_linearly_with_the_step(digits):
+    """With a warm-up of W steps, step s optimises beta * (s + 1) / W: measured through the KL weight
+    that the objective receives (an objective that returns its beta as aux)."""
+    train, _ = digits
+
+    class Scalar:
+        def init(self, key, x):
+            return {"w": jnp.zeros(())}
+
+    def objective(params, key, x, *, beta):
+        return params["w"] * 0.0, {"beta": beta}
+
+    state = vj.create_train_state(Scalar(), jax.random.key(0), train[0], optax.sgd(0.1), beta=2.0,
+                                  kl_warmup_steps=10)
+    step = vj.make_train_step(objective)
+    seen = []
+    for i in range(12):
+        state, metrics = step(state, train[:8], jax.random.key(i))
+        seen.append(float(metrics["beta"]))
+    np.testing.assert_allclose(seen, [2.0 * min(1.0, (s + 1) / 10) for s in range(12)], rtol=1e-6)
+
+
+def test_hooks_add_metrics_and_early_stopping_uses_them(digits):
+    from vae_jax import hooks
+
+    train, test = digits
+    model, state = _digits_state(train)
+    seen = []
+    # A metric that peaks at epoch 2 and then falls: patience 3 stops after epoch 5.
+    fake = lambda epoch, state, history: history[-1].update(score=-abs(epoch - 2.0))  # noqa: E731
+    result = vj.fit(vj.make_train_step(model.objective), state, train, jax.random.key(0), epochs=50,
+                    batch_size=256, progress=False,
+                    hooks=[hooks.Validate(model.objective, test, jax.random.key(1)), fake,
+                           hooks.EarlyStopping("score", patience=3),
+                           lambda epoch, state, history: seen.append(epoch)])
+    assert seen == [1, 2, 3, 4, 5] and len(result.history) == 5
+    assert result.stop_reason.startswith("early stopping: no better score in 3 epochs (best -0.0000 at epoch 2)")
+    assert {"validation_elbo", "validation_kl", "validation_reconstruction"} <= set(result.history[0])
+    # the validation numbers are those of evaluate on the same parameters and key
+    again = vj.evaluate(model.objective, result.state.params, test, jax.random.fold_in(jax.random.key(1), 4))
+    assert again["elbo"] == pytest.approx(result.history[-1]["validation_elbo"], rel=1e-6)
+
+
+def test_time_limit_and_finite_checks(digits):
+    from vae_jax import hooks
+
+    train, _ = digits
+    model, state = _digits_state(train)
+    limit = hooks.TimeLimit(minutes=1e-9)
+    result = vj.fit(vj.make_train_step(model.objective), state, train, jax.random.key(0), epochs=10,
+                    batch_size=256, hooks=[limit], progress=False)
+    assert len(result.history) == 1 and result.stop_reason.startswith("time limit")
+    nan_metric = lambda epoch, state, history: history[-1].update(val=float("nan"))  # noqa: E731
+    with pytest.raises(FloatingPointError, match="Non-finite val after epoch 2"):
+        vj.fit(vj.make_train_step(model.objective), result.state, train, jax.random.key(0), epochs=3,
+               batch_size=256, history=result.history, hooks=[nan_metric, hooks.RequireFinite("val")],
+               progress=False)
+    with pytest.raises(ValueError, match="minutes must be"):
+        hooks.TimeLimit(float("inf"))
+    with pytest.raises(ValueError, match="patience must be a positive int"):
+        hooks.EarlyStopping("val", patience=0)
+
+
+def test_create_train_state_rejects_bad_hyperparameters(digits):
+    train, _ = digits
+    model = _model()
+    for bad, match in [(dict(beta=-1.0), "beta must be finite and >= 0"),
+                       (dict(beta=float("inf")), "must be finite"),
+                       (dict(kl_warmup_steps=5), "needs a beta"),
+                       (dict(beta=1.0, kl_warmup_steps=-1), "kl_warmup_steps must be an int >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3), **bad)
+    with pytest.raises(ValueError, match="ONE input of shape"):
+        vj.create_train_state(model, jax.random.key(0), train[:4], optax.adam(1e-3))

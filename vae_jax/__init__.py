@@ -1,6 +1,17 @@
-"""vae_jax: pure, composable JAX functions for variational autoencoders."""
+"""vae_jax: pure, composable JAX functions for variational autoencoders.
 
-from vae_jax import data, estimators, evaluation, parallel
+The core (``distributions``, ``objectives``, ``estimators``, ``linear_gaussian``)
+imports JAX alone. Names that need Flax, Optax, Orbax or tqdm (models, training,
+evaluation, ...) are loaded on first use (PEP 562), so ``from vae_jax import elbo``
+never pays for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from vae_jax import distributions, estimators, linear_gaussian, objectives
 from vae_jax.distributions import (
     LIKELIHOODS,
     bernoulli_log_prob,
@@ -10,9 +21,8 @@ from vae_jax.distributions import (
     log_likelihood,
     standard_normal_log_prob,
 )
-from vae_jax.linear_gaussian import LinearGaussian
-from vae_jax.models import AE, VAE, ModelConfig, build_model
-from vae_jax.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_jax.estimators import gradient_statistics, make_estimator
+from vae_jax.linear_gaussian import AffineLinearGaussian, LinearGaussian
 from vae_jax.objectives import (
     autoencoder_loss,
     elbo,
@@ -21,49 +31,37 @@ from vae_jax.objectives import (
     log_marginal,
     reparameterize,
 )
-from vae_jax.training import (
-    TrainState,
-    create_train_state,
-    evaluate,
-    fit,
-    make_train_step,
-    train_epoch,
-)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AE",
-    "LIKELIHOODS",
-    "VAE",
-    "ConvDecoder",
-    "ConvEncoder",
-    "LinearGaussian",
-    "MLPDecoder",
-    "MLPEncoder",
-    "ModelConfig",
-    "TrainState",
-    "autoencoder_loss",
-    "bernoulli_log_prob",
-    "build_model",
-    "create_train_state",
-    "elbo",
-    "evaluate",
-    "fit",
-    "gaussian_log_prob",
-    "iwae_bound",
-    "kl_to_standard_normal",
-    "likelihood_mean",
-    "log_importance_weights",
-    "log_likelihood",
-    "log_marginal",
-    "make_train_step",
-    "reparameterize",
-    "standard_normal_log_prob",
-    "train_epoch",
-    # submodules (plotting, checkpoints and cli are imported on demand: matplotlib, Orbax)
-    "data",
-    "estimators",
-    "evaluation",
-    "parallel",
-]
+# name -> module that defines it, imported on first access
+_LAZY = {
+    "AE": "models", "VAE": "models", "Bound": "models", "ModelConfig": "models", "build_model": "models",
+    "ConvDecoder": "networks", "ConvEncoder": "networks", "MLPDecoder": "networks", "MLPEncoder": "networks",
+    "TrainState": "training", "FitResult": "training", "create_train_state": "training", "fit": "training",
+    "make_train_step": "training", "train_epoch": "training",
+    "evaluate": "evaluation",
+}
+_LAZY_MODULES = ("checkpoints", "cli", "config", "data", "evaluation", "hooks", "models", "networks", "parallel",
+                 "plotting", "runner", "training")
+
+__all__ = sorted([
+    "LIKELIHOODS", "bernoulli_log_prob", "gaussian_log_prob", "kl_to_standard_normal", "likelihood_mean",
+    "log_likelihood", "standard_normal_log_prob",
+    "autoencoder_loss", "elbo", "iwae_bound", "log_importance_weights", "log_marginal", "reparameterize",
+    "gradient_statistics", "make_estimator", "AffineLinearGaussian", "LinearGaussian",
+    "distributions", "estimators", "linear_gaussian", "objectives",
+    *_LAZY, *_LAZY_MODULES,
+])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vae_jax.{_LAZY[name]}"), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"vae_jax.{name}")
+    raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -24,11 +24,12 @@ from vae_jax.data import BINARIZATION_MODES
 from vae_jax.distributions import LIKELIHOODS
 from vae_jax.models import ARCHITECTURES, KINDS, ModelConfig
 from vae_jax.networks import ACTIVATIONS
+from vae_jax.priors import PRIORS
 
 _FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
 _CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
             "activation": tuple(ACTIVATIONS), "objective": OBJECTIVES,
-            "binarization": ("auto", *BINARIZATION_MODES)}
+            "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS}
 _MODEL_HELP = {
     "kind": "'vae' or 'ae' (the deterministic autoencoder baseline)",
     "latent_dim": "size of the latent code z (2 also draws the latent space)",
@@ -36,6 +37,8 @@ _MODEL_HELP = {
     "architecture": "'mlp' or 'conv' (conv needs image sides divisible by 4)",
     "hidden_sizes": "comma-separated MLP encoder widths, reversed for the decoder",
     "activation": "hidden activation",
+    "prior": "p(z): 'standard_normal', 'mixture' (K learned Gaussians) or 'vamp' (VampPrior, K pseudo-inputs)",
+    "num_components": "K of the mixture or VampPrior prior",
 }
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vae_jax._checks import LOG_2PI
+
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 """Observation models: ``"bernoulli"`` (decoder gives logits), ``"gaussian"``
 (decoder gives the mean, sigma = 1), ``"gaussian_learned"`` (decoder gives
 ``(mean, log_std)``)."""
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -50,12 +50,12 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.
     """
     log_std = jnp.broadcast_to(log_std, jnp.shape(x))
     z = (x - mean) * jnp.exp(-log_std)
-    return jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * _LOG_2PI)
+    return jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * LOG_2PI)
 
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:
     """Log-density of ``z`` under N(0, I). ``z``: ``[d]``. Returns a scalar (nats)."""
-    return jnp.sum(-0.5 * jnp.square(z) - 0.5 * _LOG_2PI)
+    return jnp.sum(-0.5 * jnp.square(z) - 0.5 * LOG_2PI)
 
 
 def kl_to_standard_normal(mean: jax.Array, log_std: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ objective. ``aux`` repeats the objective as ``"elbo"`` or ``"iwae"``.
 - ``score_function``: REINFORCE on the Monte-Carlo ELBO ``f = log p(x,z) - log q(z|x)``:
   surrogate ``f(stop_gradient(z)) + stop_gradient(f - b) * log q(z|x)``, with baseline
   ``b`` none, a running mean (a functional ``baseline_value`` carried in
-  ``TrainState.hparams`` by :func:`with_running_baseline`) or leave-one-out over k draws.
+  ``TrainState.estimator_state`` by :func:`with_running_baseline`) or leave-one-out over k draws.
 - ``stl``: sticking the landing (Roeder et al. 2017), pathwise with ``log q`` evaluated
   at stop-gradiented encoder outputs, which removes the zero-mean score term.
 - ``iwae``: gradient of the IWAE bound (Burda et al. 2016).
@@ -35,8 +35,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions as D
-from vae_jax import objectives as O
+from vae_jax import distributions, objectives
+from vae_jax._checks import check_positive_int
 
 sg = jax.lax.stop_gradient
 BASELINES = ("none", "running_mean", "leave_one_out")
@@ -47,23 +47,11 @@ def _attach(value: jax.Array, surrogate: jax.Array) -> jax.Array:
     return sg(value) + (surrogate - sg(surrogate))
 
 
-def pathwise(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, kl="analytic", beta=1.0):
-    """Reparameterisation (pathwise) gradient of the ELBO: exactly :func:`vae_jax.objectives.elbo`.
-
-    Args:
-      key, x, encode, decode, likelihood: as for :func:`vae_jax.objectives.elbo`.
-      num_samples: draws of z averaged, ``>= 1``.
-      kl: ``"analytic"`` or ``"monte_carlo"`` (the "total gradient" that :func:`stl` modifies).
-      beta: KL weight (1 gives the ELBO).
-
-    Returns:
-      ``(value, aux)``: the (beta-)ELBO estimate and ``reconstruction``, ``kl``, ``elbo``.
-    """
-    return O.elbo(key, x, encode, decode, likelihood=likelihood, beta=beta, num_samples=num_samples, kl=kl)
+pathwise = objectives.elbo  # the reparameterisation gradient IS the gradient of the ELBO estimate
 
 
 def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, baseline="none",
-                   baseline_value=None):
+                   baseline_value=None, prior=None):
     """REINFORCE (score-function) gradient of the Monte-Carlo ELBO.
 
     With ``f_i = log p(x, z_i) - log q(z_i|x)`` at ``k`` draws ``z_i`` (no path
@@ -74,7 +62,7 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
     not depend on ``z_i``.
 
     Args:
-      key, x, encode, decode, likelihood: as for :func:`vae_jax.objectives.elbo`.
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
       num_samples: ``k >= 1`` draws (``>= 2`` for ``"leave_one_out"``).
       baseline: ``"none"`` (b = 0), ``"running_mean"`` (b = ``baseline_value``, a
         running mean of past ELBO estimates, see :func:`with_running_baseline`) or
@@ -96,12 +84,12 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
                          f"baseline_value={baseline_value!r}.")
     if baseline == "leave_one_out" and (not isinstance(num_samples, int) or num_samples < 2):
         raise ValueError(f"baseline='leave_one_out' needs num_samples >= 2; got {num_samples!r}.")
-    O._check_objective_args(x, likelihood)
-    O._check_num_samples(num_samples)
+    objectives._check_objective_args(x, likelihood)
+    check_positive_int(num_samples)
     mean, log_std = encode(x)
-    z = sg(O.reparameterize(key, mean, log_std, num_samples))
-    log_w = O.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood)
-    log_q = jax.vmap(D.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+    z = sg(objectives.reparameterize(key, mean, log_std, num_samples))
+    log_w = objectives.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
+    log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
     f = sg(log_w)
     if baseline == "leave_one_out":
         b = (jnp.sum(f) - f) / (num_samples - 1)
@@ -113,7 +101,7 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
     return _attach(value, jnp.mean(log_w + (f - b) * log_q)), {"elbo": value}
 
 
-def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1):
+def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, prior=None):
     """Sticking-the-landing gradient: the total pathwise gradient of the Monte-Carlo
     ELBO with ``log q(z|x)`` evaluated at stop-gradiented ``(mean, log_std)``.
 
@@ -121,31 +109,33 @@ def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1):
     the true posterior (then ``log p(x, z) - log q(z|x) = log p(x)`` for every z).
 
     Args:
-      key, x, encode, decode, likelihood: as for :func:`vae_jax.objectives.elbo`.
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
       num_samples: draws of z averaged, ``>= 1``.
 
     Returns:
       ``(value, aux)``: the Monte-Carlo ELBO estimate and ``{"elbo": value}``.
     """
-    O._check_objective_args(x, likelihood)
-    O._check_num_samples(num_samples)
+    objectives._check_objective_args(x, likelihood)
+    check_positive_int(num_samples)
     mean, log_std = encode(x)
-    z = O.reparameterize(key, mean, log_std, num_samples)
-    value = jnp.mean(O.log_importance_weights(z, x, sg(mean), sg(log_std), decode, likelihood=likelihood))
+    z = objectives.reparameterize(key, mean, log_std, num_samples)
+    value = jnp.mean(objectives.log_importance_weights(z, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
+                                                       prior=prior))
     return value, {"elbo": value}
 
 
-def iwae(key, x, encode, decode, *, likelihood="bernoulli", num_samples):
+def iwae(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=None):
     """Pathwise gradient of the IWAE bound (:func:`vae_jax.objectives.iwae_bound`).
 
     Returns:
       ``(value, aux)``: the bound estimate (nats) and ``{"iwae": value}``.
     """
-    value = O.iwae_bound(key, x, encode, decode, likelihood=likelihood, num_samples=num_samples)
+    value = objectives.iwae_bound(key, x, encode, decode, likelihood=likelihood, num_samples=num_samples,
+                                  prior=prior)
     return value, {"iwae": value}
 
 
-def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples):
+def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=None):
     """Doubly reparameterised IWAE gradient (Tucker et al. 2018).
 
     Encoder: ``sum_i w_i^2 (d log w_i / d z_i) (d z_i / d phi)`` with normalised
@@ -156,19 +146,20 @@ def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples):
     access to the decoder's parameters.
 
     Args:
-      key, x, encode, decode, likelihood: as for :func:`vae_jax.objectives.elbo`.
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
       num_samples: ``k >= 1`` (``k = 1`` gives the STL gradient for the encoder).
 
     Returns:
       ``(value, aux)``: the IWAE bound estimate and ``{"iwae": value}``.
     """
-    O._check_objective_args(x, likelihood)
-    O._check_num_samples(num_samples)
+    objectives._check_objective_args(x, likelihood)
+    check_positive_int(num_samples)
     mean, log_std = encode(x)
-    z = O.reparameterize(key, mean, log_std, num_samples)
+    z = objectives.reparameterize(key, mean, log_std, num_samples)
 
     def log_weights(zz):
-        return O.log_importance_weights(zz, x, sg(mean), sg(log_std), decode, likelihood=likelihood)
+        return objectives.log_importance_weights(zz, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
+                                                 prior=prior)
 
     log_w = log_weights(sg(z))  # decoder path only
     g = jax.grad(lambda zz: jnp.sum(log_weights(zz)))(sg(z))  # [k, d]; row i is d log w_i / d z_i
@@ -187,8 +178,9 @@ def make_estimator(name: str, model: Any, **options: Any) -> Callable:
 
     Args:
       name: a key of :data:`ESTIMATORS`.
-      model: anything with ``encode(params, x) -> (mean, log_std)``,
-        ``decode(params, z)`` and ``likelihood`` (e.g. a :class:`vae_jax.VAE`).
+      model: anything with ``bind(params) -> (encode, decode, prior)`` and
+        ``likelihood`` (e.g. a :class:`vae_jax.VAE`, or
+        :class:`vae_jax.linear_gaussian.AffineLinearGaussian`).
       **options: static keyword arguments of the estimator (``num_samples``,
         ``baseline``, ``kl``, ``beta``); runtime ones (``baseline_value``,
         ``beta``) may come later as ``**hparams``.
@@ -203,25 +195,27 @@ def make_estimator(name: str, model: Any, **options: Any) -> Callable:
         raise ValueError(f"Unknown estimator {name!r}; expected one of {tuple(ESTIMATORS)}.")
     fn = ESTIMATORS[name]
     allowed = [p.name for p in inspect.signature(fn).parameters.values()
-               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "likelihood"]
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("likelihood", "prior")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"Estimator {name!r} got unknown options {unknown}; it takes {allowed}.")
     fn = functools.partial(fn, likelihood=model.likelihood, **options)
 
     def surrogate(params, key, x, **hparams):
-        return fn(key, x, lambda v: model.encode(params, v), lambda z: model.decode(params, z), **hparams)
+        encode, decode, prior = model.bind(params)
+        return fn(key, x, encode, decode, prior=prior, **hparams)
 
+    surrogate.model = model  # lets evaluation check the data against the model's likelihood
     return surrogate
 
 
 def with_running_baseline(train_step: Callable, *, decay: float = 0.9) -> Callable:
-    """Wraps a train step so ``state.hparams["baseline_value"]`` tracks the ELBO.
+    """Wraps a train step so ``state.estimator_state["baseline_value"]`` tracks the ELBO.
 
     After each step, ``b <- decay * b + (1 - decay) * metrics["elbo"]``: the
     running mean of past batches' ELBO estimates, so the baseline of a step never
     depends on that step's draws. Initialise it with ``create_train_state(...,
-    baseline_value=b0)`` and train an objective from
+    estimator_state={"baseline_value": b0})`` and train an objective from
     ``make_estimator("score_function", model, baseline="running_mean")``.
 
     Args:
@@ -236,8 +230,8 @@ def with_running_baseline(train_step: Callable, *, decay: float = 0.9) -> Callab
 
     def step(state, batch, key):
         state, metrics = train_step(state, batch, key)
-        b = decay * state.hparams["baseline_value"] + (1.0 - decay) * metrics["elbo"]
-        return state.replace(hparams={**state.hparams, "baseline_value": b}), metrics
+        b = decay * state.estimator_state["baseline_value"] + (1.0 - decay) * metrics["elbo"]
+        return state.replace(estimator_state={**state.estimator_state, "baseline_value": b}), metrics
 
     return jax.jit(step, donate_argnums=0)
 

@@ -1,6 +1,8 @@
-"""Test-set evaluation of a trained VAE: importance-sampled log p(x) and active units.
+"""Every dataset-level number: mean objective and its terms, log p(x), active units.
 
-:func:`log_marginal` runs :meth:`vae_jax.models.VAE.log_marginal` (chunked
+:func:`evaluate` averages any per-example objective (the ELBO and its terms,
+the IWAE bound of :func:`vae_jax.estimators.make_estimator`) over a whole
+dataset in one compiled scan, dropping no example. :func:`log_marginal` runs :meth:`vae_jax.models.VAE.log_marginal` (chunked
 importance sampling, bounded memory) over a whole dataset in fixed-size,
 jitted batches with a progress bar, and returns the per-example estimates with
 their mean and standard error. :func:`active_units` counts the latent
@@ -11,12 +13,15 @@ dimensions the encoder uses (Burda et al., 2016). Both take the model object
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
+
+from vae_jax._checks import check_dataset, check_positive_int
+from vae_jax.training import batch_objective
 
 
 class MarginalEstimate(NamedTuple):
@@ -34,10 +39,35 @@ class MarginalEstimate(NamedTuple):
     stderr: float
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_samples", "chunk_size"))
-def _batch_log_marginal(model, params, batch, keys, *, num_samples, chunk_size):
+# log p(x) is a few very large [batch * chunk, hidden] x [hidden, D] products: XLA's Eigen matmuls
+# run them about 1.6x faster than its default (YNNPACK) fusions on this CPU (benchmarks/results/
+# cpu_profile.json, README's benchmark section), while training is slower with Eigen, so only this
+# computation is compiled with it. Unknown options are an error in other XLA versions: fall back.
+LOG_MARGINAL_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def _log_marginal_fn(model, params, batch, keys, *, num_samples, chunk_size):
     fn = functools.partial(model.log_marginal, num_samples=num_samples, chunk_size=chunk_size)
     return jax.vmap(fn, in_axes=(None, 0, 0))(params, keys, batch)
+
+
+_batch_log_marginal_default = jax.jit(_log_marginal_fn, static_argnames=("model", "num_samples", "chunk_size"))
+_batch_log_marginal_eigen = jax.jit(_log_marginal_fn, static_argnames=("model", "num_samples", "chunk_size"),
+                                    compiler_options=LOG_MARGINAL_COMPILER_OPTIONS)
+_USE_EIGEN = [jax.default_backend() == "cpu"]
+
+
+def _batch_log_marginal(model, params, batch, keys, *, num_samples, chunk_size):
+    """``[B]`` log p(x) of ``batch [B, ...]``, one key each; compiled once per shape."""
+    if _USE_EIGEN[0]:
+        try:
+            return _batch_log_marginal_eigen(model, params, batch, keys, num_samples=num_samples,
+                                             chunk_size=chunk_size)
+        except Exception as e:  # an XLA without the option rejects it at compile time
+            if "ynn" not in str(e).lower() and "option" not in str(e).lower():
+                raise
+            _USE_EIGEN[0] = False
+    return _batch_log_marginal_default(model, params, batch, keys, num_samples=num_samples, chunk_size=chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -75,8 +105,8 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
       ValueError: empty data, a bad ``batch_size``/``num_samples``/``chunk_size``, or
         data outside ``[0, 1]`` for a Bernoulli model.
     """
-    data = _check_data(model, data)
-    _check_positive(batch_size, "batch_size")
+    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+    check_positive_int(batch_size, "batch_size")
     n = data.shape[0]
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
@@ -110,8 +140,8 @@ def posterior_mean_variance(model: Any, params: Any, data: Any, *, batch_size: i
       ValueError: empty data, a bad ``batch_size``, or data outside ``[0, 1]``
         for a Bernoulli model.
     """
-    data = _check_data(model, data)
-    _check_positive(batch_size, "batch_size")
+    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+    check_positive_int(batch_size, "batch_size")
     means = [np.asarray(_batch_posterior_mean(model, params, jnp.asarray(data[i:i + batch_size])), np.float64)
              for i in range(0, data.shape[0], batch_size)]
     return np.concatenate(means).var(axis=0)
@@ -140,16 +170,72 @@ def active_units(model: Any, params: Any, data: Any, *, threshold: float = 0.01,
     return int(np.sum(variances > threshold))
 
 
-def _check_data(model: Any, data: Any) -> np.ndarray:
-    data = np.asarray(data)
+@functools.partial(jax.jit, static_argnames=("objective", "batch_size"))
+def _evaluate(objective, params, data, key, hparams, *, batch_size):
+    n = data.shape[0]
+    num_batches = -(-n // batch_size)
+    padded = jnp.concatenate([data, jnp.zeros((num_batches * batch_size - n, *data.shape[1:]), data.dtype)])
+    padded = padded.reshape(num_batches, batch_size, *data.shape[1:])
+    weights = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+
+    def body(totals, inputs):
+        batch, mask, batch_key = inputs
+        values, aux = batch_objective(objective, params, batch_key, batch, hparams)
+        sums = jax.tree.map(lambda v: jnp.sum(jnp.where(mask, v, 0.0)), {"objective": values, **aux})
+        return jax.tree.map(jnp.add, totals, sums), None
+
+    zeros = jax.tree.map(lambda v: jnp.zeros((), v.dtype),
+                         jax.eval_shape(lambda: batch_objective(objective, params, key, padded[0], hparams)))
+    init = {"objective": zeros[0], **zeros[1]}
+    totals, _ = jax.lax.scan(body, init, (padded, weights, jax.random.split(key, num_batches)))
+    return jax.tree.map(lambda t: t / n, totals)
+
+
+def as_device_data(data: Any) -> jax.Array:
+    """``data`` as a float32 device array with at least one example."""
+    data = jnp.asarray(data)
     if data.ndim < 1 or data.shape[0] == 0:
         raise ValueError(f"data must hold at least one example along axis 0; got shape {data.shape}.")
-    if getattr(model, "likelihood", None) == "bernoulli" and (data.min() < 0 or data.max() > 1):
-        raise ValueError(f"a Bernoulli model needs data in [0, 1]; got values in [{data.min():g}, "
-                         f"{data.max():g}]. Scale and binarise the images first.")
     return data
 
 
-def _check_positive(n: int, name: str) -> None:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive int; got {n!r}.")
+def likelihood_of(objective: Any) -> str | None:
+    """The ``likelihood`` of the model behind ``objective`` (a bound method, a partial of one,
+    or a closure with a ``model`` attribute), or None when it cannot be told."""
+    while isinstance(objective, functools.partial):
+        objective = objective.func
+    owner = getattr(objective, "__self__", None) or getattr(objective, "model", None)
+    return getattr(owner, "likelihood", None)
+
+
+def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *,
+             hparams: Mapping[str, Any] | None = None, batch_size: int = 500, check: bool = True) -> dict[str, float]:
+    """Mean objective and aux over every example of ``data`` (no example dropped).
+
+    Args:
+      objective: per-example ``(params, key, x, **hparams) -> (value, aux)``, e.g.
+        ``model.objective`` or an estimator of :func:`vae_jax.estimators.make_estimator`.
+      params: model parameters.
+      data: ``[N, H, W, C]``; binarise it beforehand if the model expects binary data.
+      key: PRNG key for the objective's draws.
+      hparams: forwarded to the objective (e.g. ``state.hparams``).
+      batch_size: examples evaluated at once (memory only; results do not depend on it
+        beyond the random draws).
+      check: check the data's values (finite; in ``[0, 1]`` for a Bernoulli model). The
+        check runs here, where the values are concrete, because it cannot run inside
+        the compiled computation.
+
+    Returns:
+      Dict of Python floats: ``objective`` and every aux entry (e.g. ``elbo``,
+      ``reconstruction``, ``kl``), averaged over the N examples, in nats.
+
+    Raises:
+      ValueError: no example, a bad ``batch_size``, or (with ``check``) bad values.
+    """
+    check_positive_int(batch_size, "batch_size")
+    if check:
+        check_dataset(data, likelihood=likelihood_of(objective))
+    data = as_device_data(data)
+    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
+    out = _evaluate(objective, params, data, key, hparams, batch_size=min(batch_size, data.shape[0]))
+    return {k: float(v) for k, v in out.items()}

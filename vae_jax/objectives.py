@@ -17,12 +17,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions as D
+from vae_jax import distributions
+from vae_jax._checks import (check_finite_nonnegative, check_positive_int, check_posterior,
+                             check_unit_interval)
 
 Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
 Decoder = Callable[[jax.Array], Any]
+PriorLogProb = Callable[[jax.Array], jax.Array]
 
-KL_MODES = ("analytic", "monte_carlo")
+KL_MODES = ("auto", "analytic", "monte_carlo")
 
 
 def reparameterize(
@@ -39,11 +42,11 @@ def reparameterize(
     Returns:
       ``[d]`` if ``num_samples is None``, else ``[k, d]``.
     """
-    _check_posterior(mean, log_std)
+    check_posterior(mean, log_std)
     if num_samples is None:
         eps = jax.random.normal(key, jnp.shape(mean), jnp.result_type(mean))
         return mean + jnp.exp(log_std) * eps
-    _check_num_samples(num_samples)
+    check_positive_int(num_samples)
     eps = jax.random.normal(key, (num_samples, *jnp.shape(mean)), jnp.result_type(mean))
     return mean[None] + jnp.exp(log_std)[None] * eps
 
@@ -57,15 +60,18 @@ def elbo(
     likelihood: str = "bernoulli",
     beta: float | jax.Array = 1.0,
     num_samples: int = 1,
-    kl: str = "analytic",
+    kl: str = "auto",
+    prior: PriorLogProb | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The (beta-weighted) evidence lower bound for one example.
 
-    ``E_q[log p(x|z)] - beta * KL(q(z|x) || N(0, I))``, with the expectation
+    ``E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))``, with the expectation
     estimated from ``num_samples`` reparameterised draws. With
-    ``kl="analytic"`` the KL is the closed form; with ``kl="monte_carlo"`` it is
-    the sample average of ``log q(z|x) - log p(z)`` at the same draws (the
-    "total" single-sample estimator that score-function and STL studies need).
+    ``kl="analytic"`` the KL is the closed form (standard normal prior only); with
+    ``kl="monte_carlo"`` it is the sample average of ``log q(z|x) - log p(z)`` at
+    the same draws (the "total" single-sample estimator that score-function and
+    STL studies need, and the only one for priors without a closed-form KL).
+    ``"auto"`` is analytic for the standard normal prior, Monte Carlo otherwise.
 
     Args:
       key: PRNG key for the draws of z.
@@ -76,7 +82,8 @@ def elbo(
       likelihood: ``"bernoulli"`` | ``"gaussian"`` | ``"gaussian_learned"``.
       beta: weight of the KL term, ``>= 0`` (1 gives the ELBO).
       num_samples: number of draws of z, ``>= 1``.
-      kl: ``"analytic"`` or ``"monte_carlo"``.
+      kl: ``"auto"``, ``"analytic"`` or ``"monte_carlo"``.
+      prior: ``log p(z)`` of one ``z [d]`` (e.g. :mod:`vae_jax.priors`); ``None`` is N(0, I).
 
     Returns:
       ``(value, aux)``: the scalar objective (nats) and a dict of scalars:
@@ -88,23 +95,26 @@ def elbo(
         or (for concrete inputs) Bernoulli data outside ``[0, 1]``.
     """
     _check_objective_args(x, likelihood)
-    _check_beta(beta)
+    check_finite_nonnegative(beta, "beta")
     if kl not in KL_MODES:
         raise ValueError(f"Unknown kl={kl!r}; expected one of {KL_MODES}.")
+    if kl == "analytic" and prior is not None:
+        raise ValueError("kl='analytic' needs the standard normal prior (prior=None); use kl='monte_carlo'.")
     mean, log_std = encode(x)
     z = reparameterize(key, mean, log_std, num_samples)
-    reconstruction = jnp.mean(jax.vmap(lambda zk: D.log_likelihood(likelihood, x, decode(zk)))(z))
-    if kl == "analytic":
-        kl_value = D.kl_to_standard_normal(mean, log_std)
+    reconstruction = jnp.mean(jax.vmap(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)))(z))
+    if kl in ("auto", "analytic") and prior is None:
+        kl_value = distributions.kl_to_standard_normal(mean, log_std)
     else:
-        log_q = jax.vmap(D.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
-        kl_value = jnp.mean(log_q - jax.vmap(D.standard_normal_log_prob)(z))
+        log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+        kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
     aux = {"reconstruction": reconstruction, "kl": kl_value, "elbo": reconstruction - kl_value}
     return reconstruction - beta * kl_value, aux
 
 
 def log_importance_weights(
-    z: jax.Array, x: jax.Array, mean: jax.Array, log_std: jax.Array, decode: Decoder, *, likelihood: str
+    z: jax.Array, x: jax.Array, mean: jax.Array, log_std: jax.Array, decode: Decoder, *, likelihood: str,
+    prior: PriorLogProb | None = None,
 ) -> jax.Array:
     """``log p(x, z_k) - log q(z_k | x)`` for each of ``k`` draws.
 
@@ -114,14 +124,16 @@ def log_importance_weights(
       mean, log_std: ``[d]`` parameters of q(z | x).
       decode: ``z [d] -> likelihood parameters``.
       likelihood: name of the observation model.
+      prior: ``log p(z)`` of one ``z [d]``; ``None`` is N(0, I).
 
     Returns:
       ``[k]`` log importance weights (nats).
     """
+    prior_log_prob = prior or distributions.standard_normal_log_prob
 
     def one(zk):
-        log_joint = D.log_likelihood(likelihood, x, decode(zk)) + D.standard_normal_log_prob(zk)
-        return log_joint - D.gaussian_log_prob(zk, mean, log_std)
+        log_joint = distributions.log_likelihood(likelihood, x, decode(zk)) + prior_log_prob(zk)
+        return log_joint - distributions.gaussian_log_prob(zk, mean, log_std)
 
     return jax.vmap(one)(z)
 
@@ -134,6 +146,7 @@ def iwae_bound(
     *,
     likelihood: str = "bernoulli",
     num_samples: int,
+    prior: PriorLogProb | None = None,
 ) -> jax.Array:
     """The importance-weighted bound ``log (1/k) sum_k p(x, z_k) / q(z_k|x)``.
 
@@ -143,17 +156,17 @@ def iwae_bound(
     Args:
       key: PRNG key for the ``k`` draws.
       x: one observation.
-      encode, decode, likelihood: as for :func:`elbo`.
+      encode, decode, likelihood, prior: as for :func:`elbo`.
       num_samples: ``k >= 1``.
 
     Returns:
       Scalar bound in nats.
     """
     _check_objective_args(x, likelihood)
-    _check_num_samples(num_samples)
+    check_positive_int(num_samples)
     mean, log_std = encode(x)
     z = reparameterize(key, mean, log_std, num_samples)
-    log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood)
+    log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
     return jax.nn.logsumexp(log_w) - math.log(num_samples)
 
 
@@ -166,6 +179,7 @@ def log_marginal(
     likelihood: str = "bernoulli",
     num_samples: int = 5000,
     chunk_size: int = 500,
+    prior: PriorLogProb | None = None,
 ) -> jax.Array:
     """Importance-sampled estimate of ``log p(x)`` in bounded memory.
 
@@ -178,7 +192,7 @@ def log_marginal(
     Args:
       key: PRNG key.
       x: one observation.
-      encode, decode, likelihood: as for :func:`elbo`.
+      encode, decode, likelihood, prior: as for :func:`elbo`.
       num_samples: total number of importance samples, ``>= 1``.
       chunk_size: samples decoded at once, ``>= 1``; memory scales with it.
 
@@ -191,19 +205,19 @@ def log_marginal(
         outside ``[0, 1]``.
     """
     _check_objective_args(x, likelihood)
-    _check_num_samples(num_samples)
-    _check_num_samples(chunk_size, "chunk_size")
+    check_positive_int(num_samples)
+    check_positive_int(chunk_size, "chunk_size")
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
     mean, log_std = encode(x)
-    _check_posterior(mean, log_std)
+    check_posterior(mean, log_std)
 
     def body(carry, chunk):
         running_max, running_sum = carry
         index = chunk * chunk_size + jnp.arange(chunk_size)
         eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), jnp.shape(mean)))(index)
         z = mean[None] + jnp.exp(log_std)[None] * eps
-        log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood)
+        log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
         log_w = jnp.where(index < num_samples, log_w, -jnp.inf)
         new_max = jnp.maximum(running_max, jnp.max(log_w))
         new_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(jnp.exp(log_w - new_max))
@@ -237,41 +251,10 @@ def autoencoder_loss(
       Scalar loss in nats (lower is better).
     """
     _check_objective_args(x, likelihood)
-    return -D.log_likelihood(likelihood, x, decode(encode(x)))
+    return -distributions.log_likelihood(likelihood, x, decode(encode(x)))
 
 
 def _check_objective_args(x: jax.Array, likelihood: str) -> None:
-    D.check_likelihood(likelihood)
+    distributions.check_likelihood(likelihood)
     if likelihood == "bernoulli":
-        _check_unit_interval(x)
-
-
-def _check_unit_interval(x: jax.Array) -> None:
-    if isinstance(x, jax.core.Tracer):
-        return  # values are unknown while tracing; the data loaders check them
-    lo, hi = float(jnp.min(x)), float(jnp.max(x))
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(
-            f"likelihood='bernoulli' needs data in [0, 1]; got values in [{lo:g}, {hi:g}]. "
-            "Scale images to [0, 1] (e.g. divide uint8 pixels by 255) or use a Gaussian likelihood."
-        )
-
-
-def _check_beta(beta: float | jax.Array) -> None:
-    if isinstance(beta, jax.core.Tracer):
-        return
-    if not float(beta) >= 0.0:
-        raise ValueError(f"beta must be >= 0 (1 gives the ELBO); got {beta}.")
-
-
-def _check_num_samples(n: int, name: str = "num_samples") -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive int; got {n!r}.")
-
-
-def _check_posterior(mean: jax.Array, log_std: jax.Array) -> None:
-    if jnp.ndim(mean) != 1 or jnp.shape(mean) != jnp.shape(log_std):
-        raise ValueError(
-            "encode must return (mean, log_std), both of shape [latent_dim] for one example; "
-            f"got shapes {jnp.shape(mean)} and {jnp.shape(log_std)}."
-        )
+        check_unit_interval(x)

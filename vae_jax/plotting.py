@@ -1,4 +1,4 @@
-"""Figures: image grids, labelled image rows, latent scatters, learning curves.
+"""Figures: image grids, labelled image rows, latent scatters, learning curves, a run's figures.
 
 Axes-level ``plot_*`` functions draw into a Matplotlib ``Axes`` so figures can
 be composed; ``save_*`` functions build a whole figure and write a PNG.
@@ -11,12 +11,15 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import jax
 import matplotlib
 
 if not os.environ.get("DISPLAY") and "MPLBACKEND" not in os.environ:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from vae_jax.data import FASHION_MNIST_CLASSES  # noqa: E402
 
 
 def tile_images(images: np.ndarray, *, ncols: int = 8, pad: int = 1) -> np.ndarray:
@@ -137,3 +140,37 @@ def latent_grid(n: int = 15, extent: float = 3.0) -> np.ndarray:
     axis = np.linspace(-extent, extent, n, dtype=np.float32)
     gy, gx = np.meshgrid(axis[::-1], axis, indexing="ij")
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def save_run_figures(out: Path, model, params, config, x_test: np.ndarray, test,
+                     history: list[dict[str, float]], metric: str) -> None:
+    """Reconstructions, prior samples, learning curves and, for d = 2, the latent space, as PNGs.
+
+    ``x_test [N, H, W, C]`` are the model's (binarised) test inputs, ``test`` the grey images and labels.
+    """
+    if not history:
+        return
+    title = f"{config.train.dataset}, {config.model.kind.upper()} d={config.model.latent_dim}, epoch {len(history)}"
+    per_example = lambda fn, x: np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))  # noqa: E731
+    x, rows = x_test[:16], {"test image": test.images[:16]}
+    if not np.array_equal(x, rows["test image"]):
+        rows["model input"] = x
+    rows["reconstruction"] = per_example(model.reconstruct, x)
+    save_image_rows(rows, out / "reconstructions.png", title=title)
+    samples = np.asarray(model.sample(params, jax.random.key(config.train.seed), 64))
+    save_image_grid(samples, out / "prior_samples.png", title=f"decoded z ~ N(0, I): {title}")
+    train_key = next(k for k in ("train_elbo", "train_iwae", "train_reconstruction") if k in history[0])
+    label = lambda k: k.replace("_", " ").replace("elbo", "ELBO").replace("iwae", "IWAE bound")  # noqa: E731
+    save_curves({label(k): [r[k] for r in history] for k in (train_key, metric)},
+                out / "learning_curves.png", ylabel="nats per example", title=title)
+    if config.model.latent_dim == 2:
+        n = min(len(x_test), 5000)
+        codes = per_example(model.code, x_test[:n])
+        names = {"fashion_mnist": FASHION_MNIST_CLASSES, "digits": tuple("0123456789")}.get(config.train.dataset)
+        fig, ax = plt.subplots(figsize=(6, 5))
+        plot_latent_scatter(ax, codes, test.labels[:n], class_names=names,
+                            prior_contours=config.model.kind == "vae", title=f"test codes: {title}")
+        save_figure(fig, out / "latent_space.png")
+        grid = latent_grid(15)
+        save_image_grid(per_example(model.decode_mean, grid), out / "latent_manifold.png", ncols=15,
+                        title="decoded grid over [-3, 3]^2")

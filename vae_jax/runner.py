@@ -9,7 +9,6 @@ identical to one never interrupted.
 
 from __future__ import annotations
 
-import csv
 import functools
 import importlib.metadata
 import time
@@ -23,7 +22,7 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import evaluation, plotting, training
+from vae_jax import estimators, evaluation, hooks, plotting, training
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.config import RunConfig, load_run_config, read_json, write_json
 from vae_jax.models import build_model
@@ -69,7 +68,7 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
     if config.model.kind == "ae":
         objective, hparams = model.objective, {}
     elif t.objective == "iwae":
-        objective, hparams = functools.partial(model.iwae_objective, num_samples=t.num_samples), {}
+        objective, hparams = estimators.make_estimator("iwae", model, num_samples=t.num_samples), {}
     else:
         objective, hparams = functools.partial(model.objective, num_samples=t.num_samples), {"beta": t.beta}
     key_init = _keys(t.seed)[0]
@@ -78,6 +77,31 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
     step = training.make_train_step(objective, dynamic_binarization=t.binarization == "dynamic")
     metric = "validation_elbo" if config.model.kind == "vae" else "validation_reconstruction"
     return model, state, step, model.objective, metric
+
+
+class _RunLog:
+    """The hook that keeps ``metrics.csv`` and ``run.json`` in step with the checkpoints, and prints a line."""
+
+    def __init__(self, out: Path, ckpts: RunCheckpoints, metric: str, epochs: int, seconds: float,
+                 history: list[dict]):
+        self.out, self.ckpts, self.metric, self.epochs = out, ckpts, metric, epochs
+        self.history = list(history)  # the checkpointed epochs (this hook runs after the Checkpoint hook)
+        self.meta = {"status": "running", "versions": _versions(), "seconds": seconds}
+        self.start = time.perf_counter()
+
+    def write(self, history: list[dict], **status: Any) -> None:
+        meta = {**self.meta, **status, "epochs_completed": len(history), "latest_checkpoint": self.ckpts.latest_epoch,
+                "best_checkpoint": self.ckpts.best_epoch,
+                "seconds": self.meta["seconds"] + time.perf_counter() - self.start}
+        write_json(self.out / "run.json", meta)
+
+    def __call__(self, epoch: int, state: training.TrainState, history: list[dict]) -> None:
+        self.history = list(history)
+        hooks.write_csv(self.out / "metrics.csv", history)
+        row = history[-1]
+        tqdm.write(f"epoch {epoch}/{self.epochs}: train loss {row['train_loss']:.2f}, "
+                   f"{self.metric.replace('_', ' ')} {row[self.metric]:.2f}")
+        self.write(history)
 
 
 def train(config: RunConfig, out: Path, *, progress: bool = True) -> int:
@@ -95,60 +119,33 @@ def train(config: RunConfig, out: Path, *, progress: bool = True) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**config.to_dict(), "input_shape": list(input_shape),
                                      "sizes": {k: len(v) for k, v in images.items()}})
-    meta = {"status": "running", "versions": _versions(), "seconds": 0.0}
-    x_train, x_val = jnp.asarray(images["train"]), jnp.asarray(images["validation"])
-    steps_per_epoch = len(x_train) // t.batch_size
     with RunCheckpoints(out / "checkpoints", metric=metric, create=True) as ckpts:
-        history = []
+        history, seconds = [], 0.0
         if ckpts.latest_epoch:
             state, history = ckpts.restore(state, which="latest")
             if (out / "run.json").is_file():  # keep counting the time of the earlier sessions
-                meta["seconds"] = float(read_json(out / "run.json", what="Run metadata").get("seconds", 0.0))
-        _write_metrics(out / "metrics.csv", history)
-
-        def finish_epoch(epoch: int, state: training.TrainState, row: dict[str, float]) -> list[dict]:
-            val = training.evaluate(eval_objective, state.params, x_val, jax.random.fold_in(key_eval, epoch))
-            row = {**row, **{f"validation_{k}": v for k, v in val.items() if k != "objective"}}
-            if not np.isfinite(row[metric]):
-                raise FloatingPointError(f"Non-finite {metric} after epoch {epoch + 1}; {_kept(ckpts)}")
-            ckpts.save(epoch + 1, state, history=history + [row])
-            return history + [row]
-
-        start, pending, short_metric = time.perf_counter(), None, metric.removeprefix("validation_")
-        bar = tqdm(range(len(history), t.epochs), initial=len(history), total=t.epochs, desc="train",
-                   disable=not progress, unit="epoch")
+                seconds = float(read_json(out / "run.json", what="Run metadata").get("seconds", 0.0))
+        hooks.write_csv(out / "metrics.csv", history)
+        log = _RunLog(out, ckpts, metric, t.epochs, seconds, history)
+        run_hooks = [hooks.Validate(eval_objective, images["validation"], key_eval),
+                     hooks.RequireFinite(metric, message=_kept(ckpts)),
+                     hooks.Checkpoint(ckpts), log]
         try:
-            for epoch in bar:
-                state, metrics = training.train_epoch(step, state, x_train, jax.random.fold_in(key_fit, epoch),
-                                                      batch_size=t.batch_size)
-                row = {"epoch": epoch + 1, **{f"train_{k}": float(v) for k, v in metrics.items()}}
-                if not (np.isfinite(row["train_loss"]) and _all_finite(state.params)):
-                    first = epoch * steps_per_epoch + 1
-                    raise FloatingPointError(
-                        f"Non-finite training loss or parameters in epoch {epoch + 1} (steps {first}-"
-                        f"{first + steps_per_epoch - 1}); {_kept(ckpts)} Lower --lr or check the data.")
-                pending = (epoch, state, row)
-                history, pending = finish_epoch(*pending), None
-                _write_metrics(out / "metrics.csv", history)
-                value = history[-1][metric]
-                bar.set_postfix({"loss": f"{row['train_loss']:.2f}", short_metric: f"{value:.2f}"})
-                tqdm.write(f"epoch {epoch + 1}/{t.epochs}: train loss {row['train_loss']:.2f}, "
-                           f"{metric.replace('_', ' ')} {value:.2f}")
-                write_json(out / "run.json", _meta(meta, history, ckpts, start))
+            result = training.fit(step, state, images["train"], key_fit, epochs=t.epochs, batch_size=t.batch_size,
+                                  history=history, hooks=run_hooks, progress=progress)
         except KeyboardInterrupt:
-            bar.close()
-            if pending is not None and (ckpts.latest_epoch or 0) <= pending[0]:
-                history = finish_epoch(*pending)
-                _write_metrics(out / "metrics.csv", history)
-            write_json(out / "run.json", _meta(dict(meta, status="interrupted"), history, ckpts, start))
-            print(f"\nInterrupted after {len(history)} complete epochs; {_kept(ckpts)} "
+            hooks.write_csv(out / "metrics.csv", log.history)
+            log.write(log.history, status="interrupted")
+            print(f"\nInterrupted after {len(log.history)} complete epochs; {_kept(ckpts)} "
                   f"Continue with the same command and --resume.", flush=True)
             return 130
         except FloatingPointError as e:
-            write_json(out / "run.json", _meta(dict(meta, status="failed", error=str(e)), history, ckpts, start))
-            raise
-        write_json(out / "run.json", _meta(dict(meta, status="finished"), history, ckpts, start))
-    write_figures(out, model, state.params, config, images["test"], splits["test"], history, metric)
+            log.write(log.history, status="failed", error=str(e))
+            raise FloatingPointError(f"{e} {_kept(ckpts)} Lower --lr or check the data.") from None
+        log.write(result.history, status="finished")
+    history = result.history
+    plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
+                              metric)
     best = max(history, key=lambda r: r[metric])
     print(f"{len(history)} epochs: {metric} {history[-1][metric]:.2f} (best {best[metric]:.2f} at epoch "
           f"{best['epoch']}); outputs in {out}")
@@ -160,10 +157,6 @@ def _keys(seed: int) -> jax.Array:
     return jax.random.split(jax.random.key(seed), 3)
 
 
-def _all_finite(tree: Any) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
-
-
 def _kept(ckpts: RunCheckpoints) -> str:
     epoch = ckpts.latest_epoch
     if not epoch:
@@ -173,55 +166,6 @@ def _kept(ckpts: RunCheckpoints) -> str:
 
 def _versions() -> dict[str, str]:
     return {p: importlib.metadata.version(p) for p in ("vae_jax", "jax", "flax", "optax", "orbax-checkpoint")}
-
-
-def _meta(meta: dict, history: list[dict], ckpts: RunCheckpoints, start: float) -> dict:
-    return {**meta, "epochs_completed": len(history), "latest_checkpoint": ckpts.latest_epoch,
-            "best_checkpoint": ckpts.best_epoch, "seconds": meta["seconds"] + time.perf_counter() - start}
-
-
-def _write_metrics(path: Path, history: list[dict[str, float]]) -> None:
-    """Rewrites ``metrics.csv`` from the checkpointed history (atomically, so it always matches)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["epoch"])
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
-
-
-def write_figures(out: Path, model, params, config: RunConfig, x_test: np.ndarray, test: vdata.Split,
-                  history: list[dict[str, float]], metric: str) -> None:
-    """Reconstructions, prior samples, learning curves and, for d = 2, the latent space, as PNGs.
-
-    ``x_test [N, H, W, C]`` are the model's (binarised) test inputs, ``test`` the grey images and labels.
-    """
-    if not history:
-        return
-    title = f"{config.train.dataset}, {config.model.kind.upper()} d={config.model.latent_dim}, epoch {len(history)}"
-    per_example = lambda fn, x: np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))  # noqa: E731
-    x, rows = x_test[:16], {"test image": test.images[:16]}
-    if not np.array_equal(x, rows["test image"]):
-        rows["model input"] = x
-    rows["reconstruction"] = per_example(model.reconstruct, x)
-    plotting.save_image_rows(rows, out / "reconstructions.png", title=title)
-    samples = np.asarray(model.sample(params, jax.random.key(config.train.seed), 64))
-    plotting.save_image_grid(samples, out / "prior_samples.png", title=f"decoded z ~ N(0, I): {title}")
-    train_key = next(k for k in ("train_elbo", "train_iwae", "train_reconstruction") if k in history[0])
-    label = lambda k: k.replace("_", " ").replace("elbo", "ELBO").replace("iwae", "IWAE bound")  # noqa: E731
-    plotting.save_curves({label(k): [r[k] for r in history] for k in (train_key, metric)},
-                         out / "learning_curves.png", ylabel="nats per example", title=title)
-    if config.model.latent_dim == 2:
-        n = min(len(x_test), 5000)
-        codes = per_example(model.code, x_test[:n])
-        names = {"fashion_mnist": vdata.FASHION_MNIST_CLASSES, "digits": tuple("0123456789")}.get(config.train.dataset)
-        fig, ax = plotting.plt.subplots(figsize=(6, 5))
-        plotting.plot_latent_scatter(ax, codes, test.labels[:n], class_names=names,
-                                     prior_contours=config.model.kind == "vae", title=f"test codes: {title}")
-        plotting.save_figure(fig, out / "latent_space.png")
-        grid = plotting.latent_grid(15)
-        plotting.save_image_grid(per_example(model.decode_mean, grid), out / "latent_manifold.png", ncols=15,
-                                 title="decoded grid over [-3, 3]^2")
 
 
 def _restore(run: Path, which: str):
@@ -242,7 +186,7 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
     images, _ = load_images(config)
     x = images["test"][: examples or None]
     key_elbo, key_marginal = jax.random.split(jax.random.key(seed))
-    test = training.evaluate(eval_objective, params, x, key_elbo)
+    test = evaluation.evaluate(eval_objective, params, x, key_elbo)
     results = {"checkpoint": which, "epoch": epoch, "test_examples": len(x),
                **{f"test_{k}": v for k, v in test.items() if k != "objective"}}
     if num_samples:

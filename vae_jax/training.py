@@ -11,7 +11,7 @@ sweep is a stack of states trained by one ``jax.vmap``-ed step.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.struct
 import jax
@@ -21,30 +21,82 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from vae_jax.data import binarize_dynamic
+from vae_jax._checks import check_finite_nonnegative, check_positive_int
+
 Objective = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
-Metrics = dict[str, float]
+Metrics = dict[str, Any]
+Hook = Callable[[int, Any, list[Metrics]], "str | None"]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's ``TrainState`` plus ``hparams``: a dict of scalar arrays passed to the objective."""
+    """Flax's ``TrainState`` plus what the objective needs besides the parameters.
+
+    Attributes:
+      hparams: scalar arrays passed to the objective as keyword arguments (e.g. ``beta``);
+        a stacked sweep varies them along its leading axis.
+      kl_warmup_steps: KL warm-up length in steps (int32 scalar; 0: none). While
+        ``step < kl_warmup_steps`` the step uses ``beta * (step + 1) / kl_warmup_steps``
+        (a linear rise from ~0 to ``beta``, as in the VampPrior recipe). It is part of the
+        state, so a resumed run continues the schedule exactly.
+      estimator_state: state that a gradient estimator updates as it trains (e.g. the
+        running mean ``baseline_value`` of :func:`vae_jax.estimators.with_running_baseline`),
+        passed to the objective like ``hparams`` but changed by the step, never by the user.
+    """
 
     hparams: dict = flax.struct.field(default_factory=dict)
+    kl_warmup_steps: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
+    estimator_state: dict = flax.struct.field(default_factory=dict)
+
+    def objective_kwargs(self) -> dict[str, jax.Array]:
+        """The keyword arguments of the objective at this step: hparams (with the warm-up
+        applied to ``beta``) and the estimator state."""
+        hparams = dict(self.hparams)
+        if "beta" in hparams:
+            ramp = (self.step + 1).astype(jnp.float32) / jnp.maximum(self.kl_warmup_steps, 1).astype(jnp.float32)
+            hparams["beta"] = hparams["beta"] * jnp.where(self.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
+        return {**hparams, **self.estimator_state}
 
 
 def create_train_state(model: Any, key: jax.Array, example: jax.Array, optimizer: optax.GradientTransformation,
+                       *, kl_warmup_steps: int = 0, estimator_state: Mapping[str, Any] | None = None,
                        **hparams: float) -> TrainState:
     """Initialises ``model`` on one ``example [H, W, C]`` and wraps it with ``optimizer``.
 
     Args:
       model: anything with ``init(key, x) -> params`` (a VAE or AE).
       key: PRNG key for the initial parameters.
-      example: one input example, used for shapes only.
+      example: ONE input example (no batch axis), used for shapes only.
       optimizer: an Optax transformation, e.g. ``optax.adam(1e-3)``.
-      **hparams: scalars forwarded to the objective on every step (e.g. ``beta=4.0``).
+      kl_warmup_steps: steps over which ``beta`` rises linearly from ~0 (0: no warm-up);
+        needs a ``beta`` hyper-parameter.
+      estimator_state: initial estimator state (e.g. ``{"baseline_value": -200.0}``).
+      **hparams: finite scalars forwarded to the objective on every step (e.g. ``beta=4.0``;
+        ``beta`` must be ``>= 0``).
+
+    Raises:
+      ValueError: a non-finite hyper-parameter, a negative beta or warm-up, a warm-up
+        without beta, or an ``example`` whose rank differs from the model's input.
     """
-    params = model.init(key, jnp.asarray(example))
-    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-    state = TrainState.create(apply_fn=None, params=params, tx=optimizer, hparams=hparams)
+    for name, value in hparams.items():
+        if not np.all(np.isfinite(np.asarray(value, np.float64))):
+            raise ValueError(f"hyper-parameter {name} must be finite; got {value!r}.")
+    if "beta" in hparams:
+        check_finite_nonnegative(hparams["beta"], "beta")
+    if isinstance(kl_warmup_steps, bool) or int(kl_warmup_steps) != kl_warmup_steps or kl_warmup_steps < 0:
+        raise ValueError(f"kl_warmup_steps must be an int >= 0; got {kl_warmup_steps!r}.")
+    if kl_warmup_steps and "beta" not in hparams:
+        raise ValueError("kl_warmup_steps needs a beta hyper-parameter (create_train_state(..., beta=1.0)).")
+    example = jnp.asarray(example)
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(example.shape) != tuple(expected):
+        raise ValueError(f"example must be ONE input of shape {tuple(expected)}; got shape {example.shape} "
+                         "(pass data[0], not a batch).")
+    params = model.init(key, example)
+    as_arrays = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in (d or {}).items()}  # noqa: E731
+    state = TrainState.create(apply_fn=None, params=params, tx=optimizer, hparams=as_arrays(hparams),
+                              kl_warmup_steps=jnp.asarray(kl_warmup_steps, jnp.int32),
+                              estimator_state=as_arrays(estimator_state))
     # An array step (not Python's 0) keeps the step's input types fixed: one compilation.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -76,10 +128,10 @@ def make_train_step(objective: Objective, *, dynamic_binarization: bool = False)
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         key_data, key_objective = jax.random.split(key)
         if dynamic_binarization:
-            batch = jax.random.bernoulli(key_data, batch).astype(batch.dtype)
+            batch = binarize_dynamic(key_data, batch)
 
         def loss_fn(params):
-            values, aux = batch_objective(objective, params, key_objective, batch, state.hparams)
+            values, aux = batch_objective(objective, params, key_objective, batch, state.objective_kwargs())
             return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -121,89 +173,90 @@ def train_epoch(train_step: Callable, state: TrainState, data: jax.Array, key: j
     return state, jax.tree.map(jnp.mean, metrics)
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "batch_size"))
-def _evaluate(objective, params, data, key, hparams, *, batch_size):
-    n = data.shape[0]
-    num_batches = -(-n // batch_size)
-    padded = jnp.concatenate([data, jnp.zeros((num_batches * batch_size - n, *data.shape[1:]), data.dtype)])
-    padded = padded.reshape(num_batches, batch_size, *data.shape[1:])
-    weights = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
 
-    def body(totals, inputs):
-        batch, mask, batch_key = inputs
-        values, aux = batch_objective(objective, params, batch_key, batch, hparams)
-        sums = jax.tree.map(lambda v: jnp.sum(jnp.where(mask, v, 0.0)), {"objective": values, **aux})
-        return jax.tree.map(jnp.add, totals, sums), None
-
-    zeros = jax.tree.map(lambda v: jnp.zeros((), v.dtype),
-                         jax.eval_shape(lambda: batch_objective(objective, params, key, padded[0], hparams)))
-    init = {"objective": zeros[0], **zeros[1]}
-    totals, _ = jax.lax.scan(body, init, (padded, weights, jax.random.split(key, num_batches)))
-    return jax.tree.map(lambda t: t / n, totals)
-
-
-def evaluate(objective: Objective, params: Any, data: jax.Array, key: jax.Array, *,
-             hparams: Mapping[str, Any] | None = None, batch_size: int = 500) -> Metrics:
-    """Mean objective and aux over every example of ``data`` (no example dropped).
-
-    Args:
-      objective: per-example ``(params, key, x, **hparams) -> (value, aux)``.
-      params: model parameters.
-      data: ``[N, H, W, C]``; binarise it beforehand if the model expects binary data.
-      key: PRNG key for the objective's draws.
-      hparams: forwarded to the objective (e.g. ``state.hparams``).
-      batch_size: examples evaluated at once (memory only; results do not depend on it
-        beyond the random draws).
-
-    Returns:
-      Dict of Python floats: ``objective`` and every aux entry (e.g. ``elbo``,
-      ``reconstruction``, ``kl``), averaged over the N examples, in nats.
+    Attributes:
+      state: the state after the last epoch run.
+      history: one dict per completed epoch (the ``history`` passed in, then the new
+        rows): ``epoch`` (1-based count), ``train_*`` epoch means of the step's
+        metrics, and whatever the hooks added (e.g. ``validation_elbo``).
+      stop_reason: ``"max epochs"`` or the reason a hook stopped training.
     """
-    data = jnp.asarray(data)
-    if data.shape[0] == 0:
-        raise ValueError("evaluate needs at least one example.")
-    hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
-    out = _evaluate(objective, params, data, key, hparams, batch_size=min(batch_size, data.shape[0]))
-    return {k: float(v) for k, v in out.items()}
+
+    state: Any
+    history: list[Metrics]
+    stop_reason: str
 
 
 def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array, *, epochs: int,
-        batch_size: int, progress: bool = True, desc: str = "train",
-        on_epoch: Callable[[int, TrainState, Metrics], None] | None = None) -> tuple[TrainState, list[Metrics]]:
-    """Trains for ``epochs`` compiled epochs with a progress bar.
+        batch_size: int, history: Sequence[Metrics] = (), hooks: Sequence[Hook] = (),
+        epoch_fn: Callable | None = None, progress: bool = True, desc: str = "train") -> FitResult:
+    """THE epoch loop: compiled epochs, then the hooks, until ``epochs`` or a hook stops it.
+
+    Epoch ``e`` (0-based) trains with ``fold_in(key, e)``, so a run restored from a
+    checkpoint after ``len(history)`` epochs and continued here ends bitwise
+    identical to one never interrupted.
 
     Args:
-      train_step: from :func:`make_train_step`.
-      state: initial state (donated to the first epoch: do not reuse it).
+      train_step: from :func:`make_train_step` (or any ``(state, batch, key) -> (state, metrics)``).
+      state: the state after ``len(history)`` epochs (donated: do not reuse it).
       data: ``[N, H, W, C]`` training images.
-      key: PRNG key; epoch ``e`` uses ``fold_in(key, e)``, so a run can be resumed.
-      epochs: number of epochs.
+      key: the run's training key.
+      epochs: total number of epochs (including those in ``history``).
       batch_size: examples per step.
+      history: the rows of the epochs already run (resume); training starts at epoch
+        ``len(history)``.
+      hooks: called in order after each epoch as ``hook(epoch, state, history)``, with
+        ``epoch`` the number of completed epochs and ``history[-1]`` the new row (hooks
+        may add entries to it, e.g. validation metrics). A hook that returns a string
+        stops training with that reason. See :mod:`vae_jax.hooks`.
+      epoch_fn: ``(train_step, state, data, key, *, batch_size) -> (state, metrics)``;
+        default :func:`train_epoch` (e.g. a stacked sweep passes one built on
+        :func:`train_epoch_stacked`; metrics may then be arrays, stored as lists).
       progress: show a tqdm bar with the live loss.
       desc: label of the bar.
-      on_epoch: called as ``on_epoch(epoch, state, metrics)`` after each epoch
-        (evaluation, checkpoints, logging).
 
     Returns:
-      ``(state, history)``: the final state and one dict of floats per epoch.
+      :class:`FitResult` ``(state, history, stop_reason)``.
 
     Raises:
-      FloatingPointError: the loss became non-finite (names the epoch).
+      FloatingPointError: the training loss or the parameters became non-finite
+        (names the epoch and its steps).
+      ValueError: ``epochs`` or ``batch_size`` is not a positive int, or the data is empty.
     """
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
     data = jnp.asarray(data)
-    history = []
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    if data.ndim < 1 or data.shape[0] < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({data.shape[:1]} examples).")
+    epoch_fn = epoch_fn or train_epoch
+    history = [dict(row) for row in history]
+    steps = data.shape[0] // batch_size
+    stop_reason = "max epochs"
+    bar = tqdm(range(len(history), epochs), initial=len(history), total=epochs, desc=desc,
+               disable=not progress, leave=False, unit="epoch")
     for epoch in bar:
-        state, metrics = train_epoch(train_step, state, data, jax.random.fold_in(key, epoch), batch_size=batch_size)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if not np.isfinite(metrics["loss"]):
+        state, metrics = epoch_fn(train_step, state, data, jax.random.fold_in(key, epoch), batch_size=batch_size)
+        metrics = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+        if not (np.all(np.isfinite(metrics["loss"])) and _all_finite(state.params)):
             raise FloatingPointError(
-                f"Non-finite loss {metrics['loss']} in epoch {epoch}; lower the learning rate or check the data.")
-        history.append(metrics)
-        bar.set_postfix(loss=f"{metrics['loss']:.2f}")
-        if on_epoch is not None:
-            on_epoch(epoch, state, metrics)
-    return state, history
+                f"Non-finite training loss or parameters in epoch {epoch + 1} (steps {epoch * steps + 1}-"
+                f"{(epoch + 1) * steps}); lower the learning rate or check the data.")
+        history.append({"epoch": epoch + 1, **{f"train_{k}": v for k, v in metrics.items()}})
+        for hook in hooks:
+            reason = hook(epoch + 1, state, history)
+            if reason:
+                stop_reason = reason
+        bar.set_postfix(loss=f"{np.mean(metrics['loss']):.2f}")
+        if stop_reason != "max epochs":
+            break
+    bar.close()
+    return FitResult(state, history, stop_reason)
+
+
+def _all_finite(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
 def stack(trees: list[Any]) -> Any:
