@@ -1,0 +1,53 @@
+"""experiments.disentanglement: the --quick run (outputs, ranges, resume) and the full-size study (slow)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import disentanglement as study
+from vae_jax import dsprites
+
+SCORES = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factor_vae_score",
+          "beta_vae_score")
+
+
+def _check_outputs(out, results, *, seeds, settings):
+    for name in ("metrics_vs_beta.png", "traversals.png", "results.json", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "results.json").read_text())["summary"] == json.loads(json.dumps(results["summary"]))
+    assert [(s["method"], s["weight"]) for s in results["summary"]] == settings
+    assert len(results["rows"]) == len(seeds) * len(settings)
+    for s in results["summary"]:
+        assert sorted(s["seeds"]) == sorted(seeds)
+        for name in SCORES:
+            v = np.array(s[name]["per_seed"])
+            assert np.all((v >= 0) & (v <= 1)), name
+            assert s[name]["mean"] == pytest.approx(v.mean()) and s[name]["min"] <= s[name]["mean"] <= s[name]["max"]
+        assert np.all(np.array(s["reconstruction_error"]["per_seed"]) > 0)
+        assert np.all(np.array(s["kl"]["per_seed"]) >= 0)
+    # the traversal labels come from the DCI importance matrix of a stored model
+    arrays = np.load(out / "models" / "seed0.npz")
+    assert arrays["beta_vae_1_importance"].shape == (10, len(dsprites.FACTOR_NAMES))
+
+
+def test_quick_run_writes_everything_and_resumes(tmp_path):
+    results = study.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    _check_outputs(tmp_path, results, seeds=[0, 1],
+                   settings=[("beta_vae", 1.0), ("beta_vae", 4.0), ("beta_tcvae", 4.0)])
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quick"] is True and config["train_size"] == 1024
+    # resume: the per-seed files are reused, not recomputed
+    before = (tmp_path / "models" / "seed1.json").read_text()
+    again = study.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    assert (tmp_path / "models" / "seed1.json").read_text() == before
+    assert again["rows"] == json.loads(json.dumps(results["rows"]))
+    assert again["wall_seconds_this_call"] < results["wall_seconds_this_call"]
+
+
+def test_pool_and_bad_arguments(tmp_path):
+    x = dsprites.render([[0, 5, 0, 16, 16]])
+    pooled = study.pool(x, 32)
+    assert pooled.shape == (1, 32, 32, 1) and pooled.sum() * 4 == pytest.approx(x.sum())
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--out", str(tmp_path), "--betas", "2", "4"])  # no beta = 1 to compare with
