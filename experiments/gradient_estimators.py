@@ -49,8 +49,7 @@ from tqdm.auto import tqdm
 
 from experiments import _common
 from vae_jax import data as vdata
-from vae_jax import estimators as E
-from vae_jax import evaluation, models, plotting, training
+from vae_jax import estimators, evaluation, models, plotting, training
 from vae_jax.linear_gaussian import AffineLinearGaussian
 
 SETTINGS = {  # label -> (estimator, options besides num_samples)
@@ -67,7 +66,7 @@ SETTINGS = {  # label -> (estimator, options besides num_samples)
 def estimator(model, label: str, k: int):
     """The objective of ``SETTINGS[label]`` with ``k`` draws per example."""
     name, options = SETTINGS[label]
-    return E.make_estimator(name, model, num_samples=k, **options)
+    return estimators.make_estimator(name, model, num_samples=k, **options)
 
 
 def _baseline_state(model, label, params, batch, key):
@@ -91,7 +90,7 @@ def variance_through_training(model, state, train, batch, args, key):
         key_baseline, key_draws = jax.random.split(jax.random.fold_in(key_measure, epoch))
         for label, objective in objectives.items():
             hparams = _baseline_state(model, label, state.params, batch, key_baseline)
-            stats = E.gradient_statistics(objective, state.params, key_draws, batch,
+            stats = estimators.gradient_statistics(objective, state.params, key_draws, batch,
                                           num_draws=args.draws, hparams=hparams, chunk_size=args.chunk)
             for group in ("encoder", "decoder"):
                 out[label][group].append(float(stats[group].total_variance))
@@ -123,8 +122,8 @@ def snr_against_k(model, params, batch, ks, *, draws, chunk, key, progress=True)
     for label in ("iwae", "dreg"):
         out[label] = {g: {"norm_snr": [], "mean_snr": []} for g in ("encoder", "decoder")}
         for k in tqdm(ks, desc=f"study 2: {label} SNR", disable=not progress, leave=False):
-            objective = E.make_estimator(label, model, num_samples=k)
-            stats = E.gradient_statistics(objective, params, jax.random.fold_in(key, k), batch, num_draws=draws,
+            objective = estimators.make_estimator(label, model, num_samples=k)
+            stats = estimators.gradient_statistics(objective, params, jax.random.fold_in(key, k), batch, num_draws=draws,
                                           chunk_size=chunk)
             for group in ("encoder", "decoder"):
                 out[label][group]["norm_snr"].append(float(stats[group].norm_snr))
@@ -150,7 +149,7 @@ def train_each(model, init_key, train, test, batch, args, key):
         state = state.replace(estimator_state={k: jnp.asarray(v, jnp.float32) for k, v in baseline.items()})
         step = training.make_train_step(objective, dynamic_binarization=True)
         if baseline:
-            step = E.with_running_baseline(step, decay=args.baseline_decay)
+            step = estimators.with_running_baseline(step, decay=args.baseline_decay)
         curves = {"test_elbo": [], "test_log_px": [], "train_objective": []}
 
         def on_epoch(epoch, state, history, curves=curves):

@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
-from experiments import _common as C
+from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import models, plotting
 
@@ -54,27 +54,27 @@ def code_stats(codes: np.ndarray) -> dict:
     """Mean, sd, 1-99 % range and fitted-Gaussian KL to N(0, I) of ``codes [N, 2]``."""
     lower, upper = np.percentile(codes, [1, 99], axis=0)
     return {"mean": codes.mean(axis=0), "sd": codes.std(axis=0), "percentile_1": lower,
-            "percentile_99": upper, "fitted_gaussian_kl": C.fitted_gaussian_kl(codes)}
+            "percentile_99": upper, "fitted_gaussian_kl": _common.fitted_gaussian_kl(codes)}
 
 
 def run(args) -> dict:
-    ds = C.load_data(args)
+    ds = _common.load_data(args)
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     n = args.grid_size
     config = models.ModelConfig(latent_dim=2, hidden_sizes=tuple(args.hidden_sizes))
-    trained = C.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
+    trained = _common.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 11), layout="constrained")
     results = {}
     for col, (kind, (model, state, history, seconds)) in enumerate(trained.items()):
-        codes = C.batched(model.code, state.params, ds.test.images)
-        train_codes = C.batched(model.code, state.params, ds.train.images)
+        codes = _common.batched(model.code, state.params, ds.test.images)
+        train_codes = _common.batched(model.code, state.params, ds.train.images)
         stats = code_stats(codes)
         knn = KNeighborsClassifier(5).fit(train_codes, ds.train.labels)
         stats["knn5_test_accuracy"] = float(knn.score(codes, ds.test.labels))
         if kind == "vae":
-            q = C.aggregate_posterior_samples(model, state.params, jax.random.key(args.seed + 1), ds.test.images)
-            stats["fitted_gaussian_kl_q_samples"] = C.fitted_gaussian_kl(q)
+            q = _common.aggregate_posterior_samples(model, state.params, jax.random.key(args.seed + 1), ds.test.images)
+            stats["fitted_gaussian_kl_q_samples"] = _common.fitted_gaussian_kl(q)
             grid = plotting.latent_grid(n, args.grid_extent)
             what = f"VAE: decoded {n}x{n} grid over [-{args.grid_extent:g}, {args.grid_extent:g}]^2 of N(0, I)"
             name = "posterior means"
@@ -89,13 +89,13 @@ def run(args) -> dict:
             prior_contours=kind == "vae",
             title=f"{kind.upper()} test {name}, d = 2" + (" (circles: N(0, I) 1, 2, 3 sd)" if kind == "vae" else "")
                   + f"\nfitted-Gaussian KL to N(0, I): {stats['fitted_gaussian_kl']:.3g} nats")
-        manifold = C.batched(model.decode_mean, state.params, grid)
+        manifold = _common.batched(model.decode_mean, state.params, grid)
         plotting.plot_image_grid(axes[1, col], manifold, ncols=n, title=what)
         results[kind] = {**stats, "final_train_loss": history[-1]["train_loss"], "train_seconds": seconds}
     plotting.save_figure(fig, args.out / "latent_2d.png")
 
     results["test_images"] = len(ds.test.images)
-    C.write_outputs(args.out, results=results, config={
+    _common.write_outputs(args.out, results=results, config={
         "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(ds.train.images), "test": len(ds.test.images),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"},
@@ -104,11 +104,11 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = C.parser(__doc__)
+    p = _common.parser(__doc__)
     p.add_argument("--grid-size", type=int, default=15, help="decoded manifold is grid-size^2 images (default 15)")
     p.add_argument("--grid-extent", type=float, default=3.0,
                    help="VAE manifold covers [-E, E]^2 of the latent plane (default 3: the prior's 3 sd)")
-    C.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
+    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
     return run(p.parse_args(argv))
 
 

@@ -34,28 +34,28 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import _common as C
+from experiments import _common
 from vae_jax import models, plotting
 
 EPOCHS, QUICK_EPOCHS = 20, 3
 
 
 def run(args) -> dict:
-    ds = C.load_data(args)
+    ds = _common.load_data(args)
     x_test = ds.test.images
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     config = models.ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden_sizes))
-    trained = C.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
+    trained = _common.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
     key_prior, key_q = jax.random.split(jax.random.key(args.seed + 1))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 6), layout="constrained")
     results = {}
     for ax, (kind, (model, state, history, seconds)) in zip(axes, trained.items()):
-        codes = C.batched(model.code, state.params, x_test)
-        stats = {"fitted_gaussian_kl_codes": C.fitted_gaussian_kl(codes), "code_sd": codes.std(axis=0)}
+        codes = _common.batched(model.code, state.params, x_test)
+        stats = {"fitted_gaussian_kl_codes": _common.fitted_gaussian_kl(codes), "code_sd": codes.std(axis=0)}
         if kind == "vae":
-            q = C.aggregate_posterior_samples(model, state.params, key_q, x_test)
-            stats["fitted_gaussian_kl_q_samples"] = C.fitted_gaussian_kl(q)
+            q = _common.aggregate_posterior_samples(model, state.params, key_q, x_test)
+            stats["fitted_gaussian_kl_q_samples"] = _common.fitted_gaussian_kl(q)
             stats["active_units"] = int(np.sum(codes.var(axis=0) > 0.01))
             kl, what = stats["fitted_gaussian_kl_q_samples"], "z ~ q(z|x) per test image"
         else:
@@ -68,7 +68,7 @@ def run(args) -> dict:
     plotting.save_figure(fig, args.out / "prior_samples.png")
 
     results["test_images"] = len(x_test)
-    C.write_outputs(args.out, results=results, config={
+    _common.write_outputs(args.out, results=results, config={
         "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(ds.train.images), "test": len(x_test),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"}})
@@ -76,10 +76,10 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = C.parser(__doc__)
+    p = _common.parser(__doc__)
     p.add_argument("--latent-dim", type=int, default=32, help="latent size d of both models (default 32)")
     p.add_argument("--num-samples", type=int, default=64, help="prior draws decoded per model (default 64)")
-    C.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
+    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
     return run(p.parse_args(argv))
 
 

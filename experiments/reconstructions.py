@@ -33,7 +33,7 @@ import sys
 import jax
 import numpy as np
 
-from experiments import _common as C
+from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import distributions, models, plotting, training
 
@@ -75,15 +75,15 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
 
 
 def run(args) -> dict:
-    ds = C.load_data(args)
+    ds = _common.load_data(args)
     x_train, x_test = ds.train.images, ds.test.images
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     config = models.ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden_sizes))
-    trained = C.train_ae_and_vae(config, x_train, args, epochs=epochs)
+    trained = _common.train_ae_and_vae(config, x_train, args, epochs=epochs)
 
     errors, logits = {}, {}
     for kind, (model, state, _, _) in trained.items():
-        logits[kind] = C.batched(lambda p, v, m=model: m.decode(p, m.code(p, v)), state.params, x_test)
+        logits[kind] = _common.batched(lambda p, v, m=model: m.decode(p, m.code(p, v)), state.params, x_test)
         errors[kind] = reconstruction_errors(logits[kind], x_test)
     p_mean = np.clip(x_train.mean(axis=0), 1e-4, 1 - 1e-4)
     errors["mean_image"] = reconstruction_errors(np.log(p_mean) - np.log1p(-p_mean), x_test)
@@ -107,7 +107,7 @@ def run(args) -> dict:
         "final_train_loss": {k: t[2][-1]["loss"] for k, t in trained.items()},
         "train_seconds": {k: t[3] for k, t in trained.items()},
     }
-    C.write_outputs(args.out, results=results, config={
+    _common.write_outputs(args.out, results=results, config={
         "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(x_train), "test": len(x_test),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"},
@@ -116,9 +116,9 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = C.parser(__doc__)
+    p = _common.parser(__doc__)
     p.add_argument("--latent-dim", type=int, default=32, help="latent size d of both models (default 32)")
-    C.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
+    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
     return run(p.parse_args(argv))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import vae_jax as vj
 from benchmarks import flops, profile_step, run, torch_vae
-from vae_jax import distributions as D
+from vae_jax import distributions
 
 
 def test_train_step_flops_match_xla_cost_analysis():
@@ -72,7 +72,7 @@ def test_torch_baseline_computes_the_vae_jax_elbo():
     def jax_elbo(image, e):
         mean, log_std = model.encode(params, image)
         logits = model.decode(params, mean + jnp.exp(log_std) * e)
-        return D.bernoulli_log_prob(logits, image) - D.kl_to_standard_normal(mean, log_std)
+        return distributions.bernoulli_log_prob(logits, image) - distributions.kl_to_standard_normal(mean, log_std)
 
     truth = np.asarray(jax.vmap(jax_elbo)(x, eps))
     got = baseline.per_example_elbo(torch.from_numpy(x.reshape(5, -1)), torch.from_numpy(eps)).detach().numpy()

@@ -10,14 +10,14 @@ import functools
 import json
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from vae_jax import AffineLinearGaussian, LinearGaussian, estimators as E
-from vae_jax import objectives as O
+from vae_jax import AffineLinearGaussian, LinearGaussian, estimators, objectives
 from vae_jax.training import TrainState
 
 DATA_DIM, LATENT_DIM, BATCH, DRAWS = 8, 3, 4, 4000
@@ -68,7 +68,7 @@ def _max_z(stats, truth, truth_variance=None):
 @functools.lru_cache(maxsize=None)
 def _estimator(name, options):
     # One object per setting, so that jit's cache (keyed on the static estimator) is shared across tests.
-    return E.make_estimator(name, MODEL, **dict(options))
+    return estimators.make_estimator(name, MODEL, **dict(options))
 
 
 _CACHE = {}
@@ -79,7 +79,7 @@ def _stats(name, params, x, *, hparams=None, seed=3, **options):
     options = tuple(sorted(options.items()))
     cache_key = (name, options, repr(hparams), seed, float(jnp.sum(params["encoder"]["A"])))
     if cache_key not in _CACHE:
-        _CACHE[cache_key] = E.gradient_statistics(_estimator(name, options), params, jax.random.key(seed), x,
+        _CACHE[cache_key] = estimators.gradient_statistics(_estimator(name, options), params, jax.random.key(seed), x,
                                                   num_draws=DRAWS, hparams=hparams)
     return _CACHE[cache_key]
 
@@ -121,7 +121,7 @@ def test_dreg_identities_for_one_key():
     key = jax.random.key(5)
 
     def grad(name, **options):
-        return jax.jit(jax.grad(lambda p: E.make_estimator(name, MODEL, **options)(p, key, x[0])[0]))(params)
+        return jax.jit(jax.grad(lambda p: estimators.make_estimator(name, MODEL, **options)(p, key, x[0])[0]))(params)
 
     # Decoder: DReG uses exactly the IWAE gradient. Encoder at k = 1: DReG is STL.
     for a, b in zip(jax.tree.leaves(grad("dreg", num_samples=6)["decoder"]),
@@ -137,12 +137,12 @@ def test_values_are_the_true_objectives():
     key = jax.random.key(6)
     encode, decode = (lambda v: MODEL.encode(params, v)), (lambda z: MODEL.decode(params, z))
     kw = {"likelihood": "gaussian_learned"}
-    mc_elbo = O.elbo(key, x[0], encode, decode, num_samples=3, kl="monte_carlo", **kw)[0]
-    bound = O.iwae_bound(key, x[0], encode, decode, num_samples=3, **kw)
+    mc_elbo = objectives.elbo(key, x[0], encode, decode, num_samples=3, kl="monte_carlo", **kw)[0]
+    bound = objectives.iwae_bound(key, x[0], encode, decode, num_samples=3, **kw)
     for name, options, expected in [("stl", {}, mc_elbo), ("score_function", {}, mc_elbo),
                                     ("score_function", {"baseline": "leave_one_out"}, mc_elbo),
                                     ("iwae", {}, bound), ("dreg", {}, bound)]:
-        value, aux = jax.jit(E.make_estimator(name, MODEL, num_samples=3, **options))(params, key, x[0])
+        value, aux = jax.jit(estimators.make_estimator(name, MODEL, num_samples=3, **options))(params, key, x[0])
         np.testing.assert_allclose(value, expected, rtol=1e-6)
         np.testing.assert_allclose(aux["iwae" if name in ("iwae", "dreg") else "elbo"], expected, rtol=1e-6)
 
@@ -172,10 +172,10 @@ def test_score_function_variance_exceeds_pathwise_by_orders_of_magnitude():
 
 def test_gradient_statistics_match_a_python_loop():
     params, x = _setup()
-    estimator = E.make_estimator("dreg", MODEL, num_samples=3)
+    estimator = estimators.make_estimator("dreg", MODEL, num_samples=3)
     key, n = jax.random.key(7), 6
-    stats = E.gradient_statistics(estimator, params, key, x, num_draws=n)
-    chunked = E.gradient_statistics(estimator, params, key, x, num_draws=n, chunk_size=4)
+    stats = estimators.gradient_statistics(estimator, params, key, x, num_draws=n)
+    chunked = estimators.gradient_statistics(estimator, params, key, x, num_draws=n, chunk_size=4)
 
     def batch_mean(p, k):
         keys = jax.random.split(k, BATCH)
@@ -204,7 +204,7 @@ def test_snr_of_deterministic_and_zero_gradients():
         return 2.0 * g["w"] + g["u"] * (1.0 + jax.random.normal(key)) + 0.0 * g["v"] + 0.0 * x, {}
 
     params = {"group": {"w": jnp.ones(()), "u": jnp.ones(()), "v": jnp.ones(())}}
-    stats = E.gradient_statistics(estimator, params, jax.random.key(0), jnp.zeros((1,)), num_draws=500)["group"]
+    stats = estimators.gradient_statistics(estimator, params, jax.random.key(0), jnp.zeros((1,)), num_draws=500)["group"]
     assert float(stats.snr["w"]) == np.inf and float(stats.snr["v"]) == 0.0
     assert 0.8 < float(stats.snr["u"]) < 1.2  # |1| / 1, from 500 draws
     np.testing.assert_allclose(stats.mean_snr, (0.0 + stats.snr["u"]) / 2)  # the inf is left out
@@ -213,7 +213,7 @@ def test_snr_of_deterministic_and_zero_gradients():
 
 def test_running_baseline_step_tracks_the_elbo():
     params, x = _setup()
-    objective = E.make_estimator("score_function", MODEL, baseline="running_mean")
+    objective = estimators.make_estimator("score_function", MODEL, baseline="running_mean")
     state = TrainState.create(apply_fn=None, params=params, tx=optax.sgd(1e-3),
                               estimator_state={"baseline_value": jnp.asarray(-20.0)})
 
@@ -226,7 +226,7 @@ def test_running_baseline_step_tracks_the_elbo():
         (value, elbo), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads), {"loss": value, "elbo": elbo}
 
-    step = E.with_running_baseline(train_step, decay=0.75)
+    step = estimators.with_running_baseline(train_step, decay=0.75)
     state, metrics = step(state, x, jax.random.key(8))
     np.testing.assert_allclose(metrics["loss"], -metrics["elbo"], rtol=1e-6)
     np.testing.assert_allclose(state.estimator_state["baseline_value"], 0.75 * -20.0 + 0.25 * metrics["elbo"], rtol=1e-6)
@@ -236,19 +236,19 @@ def test_bad_arguments_raise_clear_errors():
     params, x = _setup()
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="Unknown estimator"):
-        E.make_estimator("reinforce", MODEL)
+        estimators.make_estimator("reinforce", MODEL)
     with pytest.raises(ValueError, match="unknown options"):
-        E.make_estimator("stl", MODEL, baseline="none")
+        estimators.make_estimator("stl", MODEL, baseline="none")
     with pytest.raises(ValueError, match="num_samples >= 2"):
-        E.make_estimator("score_function", MODEL, baseline="leave_one_out")(params, key, x[0])
+        estimators.make_estimator("score_function", MODEL, baseline="leave_one_out")(params, key, x[0])
     with pytest.raises(ValueError, match="baseline_value"):
-        E.make_estimator("score_function", MODEL, baseline="running_mean")(params, key, x[0])
+        estimators.make_estimator("score_function", MODEL, baseline="running_mean")(params, key, x[0])
     with pytest.raises(ValueError, match="Unknown baseline"):
-        E.make_estimator("score_function", MODEL, baseline="mean")(params, key, x[0])
+        estimators.make_estimator("score_function", MODEL, baseline="mean")(params, key, x[0])
     with pytest.raises(ValueError, match="num_draws"):
-        E.gradient_statistics(E.make_estimator("stl", MODEL), params, key, x, num_draws=1)
+        estimators.gradient_statistics(estimators.make_estimator("stl", MODEL), params, key, x, num_draws=1)
     with pytest.raises(ValueError, match="decay"):
-        E.with_running_baseline(lambda s, b, k: (s, {}), decay=1.0)
+        estimators.with_running_baseline(lambda s, b, k: (s, {}), decay=1.0)
 
 
 def _check_study_outputs(out, results, epochs):
@@ -299,3 +299,24 @@ def test_gradient_estimator_study_full(tmp_path):
     assert narrow["dreg"]["encoder"]["norm_snr_slope"] < 0  # DReG does not stop the fall when q is too narrow
     training_runs = results["training"]
     assert training_runs["pathwise"]["test_log_px"][-1] > training_runs["score"]["test_log_px"][-1] + 20
+
+
+class EstimatorTransformsTest(chex.TestCase):
+    """Every estimator: the same value and gradient with and without jit, on and off the device."""
+
+    @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
+    def test_value_and_gradient_agree(self):
+        params, x = _setup()
+        options = {"pathwise": {}, "score_function": {"baseline": "leave_one_out", "num_samples": 3},
+                   "stl": {}, "iwae": {"num_samples": 3}, "dreg": {"num_samples": 3}}
+        for name, opts in options.items():
+            surrogate = estimators.make_estimator(name, MODEL, **opts)
+
+            def value_and_grad(p, xi, seed, surrogate=surrogate):
+                return jax.value_and_grad(lambda q: surrogate(q, jax.random.key(seed), xi)[0])(p)
+
+            expected_value, expected_grad = value_and_grad(params, x[0], 5)
+            value, grad = self.variant(value_and_grad)(params, x[0], 5)
+            np.testing.assert_allclose(value, expected_value, rtol=1e-5, err_msg=name)
+            for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(expected_grad)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)

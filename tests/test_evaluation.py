@@ -11,7 +11,7 @@ import pytest
 
 import vae_jax as vj
 from vae_jax import evaluation
-from vae_jax import objectives as O
+from vae_jax import objectives
 from vae_jax.data import load_digits
 from vae_jax.training import batch_objective
 
@@ -29,7 +29,7 @@ class LinearGaussianVAE:
         return mean + self.shift, 0.5 * jnp.log(jnp.diag(cov))
 
     def log_marginal(self, params, key, x, *, num_samples, chunk_size):
-        return O.log_marginal(key, x, lambda v: self.encode(params, v), params.decode,
+        return objectives.log_marginal(key, x, lambda v: self.encode(params, v), params.decode,
                               likelihood=self.likelihood, num_samples=num_samples, chunk_size=chunk_size)
 
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _common as C
+from experiments import _common
 from experiments import latent_2d, prior_samples, reconstructions
 from vae_jax import distributions, plotting
 
@@ -30,7 +30,7 @@ def _check_files(out, results, figures):
     for name in figures:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
-    assert saved == json.loads(json.dumps(C._jsonable(results)))
+    assert saved == json.loads(json.dumps(_common._jsonable(results)))
     config = json.loads((out / "config.json").read_text())
     assert config["args"]["quick"] is True and config["epochs"] == 3
     assert config["data"]["train"] == 2000 and config["data"]["test"] == 500
@@ -133,15 +133,15 @@ def test_fitted_gaussian_kl_matches_diagonal_closed_form_and_is_rotation_invaria
     n, mean, sd = 200_000, np.array([0.5, -1.0, 0.0, 2.0]), np.array([0.3, 1.0, 2.0, 0.8])
     codes = mean + sd * rng.standard_normal((n, 4))
     truth = float(distributions.kl_to_standard_normal(mean, np.log(sd)))
-    assert C.fitted_gaussian_kl(codes) == pytest.approx(truth, abs=0.03)
+    assert _common.fitted_gaussian_kl(codes) == pytest.approx(truth, abs=0.03)
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))  # N(0, I) is invariant under rotations
-    assert C.fitted_gaussian_kl(codes @ q.T) == pytest.approx(C.fitted_gaussian_kl(codes), rel=1e-9)
-    assert C.fitted_gaussian_kl(rng.standard_normal((n, 4))) == pytest.approx(0.0, abs=5e-3)
+    assert _common.fitted_gaussian_kl(codes @ q.T) == pytest.approx(_common.fitted_gaussian_kl(codes), rel=1e-9)
+    assert _common.fitted_gaussian_kl(rng.standard_normal((n, 4))) == pytest.approx(0.0, abs=5e-3)
 
 
 def test_fitted_gaussian_kl_rejects_too_few_codes():
     with pytest.raises(ValueError, match="N > d"):
-        C.fitted_gaussian_kl(np.zeros((3, 3)))
+        _common.fitted_gaussian_kl(np.zeros((3, 3)))
 
 
 def test_aggregate_posterior_samples_draw_from_q():
@@ -151,7 +151,7 @@ def test_aggregate_posterior_samples_draw_from_q():
             return jax.numpy.stack([m, -m]), jax.numpy.log(jax.numpy.array([0.5, 2.0]))
 
     x = np.full((20_000, 2, 2, 1), 0.25, np.float32)
-    z = C.aggregate_posterior_samples(Fixed(), None, jax.random.key(0), x)
+    z = _common.aggregate_posterior_samples(Fixed(), None, jax.random.key(0), x)
     assert z.shape == (20_000, 2)
     assert np.all(np.abs(z.mean(axis=0) - [0.25, -0.25]) < 4 * np.array([0.5, 2.0]) / np.sqrt(20_000))
     np.testing.assert_allclose(z.std(axis=0), [0.5, 2.0], rtol=0.03)

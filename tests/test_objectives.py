@@ -131,7 +131,7 @@ class TransformsTest(chex.TestCase):
         xs = model.sample(jax.random.key(10), 3)
         return model, xs
 
-    @chex.variants(with_jit=True, without_jit=True)
+    @chex.variants(with_jit=True, without_jit=True, with_device=True, without_device=True)
     def test_elbo_iwae_ae(self):
         model, xs = self._problem()
         key = jax.random.key(11)

@@ -1,7 +1,7 @@
 """vae_jax: pure, composable JAX functions for variational autoencoders.
 
-The core (``distributions``, ``objectives``, ``estimators``, ``linear_gaussian``)
-imports JAX alone. Names that need Flax, Optax, Orbax or tqdm (models, training,
+The core (``distributions``, ``objectives``, ``priors``, ``estimators``,
+``linear_gaussian``) imports JAX alone. Names that need Flax, Optax, Orbax or tqdm (models, training,
 evaluation, ...) are loaded on first use (PEP 562), so ``from vae_jax import elbo``
 never pays for them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vae_jax import distributions, estimators, linear_gaussian, objectives
+from vae_jax import distributions, estimators, linear_gaussian, objectives, priors
 from vae_jax.distributions import (
     LIKELIHOODS,
     bernoulli_log_prob,
@@ -42,15 +42,16 @@ _LAZY = {
     "make_train_step": "training", "train_epoch": "training",
     "evaluate": "evaluation",
 }
-_LAZY_MODULES = ("checkpoints", "cli", "config", "data", "evaluation", "hooks", "models", "networks", "parallel",
-                 "plotting", "runner", "training")
+_LAZY_MODULES = ("checkpoints", "cli", "config", "data", "discrete", "discrete_estimators", "disentanglement",
+                 "dsprites", "enumeration", "evaluation", "hooks", "models", "networks", "parallel", "plotting",
+                 "runner", "tc", "training")
 
 __all__ = sorted([
     "LIKELIHOODS", "bernoulli_log_prob", "gaussian_log_prob", "kl_to_standard_normal", "likelihood_mean",
     "log_likelihood", "standard_normal_log_prob",
     "autoencoder_loss", "elbo", "iwae_bound", "log_importance_weights", "log_marginal", "reparameterize",
     "gradient_statistics", "make_estimator", "AffineLinearGaussian", "LinearGaussian",
-    "distributions", "estimators", "linear_gaussian", "objectives",
+    "distributions", "estimators", "linear_gaussian", "objectives", "priors",
     *_LAZY, *_LAZY_MODULES,
 ])
 
