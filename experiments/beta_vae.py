@@ -35,10 +35,9 @@ Writes ``rate_distortion.png``, ``traversals.png`` (one panel per beta),
 ``active_units.png`` (posterior-mean variance per unit), ``results.json`` and
 ``config.json``.
 
-Size: the default (20000 training images, MLP 784-256-128-10, 20 epochs, five
-betas) takes about 2 minutes of CPU time on a 2-core CPU (5-6 minutes
-wall-clock on our 2-core machine shared with other jobs); ``--quick`` (1000
-images, 2 epochs) about 20 seconds of CPU time, mostly compilation.
+Size: the default is 20000 training images, MLP 784-256-128-10, 20 epochs,
+five betas; ``--quick`` is 1000 images and 2 epochs (mostly compilation).
+Measured times: docs/beta_vae.md.
 """
 
 from __future__ import annotations

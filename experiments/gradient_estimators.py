@@ -28,11 +28,10 @@ score function (no baseline, running mean, leave-one-out), STL, IWAE, DReG.
 
 Writes the three PNGs, ``results.json`` and ``config.json`` into ``--out``.
 
-Size: the default (10000 training and 1000 test images, MLP 784-256-128-16,
-k = 8, 20 epochs per study) takes about 19 minutes of CPU time on a 2-core CPU
-(11 minutes wall-clock there; longer when the machine is shared); ``--quick``
-(500 images, a small MLP, 2 epochs, three estimators, two values of k) under a
-minute, nearly all of it XLA compilation (one compiled call per estimator and k).
+Size: the default is 10000 training and 1000 test images, MLP 784-256-128-16,
+k = 8, 20 epochs per study; ``--quick`` is 500 images, a small MLP, 2 epochs,
+three estimators and two values of k (nearly all of it XLA compilation: one
+compiled call per estimator and k). Measured times: docs/gradient_estimators.md.
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ aggregate posterior); the 5-nearest-neighbour class accuracy of the test codes
 separates the classes.
 
 Writes ``latent_2d.png``, ``results.json`` and ``config.json`` into --out.
-Full size (60000 training / 10000 test images, 20 epochs per model): 12.7
-minutes on a 2-core CPU shared with other jobs (263 s of CPU time; about 5 minutes
-on an idle one); ``--quick`` (2000 / 500 images, 3 epochs): under a minute.
+Full size: 60000 training / 10000 test images, 20 epochs per model;
+``--quick``: 2000 / 500 images, 3 epochs. Measured times: docs/ae_vs_vae.md.
 """
 
 from __future__ import annotations

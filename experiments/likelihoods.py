@@ -39,12 +39,10 @@ models' reconstructions, plus the learned sigma), ``samples.png`` (for each
 model the decoder means and draws x ~ p(x|z) for the same z ~ N(0, I)),
 ``results.json`` and ``config.json``.
 
-Size: the default (20000 training images, MLP 784-256-128-16, 20 epochs per
-model, log-likelihoods of 1000 test images with 500 importance samples each)
-takes about 3 minutes of CPU time on a 2-core CPU (12 minutes wall-clock on our
-2-core machine shared with other jobs); ``--quick`` (1000 images, 2 epochs,
-50 test images, 32 importance samples) about 40 seconds of CPU time, mostly
-compilation of the three models' steps.
+Size: the default is 20000 training images, MLP 784-256-128-16, 20 epochs per
+model, log-likelihoods of 1000 test images with 500 importance samples each;
+``--quick`` is 1000 images, 2 epochs, 50 test images and 32 importance samples
+(mostly compilation of the three models' steps). Measured times: docs/likelihoods.md.
 """
 
 from __future__ import annotations
