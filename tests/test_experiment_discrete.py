@@ -1,0 +1,32 @@
+"""The discrete-estimator study at its --quick size: outputs and the properties it must show."""
+
+import json
+import math
+
+from experiments import discrete_estimators
+
+
+def test_discrete_estimator_study_quick(tmp_path):
+    results = discrete_estimators.main(["--out", str(tmp_path), "--quick", "--no-progress",
+                                        "--estimators", "arm", "disarm", "vimco", "straight_through"])
+    for name in ("enumerable.png", "fashion_mnist_training.png", "fashion_mnist_variance.png", "config.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "results.json").read_text())["seconds"] == results["seconds"]
+    assert json.loads((tmp_path / "config.json").read_text())["quick"] is True
+    enum = results["enumerable"]
+    assert enum["epoch"] == [0, 1] and enum["truth"]["vimco"] == "exact 2-sample bound"
+    rows = enum["estimators"]
+    for label in ("arm", "disarm", "vimco"):  # unbiased for their objectives: within the z-test's reach
+        assert all(r["encoder"]["max_z"] < 6 for r in rows[label]), label
+    assert any(r["encoder"]["max_z"] > 6 for r in rows["straight_through"])  # biased, visibly
+    # DisARM is ARM Rao-Blackwellised: lower variance on the same draws (common random numbers).
+    assert all(d["encoder"]["total_variance"] < a["encoder"]["total_variance"]
+               for d, a in zip(rows["disarm"], rows["arm"]))
+    fm = results["fashion_mnist"]
+    for label, curves in fm["runs"].items():
+        (curve,) = curves
+        assert curve["epoch"] == [0, 1] and all(math.isfinite(v) for v in curve["train_elbo"])
+        assert curve["train_elbo"][1] > curve["train_elbo"][0]  # one epoch of 10 steps already helps
+        assert curve["test_bound_100"][1] >= curve["train_elbo"][1] - 30  # a tighter bound, different data
+    assert set(fm["variance"]) == {"initial", "disarm_trained"}
+    assert fm["summary"]["disarm"]["seconds"] > 0
