@@ -1,17 +1,33 @@
 """Input validation shared by every module (imports ``jax`` and ``numpy`` only).
 
-Checks on values (a range, finiteness) need concrete arrays: under ``jax.jit`` /
-``jax.vmap`` the values are tracers, so the value checks here are skipped and the
-concrete entry points (data loaders, :func:`vae_jax.training.fit`,
-:func:`vae_jax.evaluation.evaluate`, the CLI) check the data before tracing.
-Shape and type checks hold everywhere.
+Which calls check what:
+
+* Shape and type checks (``check_positive_int``, ``check_posterior``) hold
+  everywhere, traced or not: they raise while tracing.
+* Value checks (Bernoulli data in ``[0, 1]`` and finite, ``beta >= 0`` and
+  finite) need values. On concrete arrays they raise ``ValueError`` at once.
+  Under ``jax.jit`` / ``jax.vmap`` / ``jax.grad`` the values are tracers, so the
+  pure functions (:func:`vae_jax.objectives.elbo`, ``iwae_bound``,
+  ``log_marginal``, ``autoencoder_loss``, a model's ``objective``) skip them:
+  a jitted ``elbo`` of out-of-range data returns a number, not an error.
+* The concrete entry points check the data before tracing: the data loaders,
+  :func:`vae_jax.training.fit` (via the CLI), :func:`vae_jax.evaluation.evaluate`,
+  ``log_marginal`` / ``active_units`` of :mod:`vae_jax.evaluation`,
+  :func:`vae_jax.training.create_train_state` (hyper-parameters) and the CLI.
+* To keep the value checks inside compiled code, wrap the transformed function
+  with :func:`checked` (``jax.experimental.checkify``): the same checks become
+  runtime checks of the compiled computation and raise ``ValueError`` after it
+  runs, e.g. ``checked(jax.vmap(partial(elbo, encode=e, decode=d)))(keys, xs)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import operator
-from typing import Any
+import threading
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +52,86 @@ def is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+_CHECKIFY = threading.local()  # depth > 0 while :func:`checked` traces its function
+
+
+def _checkify_active() -> bool:
+    return getattr(_CHECKIFY, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def _checkify_tracing():
+    _CHECKIFY.depth = getattr(_CHECKIFY, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _CHECKIFY.depth -= 1
+
+
+def checked(fn: Callable, *, jit: bool = True) -> Callable:
+    """``fn`` with the library's value checks kept under ``jax.jit`` / ``jax.vmap``.
+
+    While ``fn`` is traced inside ``checked``, the value checks of the pure
+    functions (Bernoulli data finite and in ``[0, 1]``, ``beta`` finite and ``>= 0``)
+    are staged as ``jax.experimental.checkify`` checks instead of being skipped;
+    after the computation runs, a failed check raises ``ValueError`` with the
+    same message as the concrete check (plus where it failed).
+
+    Args:
+      fn: a function of arrays (pass strings and callables with
+        ``functools.partial``), possibly already ``jax.vmap``-ed or ``jax.grad``-ed.
+      jit: compile the checked function with ``jax.jit``.
+
+    Returns:
+      A function with ``fn``'s signature and results.
+
+    Example::
+
+        f = checked(jax.vmap(functools.partial(elbo, encode=encode, decode=decode)))
+        values, aux = f(keys, xs)  # ValueError if any x is outside [0, 1]
+    """
+    from jax.experimental import checkify
+
+    def traced(*args, **kwargs):
+        with _checkify_tracing():
+            return fn(*args, **kwargs)
+
+    run = checkify.checkify(traced, errors=checkify.user_checks)
+    run = jax.jit(run) if jit else run
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        error, out = run(*args, **kwargs)
+        message = error.get()
+        if message:
+            raise ValueError(message.strip())
+        return out
+
+    return wrapper
+
+
+def _staged_check(ok: jax.Array, message: str, *fmt_args: jax.Array) -> None:
+    """A checkify check (only while :func:`checked` traces); ``{}`` in ``message`` takes ``fmt_args``."""
+    from jax.experimental import checkify
+
+    checkify.check(ok, message, *fmt_args)
+
+
 def check_unit_interval(x: Any, *, what: str = "likelihood='bernoulli' needs data") -> None:
-    """``ValueError`` unless every value of a concrete ``x`` is finite and in ``[0, 1]`` (tracers pass)."""
+    """``ValueError`` unless every value of a concrete ``x`` is finite and in ``[0, 1]``.
+
+    Tracers pass, except while :func:`checked` traces: then the check is staged
+    into the computation.
+    """
     if is_traced(x):
+        if _checkify_active():
+            x = jnp.asarray(x)
+            finite = jnp.isfinite(x)
+            _staged_check(jnp.all(finite), f"{what} without NaN or inf; got {{}} non-finite values.",
+                          jnp.sum(~finite))
+            _staged_check(jnp.all((x >= 0) & (x <= 1)), f"{what} in [0, 1]; got values in [{{}}, {{}}]. "
+                          "Scale images to [0, 1] (e.g. divide uint8 pixels by 255) or use a Gaussian likelihood.",
+                          jnp.min(x), jnp.max(x))
         return
     x = np.asarray(x)
     if x.size == 0:
@@ -53,8 +146,15 @@ def check_unit_interval(x: Any, *, what: str = "likelihood='bernoulli' needs dat
 
 
 def check_finite_nonnegative(value: Any, name: str) -> None:
-    """``ValueError`` unless a concrete scalar (or array) ``value`` is finite and ``>= 0`` (tracers pass)."""
+    """``ValueError`` unless a concrete scalar (or array) ``value`` is finite and ``>= 0``.
+
+    Tracers pass, except while :func:`checked` traces: then the check is staged.
+    """
     if is_traced(value):
+        if _checkify_active():
+            v = jnp.asarray(value)
+            _staged_check(jnp.all(jnp.isfinite(v) & (v >= 0)), f"{name} must be finite and >= 0; got {{}}.",
+                          jnp.min(jnp.where(jnp.isnan(v), -jnp.inf, v)) if v.size else jnp.zeros(()))
         return
     v = np.asarray(value, dtype=np.float64)
     if not (np.all(np.isfinite(v)) and np.all(v >= 0.0)):
@@ -79,3 +179,25 @@ def check_dataset(data: Any, *, likelihood: str | None = None) -> np.ndarray:
     elif not np.all(np.isfinite(data)):
         raise ValueError("data holds NaN or inf values.")
     return data
+
+
+def check_finite_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a float, or ``ValueError`` unless it is a finite real number (``> 0`` if ``positive``)."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or (positive and not float(value) > 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}; got {value!r}.")
+    return float(value)
+
+
+def check_hparams(hparams: Mapping[str, Any] | None) -> None:
+    """``ValueError`` unless every concrete hyper-parameter is finite and ``beta >= 0`` (tracers pass)."""
+    for name, value in (hparams or {}).items():
+        if is_traced(value):
+            continue
+        if not np.all(np.isfinite(np.asarray(value, np.float64))):
+            raise ValueError(f"hyper-parameter {name} must be finite; got {value!r}.")
+    if "beta" in (hparams or {}):
+        check_finite_nonnegative(hparams["beta"], "beta")

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from vae_jax._checks import check_finite_number, check_positive_int
 from vae_jax.data import BINARIZATION_MODES
 from vae_jax.models import ModelConfig
 
@@ -62,17 +67,19 @@ class TrainConfig:
                            "('': $VAE_JAX_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
 
     def __post_init__(self):
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "num_samples": self.num_samples,
-                    "validation_size": self.validation_size}
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-        if not isinstance(self.train_size, int) or self.train_size < 0:
-            raise ValueError(f"train_size must be >= 0 (0: all examples); got {self.train_size!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}.")
-        if not self.beta >= 0:
+        for name in ("epochs", "batch_size", "num_samples", "validation_size"):
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
+        if self.train_size != 0:
+            object.__setattr__(self, "train_size", check_positive_int(self.train_size, "train_size (0: all)"))
+        object.__setattr__(self, "learning_rate", check_finite_number(self.learning_rate, "learning_rate",
+                                                                      positive=True))
+        beta = check_finite_number(self.beta, "beta")
+        if not beta >= 0:
             raise ValueError(f"beta must be >= 0; got {self.beta!r}.")
+        object.__setattr__(self, "beta", beta)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0; got {self.seed!r}.")
+        object.__setattr__(self, "seed", int(self.seed))
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}; expected one of {OBJECTIVES}.")
         if self.binarization not in ("auto", *BINARIZATION_MODES):
@@ -115,12 +122,25 @@ class RunConfig:
                 if new[part][name] != old[part][name] and name not in RESUMABLE_CHANGES]
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON atomically (a temporary file, then a rename)."""
+def write_json(path: str | Path, obj: Any, *, allow_nan: bool = True) -> None:
+    """Writes ``obj`` as indented JSON atomically (a temporary file of its own, then a rename).
+
+    Readers see the old or the new file, never a part; two processes writing the
+    same file at once do not collide (each has its own temporary file).
+
+    Raises:
+      ValueError: ``allow_nan`` is False and ``obj`` holds NaN or infinity.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    text = json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: str | Path, *, what: str) -> Any:
