@@ -22,7 +22,7 @@ from vae_jax import enumeration as EN
 from vae_jax import estimators as E
 from vae_jax import training
 
-LATENT, BATCH, DRAWS, MAX_Z = 8, 3, 20000, 5.0
+LATENT, BATCH, DRAWS, MAX_Z = 8, 3, 10000, 5.0
 MODEL = DS.DiscreteVAE((3, 4, 1), LATENT)
 
 
@@ -237,13 +237,13 @@ def test_disarm_training_through_fit_improves_the_elbo():
 def test_learned_estimator_parameters_train_in_the_state(name):
     from vae_jax import data
 
-    images = jnp.asarray(data.load_digits().images[:200])
+    images = jnp.asarray(data.load_digits().images[:100])
     model = DE.with_estimator_params(DS.DiscreteVAE(images.shape[1:], 10), name, hidden=8)
     state = training.create_train_state(model, jax.random.key(0), images[0], optax.adam(1e-2))
     extra = "baseline" if name == "nvil" else "control"
     start = jax.tree.map(np.asarray, state.params[extra])
     step = training.make_train_step(DE.make_discrete_estimator(name, model), dynamic_binarization=True)
-    result = training.fit(step, state, images, jax.random.key(1), epochs=2, batch_size=20, progress=False)
+    result = training.fit(step, state, images, jax.random.key(1), epochs=2, batch_size=10, progress=False)
     state, history = result[0], result[1]
     assert all(np.isfinite(_row(h, "loss")) for h in history)
     moved = [float(np.max(np.abs(np.asarray(a) - b))) for a, b in
