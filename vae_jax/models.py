@@ -38,6 +38,10 @@ class ModelConfig:
       prior: ``"standard_normal"``, ``"mixture"`` (K learned diagonal Gaussians) or
         ``"vamp"`` (VampPrior with K learned pseudo-inputs); see :mod:`vae_jax.priors`.
       num_components: K of the mixture / VampPrior, ``>= 1`` (500 in the VampPrior paper).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the type in which the networks'
+        matmuls and convolutions multiply (float32 accumulation either way; see
+        :func:`vae_jax.networks.precision`). Parameters, optimiser state, network outputs,
+        log-likelihoods, KL, log-sum-exp and reductions are float32 in both.
     """
 
     kind: str = "vae"
@@ -48,6 +52,7 @@ class ModelConfig:
     activation: str = "relu"
     prior: str = "standard_normal"
     num_components: int = 500
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -67,6 +72,9 @@ class ModelConfig:
         if self.kind == "ae" and self.prior != "standard_normal":
             raise ValueError(f"an autoencoder (kind='ae') has no prior; got prior={self.prior!r}.")
         networks.get_activation(self.activation)
+        if self.compute_dtype not in networks.COMPUTE_DTYPES:
+            raise ValueError(f"Unknown compute_dtype {self.compute_dtype!r}; expected one of "
+                             f"{networks.COMPUTE_DTYPES}.")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
 
@@ -77,15 +85,20 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE":
         raise ValueError(f"input_shape must be (H, W, C); got {input_shape}.")
     stochastic = config.kind == "vae"
     num_outputs = 2 if config.likelihood == "gaussian_learned" else 1
+    dtype = None if config.compute_dtype == "float32" else config.compute_dtype
     if config.architecture == "mlp":
-        encoder = networks.MLPEncoder(config.latent_dim, config.hidden_sizes, config.activation, stochastic)
-        decoder = networks.MLPDecoder(input_shape, config.hidden_sizes[::-1], config.activation, num_outputs)
+        encoder = networks.MLPEncoder(config.latent_dim, config.hidden_sizes, config.activation, stochastic,
+                                      dtype=dtype)
+        decoder = networks.MLPDecoder(input_shape, config.hidden_sizes[::-1], config.activation, num_outputs,
+                                      dtype=dtype)
     elif config.architecture == "gated_mlp":
-        encoder = networks.GatedMLPEncoder(config.latent_dim, config.hidden_sizes, stochastic)
-        decoder = networks.GatedMLPDecoder(input_shape, config.hidden_sizes[::-1], num_outputs)
+        encoder = networks.GatedMLPEncoder(config.latent_dim, config.hidden_sizes, stochastic, dtype=dtype)
+        decoder = networks.GatedMLPDecoder(input_shape, config.hidden_sizes[::-1], num_outputs, dtype=dtype)
     else:
-        encoder = networks.ConvEncoder(config.latent_dim, activation=config.activation, stochastic=stochastic)
-        decoder = networks.ConvDecoder(input_shape, activation=config.activation, num_outputs=num_outputs)
+        encoder = networks.ConvEncoder(config.latent_dim, activation=config.activation, stochastic=stochastic,
+                                       dtype=dtype)
+        decoder = networks.ConvDecoder(input_shape, activation=config.activation, num_outputs=num_outputs,
+                                       dtype=dtype)
     cls = VAE if stochastic else AE
     return cls(encoder, decoder, config.likelihood, config.latent_dim, input_shape, config.prior,
                config.num_components)

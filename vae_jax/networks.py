@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,13 +33,53 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
-def _split_heads(h: jax.Array, latent_dim: int, stochastic: bool) -> Any:
-    out = nn.Dense(2 * latent_dim if stochastic else latent_dim, name="head")(h)
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""Precision policies of the networks' matmuls and convolutions (``ModelConfig.compute_dtype``)."""
+
+
+def precision(dtype: Any) -> dict[str, Any]:
+    """Keyword arguments that make a Flax ``Dense``/``Conv``/``ConvTranspose`` compute in ``dtype``.
+
+    ``None`` or float32: Flax's defaults (everything float32). A narrower type
+    (bfloat16): the layer's inputs and float32 parameters are cast to it for the
+    product, which accumulates and returns float32 (``preferred_element_type``),
+    so the bias, activations and every reduction after it stay float32; the
+    parameters themselves (and so the optimiser state) remain float32.
+    """
+    if dtype is None or jnp.dtype(dtype) == jnp.float32:
+        return {}
+    return {"dtype": jnp.dtype(dtype), "param_dtype": jnp.float32}
+
+
+def _dense(features: int, dtype: Any, **kwargs) -> nn.Dense:
+    if precision(dtype):
+        kwargs.update(precision(dtype), dot_general=functools.partial(
+            jax.lax.dot_general, preferred_element_type=jnp.float32))
+    return nn.Dense(features, **kwargs)
+
+
+def _conv(features: int, dtype: Any, **kwargs) -> nn.Conv:
+    if precision(dtype):
+        kwargs.update(precision(dtype), conv_general_dilated=functools.partial(
+            jax.lax.conv_general_dilated, preferred_element_type=jnp.float32))
+    return nn.Conv(features, **kwargs)
+
+
+def _conv_transpose(features: int, dtype: Any, **kwargs) -> nn.ConvTranspose:
+    if precision(dtype):
+        kwargs.update(precision(dtype), preferred_element_type=jnp.float32)
+    return nn.ConvTranspose(features, **kwargs)
+
+
+def _split_heads(h: jax.Array, latent_dim: int, stochastic: bool, dtype: Any = None) -> Any:
+    # float32 out whatever the compute dtype: the KL and log-densities downstream need it.
+    out = _dense(2 * latent_dim if stochastic else latent_dim, dtype, name="head")(h).astype(jnp.float32)
     return (out[:latent_dim], out[latent_dim:]) if stochastic else out
 
 
 def _split_outputs(h: jax.Array, output_shape: Sequence[int], num_outputs: int) -> Any:
-    """``h [prod(output_shape) * num_outputs]`` or ``[H, W, C * num_outputs]`` -> output(s)."""
+    """``h [prod(output_shape) * num_outputs]`` or ``[H, W, C * num_outputs]`` -> output(s), float32."""
+    h = h.astype(jnp.float32)  # the log-likelihood from logits/means is computed in float32
     if num_outputs == 1:
         return h.reshape(tuple(output_shape))
     mean, log_std = jnp.split(h.reshape(*output_shape[:-1], 2 * output_shape[-1]), 2, axis=-1)
@@ -51,14 +93,15 @@ class MLPEncoder(nn.Module):
     hidden_sizes: Sequence[int] = (512, 256)
     activation: str = "relu"
     stochastic: bool = True
+    dtype: Any = None  # compute dtype of the matmuls (see precision()); None: float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Any:
         act = get_activation(self.activation)
         h = x.reshape(-1)
         for width in self.hidden_sizes:
-            h = act(nn.Dense(width)(h))
-        return _split_heads(h, self.latent_dim, self.stochastic)
+            h = act(_dense(width, self.dtype)(h))
+        return _split_heads(h, self.latent_dim, self.stochastic, self.dtype)
 
 
 class MLPDecoder(nn.Module):
@@ -68,17 +111,18 @@ class MLPDecoder(nn.Module):
     hidden_sizes: Sequence[int] = (256, 512)
     activation: str = "relu"
     num_outputs: int = 1
+    dtype: Any = None  # compute dtype of the matmuls (see precision()); None: float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> Any:
         act = get_activation(self.activation)
         h = z
         for width in self.hidden_sizes:
-            h = act(nn.Dense(width)(h))
+            h = act(_dense(width, self.dtype)(h))
         size = 1
         for s in self.output_shape:
             size *= s
-        return _split_outputs(nn.Dense(size * self.num_outputs)(h), self.output_shape, self.num_outputs)
+        return _split_outputs(_dense(size * self.num_outputs, self.dtype)(h), self.output_shape, self.num_outputs)
 
 
 class ConvEncoder(nn.Module):
@@ -92,15 +136,16 @@ class ConvEncoder(nn.Module):
     hidden_size: int = 256
     activation: str = "relu"
     stochastic: bool = True
+    dtype: Any = None  # compute dtype of the convolutions and matmuls; None: float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Any:
         act = get_activation(self.activation)
         h = x
         for f in self.features:
-            h = act(nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME")(h))
-        h = act(nn.Dense(self.hidden_size)(h.reshape(-1)))
-        return _split_heads(h, self.latent_dim, self.stochastic)
+            h = act(_conv(f, self.dtype, kernel_size=(3, 3), strides=(2, 2), padding="SAME")(h))
+        h = act(_dense(self.hidden_size, self.dtype)(h.reshape(-1)))
+        return _split_heads(h, self.latent_dim, self.stochastic, self.dtype)
 
 
 class ConvDecoder(nn.Module):
@@ -111,6 +156,7 @@ class ConvDecoder(nn.Module):
     hidden_size: int = 256
     activation: str = "relu"
     num_outputs: int = 1
+    dtype: Any = None  # compute dtype of the convolutions and matmuls; None: float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> Any:
@@ -118,12 +164,12 @@ class ConvDecoder(nn.Module):
         height, width, channels = self.output_shape
         if height % 4 or width % 4:
             raise ValueError(f"ConvDecoder needs H and W divisible by 4; got {tuple(self.output_shape)}.")
-        h = act(nn.Dense(self.hidden_size)(z))
-        h = act(nn.Dense((height // 4) * (width // 4) * self.features[0])(h))
+        h = act(_dense(self.hidden_size, self.dtype)(z))
+        h = act(_dense((height // 4) * (width // 4) * self.features[0], self.dtype)(h))
         h = h.reshape(height // 4, width // 4, self.features[0])
         for f in self.features:
-            h = act(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(h))
-        h = nn.Conv(channels * self.num_outputs, (3, 3), padding="SAME")(h)
+            h = act(_conv_transpose(f, self.dtype, kernel_size=(3, 3), strides=(2, 2), padding="SAME")(h))
+        h = _conv(channels * self.num_outputs, self.dtype, kernel_size=(3, 3), padding="SAME")(h)
         return _split_outputs(h, self.output_shape, self.num_outputs)
 
 
@@ -138,11 +184,12 @@ class GatedDense(nn.Module):
     """
 
     features: int
+    dtype: Any = None  # compute dtype of the matmul (see precision()); None: float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         # One [fan_in, 2 * features] matmul instead of two: the same maths, a wider product.
-        both = nn.Dense(2 * self.features, kernel_init=_HE_NORMAL, name="linear_and_gate")(x)
+        both = _dense(2 * self.features, self.dtype, kernel_init=_HE_NORMAL, name="linear_and_gate")(x)
         h, gate = jnp.split(both, 2, axis=-1)
         return h * nn.sigmoid(gate)
 
@@ -160,15 +207,16 @@ class GatedMLPEncoder(nn.Module):
     hidden_sizes: Sequence[int] = (300, 300)
     stochastic: bool = True
     log_std_bounds: tuple[float, float] = (-3.0, 1.0)
+    dtype: Any = None  # compute dtype of the matmuls (see precision()); None: float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> Any:
         h = x.reshape(-1)
         for width in self.hidden_sizes:
-            h = GatedDense(width)(h)
+            h = GatedDense(width, self.dtype)(h)
         if not self.stochastic:
-            return nn.Dense(self.latent_dim, kernel_init=_HE_NORMAL, name="head")(h)
-        out = nn.Dense(2 * self.latent_dim, kernel_init=_HE_NORMAL, name="head")(h)
+            return _dense(self.latent_dim, self.dtype, kernel_init=_HE_NORMAL, name="head")(h).astype(jnp.float32)
+        out = _dense(2 * self.latent_dim, self.dtype, kernel_init=_HE_NORMAL, name="head")(h).astype(jnp.float32)
         return out[: self.latent_dim], jnp.clip(out[self.latent_dim:], *self.log_std_bounds)
 
 
@@ -179,14 +227,15 @@ class GatedMLPDecoder(nn.Module):
     output_shape: Sequence[int]
     hidden_sizes: Sequence[int] = (300, 300)
     num_outputs: int = 1
+    dtype: Any = None  # compute dtype of the matmuls (see precision()); None: float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> Any:
         h = z
         for width in self.hidden_sizes:
-            h = GatedDense(width)(h)
+            h = GatedDense(width, self.dtype)(h)
         size = 1
         for s in self.output_shape:
             size *= s
-        out = nn.Dense(size * self.num_outputs, kernel_init=_HE_NORMAL)(h)
+        out = _dense(size * self.num_outputs, self.dtype, kernel_init=_HE_NORMAL)(h)
         return _split_outputs(out, self.output_shape, self.num_outputs)
