@@ -22,7 +22,10 @@ them inside the objective (:meth:`vae_jax.models.VAE.bind`), so gradients flow.
 The mixture's log-density is evaluated as ``log-sum-exp`` over components of
 quadratic forms written as matrix products (``z^2 @ P - 2 z @ (M P) + c``), so a
 batch of z (under ``jax.vmap``) costs two ``[B, d] x [d, K]`` matmuls instead of a
-``[B, K, d]`` element-wise tensor. Imports ``jax`` only.
+``[B, K, d]`` element-wise tensor (about 10x faster inside log p(x) with K = 500). In
+float32 that expansion loses about ``eps32 * sum_j p_kj (z_j^2 + m_kj^2)`` to cancellation
+(``p = 1 / s^2``): up to ~1e-3 nats for a component with std 0.05 at ``|z| ~ 4``, far below
+any Monte-Carlo error it enters. Imports ``jax`` only.
 """
 
 from __future__ import annotations
