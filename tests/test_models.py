@@ -86,3 +86,71 @@ def test_bad_input_shapes():
     model = build_model(ModelConfig(architecture="conv"), (10, 10, 1))
     with pytest.raises(ValueError, match="divisible by 4"):
         model.init(jax.random.key(0), jnp.zeros((10, 10, 1)))
+
+
+def test_gated_dense_is_the_gated_formula_with_he_initialisation():
+    from vae_jax.networks import GatedDense
+
+    layer = GatedDense(300)
+    x = jax.random.normal(jax.random.key(0), (784,))
+    params = layer.init(jax.random.key(1), x)["params"]
+    kernel, bias = params["linear_and_gate"]["kernel"], params["linear_and_gate"]["bias"]
+    w1, w2, b1, b2 = kernel[:, :300], kernel[:, 300:], bias[:300], bias[300:]
+    expected = (x @ w1 + b1) * (1.0 / (1.0 + np.exp(-(x @ w2 + b2))))
+    np.testing.assert_allclose(layer.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-6)
+    # He initialisation, N(0, 2 / fan_in), as in the VampPrior code: sample std within 2%
+    np.testing.assert_allclose(float(jnp.std(kernel)), np.sqrt(2 / 784), rtol=0.02)
+
+
+def test_gated_mlp_vae_clips_log_std_like_the_authors_log_variance_hardtanh():
+    model = build_model(ModelConfig(latent_dim=4, hidden_sizes=(32, 32), architecture="gated_mlp"), (28, 28, 1))
+    x = jnp.full((28, 28, 1), 0.5)
+    params = model.init(jax.random.key(0), x)
+    assert set(params) == {"encoder", "decoder"} and model.bind(params).prior is None
+    head = params["encoder"]["head"]
+    big = dict(params, encoder=dict(params["encoder"], head={"kernel": head["kernel"], "bias": head["bias"] + 50.0}))
+    _, log_std = model.encode(big, x)
+    np.testing.assert_array_equal(log_std, jnp.ones(4))  # log sigma^2 = 2 at most
+    small = dict(params, encoder=dict(params["encoder"], head={"kernel": head["kernel"], "bias": head["bias"] - 50}))
+    np.testing.assert_array_equal(model.encode(small, x)[1], -3 * jnp.ones(4))
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_learned_priors_live_in_the_params_and_drive_bind_elbo_and_sample(prior):
+    from vae_jax import distributions, priors
+
+    model = build_model(ModelConfig(latent_dim=3, hidden_sizes=(16,), prior=prior, num_components=7),
+                        (8, 8, 1))
+    x = jnp.full((8, 8, 1), 0.5)
+    params = model.init(jax.random.key(0), x)
+    expected_shape = (7, 8, 8, 1) if prior == "vamp" else (7, 3)
+    assert (params["prior"]["pseudo_inputs"] if prior == "vamp" else params["prior"]["means"]).shape == expected_shape
+    encode, decode, log_prior = model.bind(params)
+    dist = model.prior_distribution(params)
+    z = jnp.array([0.1, -0.4, 2.0])
+    np.testing.assert_allclose(log_prior(z), dist.log_prob(z), rtol=1e-6)
+    if prior == "vamp":  # the mixture of the encoder's posteriors at the clipped pseudo-inputs
+        means, log_stds = jax.vmap(encode)(priors.pseudo_inputs(params["prior"]))
+        direct = jax.nn.logsumexp(jax.vmap(lambda m, s: distributions.gaussian_log_prob(z, m, s))(means, log_stds))
+        np.testing.assert_allclose(log_prior(z), direct - np.log(7), rtol=1e-5)
+    # the ELBO's KL is Monte Carlo against this prior: log q(z|x) - log p(z) at the same draw
+    value, aux = model.objective(params, jax.random.key(1), x)
+    m, s = encode(x)
+    z1 = m + jnp.exp(s) * jax.random.normal(jax.random.key(1), (1, 3))[0]
+    np.testing.assert_allclose(aux["kl"], distributions.gaussian_log_prob(z1, m, s) - log_prior(z1), rtol=1e-4)
+    # sample decodes draws of the prior, not of N(0, I)
+    draws = dist.sample(jax.random.key(2), 5)
+    np.testing.assert_allclose(model.sample(params, jax.random.key(2), 5),
+                               jax.vmap(lambda zz: model.decode_mean(params, zz))(draws), rtol=1e-6)
+    # gradients reach the prior's parameters
+    grads = jax.grad(lambda p: model.objective(p, jax.random.key(1), x)[0])(params)
+    assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads["prior"]))) > 0
+
+
+@pytest.mark.parametrize("changes,match", [(dict(prior="flat"), "Unknown prior"),
+                                           (dict(num_components=0), "num_components"),
+                                           (dict(kind="ae", prior="vamp"), "no prior"),
+                                           (dict(architecture="gated"), "Unknown architecture")])
+def test_bad_prior_configs_raise(changes, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**changes)
