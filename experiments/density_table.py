@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=500, help="importance samples decoded at once")
     p.add_argument("--eval-batch-size", type=int, default=50, help="test images per compiled log p(x) call")
     p.add_argument("--tfds-data-dir", default=None, help="tensorflow-datasets folder for --dataset mnist")
+    p.add_argument("--snapshot", type=Path, default=None, metavar="DEST", help="train nothing: copy each finished "
+                   "model's result.json and, for unfinished ones, a partial status (epochs so far, best validation "
+                   "value, history, resume command) from OUT into DEST (e.g. docs/results/density_table)")
     return p
 
 
@@ -385,9 +388,37 @@ def write_table(out: Path, dataset: str) -> str:
     return table
 
 
+def snapshot(out: Path, dest: Path) -> list[str]:
+    """Copies the state of every model of ``out`` into ``dest`` (``NAME.json``), labelled
+    ``"finished"`` or ``"partial"``; the partial ones carry the per-epoch history so far (from the
+    CSV log) and the resume command. Returns the names written."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ROWS:
+        folder = out / "models" / name
+        if (folder / "result.json").is_file():
+            record = dict(json.loads((folder / "result.json").read_text()), state="finished")
+        elif (folder / "status.json").is_file():
+            record = dict(json.loads((folder / "status.json").read_text()), state="partial",
+                          note="NOT a result: training has not finished; resume with resume_command")
+            if (folder / "history.csv").is_file():
+                import csv
+                with open(folder / "history.csv") as f:
+                    record["history"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        else:
+            continue
+        record["snapshot_time"] = time.ctime()
+        write_json(dest / f"{name}.json", record)
+        written.append(name)
+    return written
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.snapshot is not None:
+        print("snapshot of", snapshot(args.out, args.snapshot))
+        return []
     cfg = make_config(args)
     names = args.models or DEFAULT_MODELS
     out = args.out
