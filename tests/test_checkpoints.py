@@ -1,6 +1,11 @@
-"""vae_jax.checkpoints: bitwise round trips, latest + best retention, atomicity, clear errors."""
+"""vae_jax.checkpoints: bitwise round trips, latest + best retention, atomicity, checksums, the run lock."""
 
+import os
 import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +14,7 @@ import optax
 import pytest
 
 import vae_jax as vj
-from vae_jax.checkpoints import CheckpointError, RunCheckpoints
+from vae_jax.checkpoints import CheckpointError, CheckpointWarning, RunCheckpoints, RunLock, RunLockedError
 
 METRIC = "validation_elbo"
 VALUES = [-50.0, -30.0, -40.0, -35.0]  # epoch 2 is the best, epoch 4 the latest
@@ -111,7 +116,7 @@ def test_corrupt_checkpoint_names_the_folder(saved, tmp_path):
         if path.is_file():
             path.write_bytes(b"garbage")
     with RunCheckpoints(directory, metric=METRIC) as ckpts:
-        with pytest.raises(CheckpointError, match=f"Checkpoint '{directory}/4' is corrupt"):
+        with pytest.raises(CheckpointError, match=f"Corrupt checkpoint 4: '{directory}/4' is damaged"):
             ckpts.restore(_state())
         best, _ = ckpts.restore(_state(), which="best")  # the untouched best one still loads
     _assert_bitwise_equal(best.params, _state_at(2).params)
@@ -130,3 +135,99 @@ def test_save_checks_the_history(tmp_path):
         with pytest.raises(ValueError, match="the last with 'validation_elbo'"):
             ckpts.save(1, _state(), history=[{"epoch": 1}])
         assert ckpts.latest_epoch is None
+
+
+def test_changed_arrays_are_a_corrupt_checkpoint_and_latest_intact_falls_back(saved, tmp_path):
+    # Arrays that still decode but differ from what was saved (a flipped bit in an uncompressed
+    # chunk, a stray copy): before checksums, these loaded without error as other Adam moments.
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    with RunCheckpoints(tmp_path / "other", metric=METRIC, create=True) as other:
+        other.save(1, _state_at(3), history=_history(1))
+    shutil.rmtree(directory / "4" / "state")
+    shutil.copytree(tmp_path / "other" / "1" / "state", directory / "4" / "state")
+    with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+        with pytest.raises(CheckpointError, match="Corrupt checkpoint 4: the arrays in .* do not match the "
+                           "checksum.*--checkpoint latest-intact"):
+            ckpts.restore(_state())
+        state, history = ckpts.restore(_state(), which="latest-intact")
+    assert len(history) == 2
+    _assert_bitwise_equal(state.opt_state, _state_at(2).opt_state)
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:  # a writer moves the corrupt one aside
+        assert ckpts.discard_after(2) == [4] and ckpts.epochs == [2]
+    assert (tmp_path / "checkpoints.corrupt" / "4").is_dir()
+
+
+def test_checkpoint_without_a_checksum_loads_with_a_warning(saved, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    shutil.rmtree(directory / "4" / "integrity")  # as written before checksums existed
+    with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+        with pytest.warns(CheckpointWarning, match="has no checksum"):
+            state, _ = ckpts.restore(_state())
+    _assert_bitwise_equal(state.params, _state_at(4).params)
+
+
+def test_damaged_metrics_file_is_named(saved, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    (directory / "2" / "metrics" / "metrics").write_text("garbage")
+    with pytest.raises(CheckpointError, match=f"damaged file '{directory}/2/metrics/metrics'"):
+        with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+            ckpts.best_epoch
+
+
+def test_half_deleted_step_is_removed_by_the_writer_and_left_alone_by_readers(saved, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    # A kill while Orbax removes an old step leaves it renamed into deleted/, part removed;
+    # a kill mid-save leaves a temporary step folder that a reader must not touch.
+    shutil.copytree(directory / "2", directory / "deleted" / "3")
+    shutil.rmtree(directory / "deleted" / "3" / "state")
+    shutil.copytree(directory / "4", directory / "5.orbax-checkpoint-tmp-123")
+    with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+        assert ckpts.epochs == [2, 4]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning about the leftovers
+            ckpts.restore(_state())
+    assert (directory / "5.orbax-checkpoint-tmp-123").is_dir()
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:
+        assert ckpts.epochs == [2, 4]
+    assert sorted(p.name for p in directory.iterdir()) == ["2", "4"]
+
+
+_HOLD = """
+import sys, time
+from vae_jax.checkpoints import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_run_lock_admits_one_process_and_names_the_holder(tmp_path):
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"is in use by process {holder.pid}"):
+            RunLock(folder).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(folder) as lock:  # the kernel released the killed holder's lock
+        with RunLock(folder):  # re-entrant within a process
+            pass
+        assert (folder / ".lock").read_text().strip() == str(os.getpid())
+    assert lock._fd is None
+
+
+def test_run_lock_refuses_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file or lies under one"):
+        RunLock(tmp_path / "file").acquire()
+    with pytest.raises(ValueError, match="is a file or lies under one"):
+        RunLock(tmp_path / "file" / "run").acquire()
+    with pytest.raises(FileNotFoundError):
+        RunLock(tmp_path / "missing", create=False).acquire()

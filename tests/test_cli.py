@@ -19,7 +19,7 @@ import pytest
 from vae_jax import ModelConfig, runner, training
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.cli import main
-from vae_jax.config import RunConfig, TrainConfig, load_run_config
+from vae_jax.config import RunConfig, TrainConfig, load_run_config, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # digits: 1438 training images - 300 validation = 1138, i.e. 17 steps of 64 per epoch
@@ -110,6 +110,10 @@ def test_evaluate_and_sample(run, capsys):
     assert saved["test_log_marginal"] > saved["test_elbo"] + 0.1
     assert main(["sample", "--run", str(run), "--n", "9", "--out", str(run / "nine.png")]) == 0
     assert matplotlib.image.imread(run / "nine.png").shape[0] > 50
+    capsys.readouterr()
+    assert main(["sample", "--run", str(run), "--n", "4", "--out", str(run / "noext")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {run / 'noext.png'}"  # the file it wrote
+    assert (run / "noext.png").is_file() and not (run / "noext").exists()
 
 
 def test_autoencoder_run_ranks_by_reconstruction(tmp_path, capsys):
@@ -128,11 +132,11 @@ def test_autoencoder_run_ranks_by_reconstruction(tmp_path, capsys):
     assert "log p(x), which needs a VAE" in capsys.readouterr().err
 
 
-def _start(out):
-    cmd = [sys.executable, "-m", "vae_jax", "train", *DIGITS, "--epochs", str(RESUME_EPOCHS), "--out", str(out)]
+def _start(out, epochs=RESUME_EPOCHS, *extra):
+    cmd = [sys.executable, "-m", "vae_jax", "train", *DIGITS, "--epochs", str(epochs), "--out", str(out), *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while not any(p.name.isdigit() for p in (out / "checkpoints").glob("*")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.01)
@@ -169,6 +173,27 @@ def test_killed_run_resumes_bitwise_identical(sig, uninterrupted, tmp_path):
     assert (out / "metrics.csv").read_text() == (uninterrupted / "metrics.csv").read_text()
 
 
+def test_one_writer_per_run_folder_and_readers_beside_it(tmp_path, capsys):
+    # Before the lock, a second train into the same --out (fresh or --resume) also ran: the
+    # first run was silently lost, or both died.
+    out = tmp_path / "busy"
+    writer = _start(out, 500, "--seed", "1")
+    try:
+        assert (out / ".lock").read_text().strip() == str(writer.pid)
+        for extra in ([], ["--resume"], ["--resume", "--epochs", "600"]):
+            assert _train(out, "--epochs", "25", *extra) == 1
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and f"is in use by process {writer.pid}" in err, err
+        # a reader needs no lock: evaluate beside the running train
+        assert main(["evaluate", "--run", str(out), "--checkpoint", "latest", "--no-progress"]) == 0
+        assert json.loads(capsys.readouterr().out)["epoch"] >= 1
+        assert writer.poll() is None, "the running train was disturbed"
+        assert json.loads((out / "config.json").read_text())["train"]["seed"] == 1
+    finally:
+        writer.kill()
+        writer.communicate()
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     real_epoch, calls = training.train_epoch, []
 
@@ -193,14 +218,27 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
 
 
-def _corrupt_copy(run, tmp_path):
+def _corrupt_copy(run, tmp_path, how="garbage"):
     import shutil
 
-    copy = tmp_path / "corrupt"
+    copy = tmp_path / how
     shutil.copytree(run, copy)
-    for path in copy.glob("checkpoints/*/state/**/*"):
-        if path.is_file():
-            path.write_bytes(b"\0garbage")
+    if how == "garbage":
+        for path in copy.glob("checkpoints/*/state/**/*"):
+            if path.is_file():
+                path.write_bytes(b"\0garbage")
+    elif how == "flipped":  # three bytes of the largest array file, as in the probe
+        path = max((p for p in copy.glob("checkpoints/4/state/**/*") if p.is_file() and p.parent.name == "d"),
+                   key=lambda p: p.stat().st_size)
+        content = bytearray(path.read_bytes())
+        for i in (len(content) // 3, len(content) // 2, 2 * len(content) // 3):
+            content[i] ^= 0xFF
+        path.write_bytes(bytes(content))
+    elif how == "empty":
+        for path in (copy / "checkpoints").iterdir():
+            shutil.rmtree(path)
+    elif how == "metrics":
+        (copy / "checkpoints" / "4" / "metrics" / "metrics").write_text("garbage")
     return copy
 
 
@@ -208,23 +246,75 @@ def _corrupt_copy(run, tmp_path):
 @pytest.mark.parametrize("argv, code, message", [
     (["train", "--dataset", "no_such_dataset", "--out", "{tmp}/a"], 2, "Unknown dataset 'no_such_dataset'"),
     (["train", "--beta", "-0.5", "--out", "{tmp}/a"], 2, "beta must be >= 0; got -0.5"),
+    (["train", "--beta", "inf", "--out", "{tmp}/a"], 2, "beta must be a finite number; got inf"),
+    (["train", "--lr", "inf", "--out", "{tmp}/a"], 2, "learning_rate must be a finite number > 0; got inf"),
     (["train", "--latent-dim", "0", "--out", "{tmp}/a"], 2, "latent_dim must be a positive int; got 0"),
     (["train", "--model", "ae", "--objective", "iwae", "--out", "{tmp}/a"], 2, "objective 'iwae' needs a VAE"),
     (["train", *DIGITS, "--out", "{run}"], 2, "already holds a run; add --resume"),
     (["train", *DIGITS, "--lr", "0.01", "--resume", "--out", "{run}"], 2,
      "other settings than it was trained with: learning_rate=0.001 (now 0.01)"),
+    (["train", *DIGITS, "--resume", "--out", "{tmp}/typo"], 2, "--resume needs a run, and there is no folder"),
+    (["train", *DIGITS, "--resume", "--out", "{tmp}"], 2, "--resume needs a run, and '{tmp}' holds none"),
+    (["train", *DIGITS, "--resume", "--out", "{empty}"], 2, "--resume needs a checkpoint, and '{empty}' holds none"),
+    (["train", *DIGITS, "--resume", "--epochs", "2", "--out", "{run}"], 2,
+     "--epochs 2 is below the 4 epochs '{run}' has completed"),
+    (["train", *DIGITS, "--checkpoint", "latest-intact", "--out", "{tmp}/a"], 2, "applies to --resume only"),
+    (["train", *DIGITS, "--out", "{run}/config.json"], 2, "is a file or lies under one"),
+    (["train", *DIGITS, "--out", "{run}/config.json/x"], 2, "is a file or lies under one"),
     (["evaluate", "--run", "{tmp}/missing"], 1, "Run folder '{tmp}/missing' not found"),
     (["sample", "--run", "{tmp}"], 1, "Run config '{tmp}/config.json' not found"),
-    (["evaluate", "--run", "{corrupt}", "--no-progress"], 1, "Checkpoint '{corrupt_abs}/checkpoints/4' is corrupt"),
+    (["evaluate", "--run", "{garbage}", "--no-progress"], 1, "Corrupt checkpoint 4: '{garbage_abs}/checkpoints/4'"),
+    (["evaluate", "--run", "{flipped}", "--no-progress"], 1, "Corrupt checkpoint 4: "),
+    (["evaluate", "--run", "{metrics}", "--no-progress"], 1,
+     "the damaged file '{metrics_abs}/checkpoints/4/metrics/metrics' cannot be read"),
+    (["evaluate", "--run", "{empty}", "--no-progress"], 1, "No checkpoint in '{empty_abs}/checkpoints'"),
     (["sample", "--run", "{run}", "--n", "0"], 2, "--n must be >= 1"),
+    (["sample", "--run", "{run}", "--out", "{run}/config.json/x.png"], 2, "lies under the file"),
+    (["sample", "--run", "{run}", "--out", "{tmp}/a.jpg"], 2, "--out must name a .png file"),
 ])
 def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, capsys):
-    corrupt = _corrupt_copy(run, tmp_path) if any("{corrupt}" in a for a in argv) else tmp_path
-    names = {"tmp": tmp_path, "run": run, "corrupt": corrupt, "corrupt_abs": corrupt.absolute()}
+    names = {"tmp": tmp_path, "run": run}
+    for how in ("garbage", "flipped", "metrics", "empty"):
+        if any("{" + how in a for a in argv):
+            names[how] = _corrupt_copy(run, tmp_path, how)
+            names[how + "_abs"] = names[how].absolute()
     assert main([a.format(**names) for a in argv]) == code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert message.format(**names) in err
+
+
+@pytest.mark.parametrize("how", ["empty", "flipped"])
+def test_no_noise_after_an_error_in_a_real_process(how, run, tmp_path):
+    # Orbax's threads used to print asyncio tracebacks (up to 2,089 lines) after the one-line error.
+    corrupt = _corrupt_copy(run, tmp_path, how)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, "-m", "vae_jax", "evaluate", "--run", str(corrupt), "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("vae-jax evaluate: error: "), proc.stderr
+
+
+def test_a_folder_without_a_checkpoint_starts_over_but_does_not_resume(tmp_path):
+    out = tmp_path / "stopped_in_epoch_1"  # what a kill in the first epoch leaves
+    out.mkdir()
+    write_json(out / "config.json", {"model": {}, "train": {}})
+    assert runner.check_run_folder(out, resume=False) == []
+    with pytest.raises(ValueError, match="holds none \\(its first epoch never finished\\)"):
+        runner.check_run_folder(out, resume=True)
+
+
+def test_evaluate_writes_no_non_finite_result(run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    copy = tmp_path / "nan"
+    shutil.copytree(run, copy)
+    (copy / "evaluation.json").unlink(missing_ok=True)
+    monkeypatch.setattr(runner.evaluation, "evaluate", lambda *a, **k: {"objective": float("nan"),
+                                                                          "elbo": float("nan")})
+    assert main(["evaluate", "--run", str(copy), "--no-progress"]) == 1
+    assert "test_elbo of the checkpoint of epoch" in capsys.readouterr().err
+    assert not (copy / "evaluation.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

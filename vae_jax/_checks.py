@@ -184,7 +184,7 @@ def check_dataset(data: Any, *, likelihood: str | None = None) -> np.ndarray:
 def check_finite_number(value: Any, name: str, *, positive: bool = False) -> float:
     """``value`` as a float, or ``ValueError`` unless it is a finite real number (``> 0`` if ``positive``)."""
     try:
-        ok = not isinstance(value, bool) and math.isfinite(float(value))
+        ok = not isinstance(value, (bool, str)) and math.isfinite(float(value))
     except (TypeError, ValueError):
         ok = False
     if not ok or (positive and not float(value) > 0):

@@ -3,9 +3,12 @@
 ``train`` writes into its ``--out`` folder: ``config.json`` (the model and
 training configs), ``run.json`` (status, epochs done, best epoch, versions),
 ``metrics.csv`` (one row per epoch), ``checkpoints/`` (Orbax: the latest and
-the best by validation ELBO) and, at the end, PNG figures. Exit codes: 0 done,
-1 failure (missing run, corrupt checkpoint, non-finite loss), 2 bad input,
-130 interrupted (Ctrl-C; the checkpoints are intact: continue with ``--resume``).
+the best by validation ELBO) and, at the end, PNG figures. One train at a time
+writes a run folder (a second one stops with the holder's pid); evaluate and
+sample may read it meanwhile. Exit codes: 0 done, 1 failure (missing run,
+corrupt checkpoint, folder in use, non-finite loss or result), 2 bad input
+(options, data, --resume without a run), 130 interrupted (Ctrl-C; the
+checkpoints are intact: continue with ``--resume``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from vae_jax import runner
-from vae_jax.checkpoints import CheckpointError
+from vae_jax.checkpoints import WHICH, CheckpointError, RunLock, RunLockedError
 from vae_jax.config import OBJECTIVES, RunConfig, TrainConfig, load_run_config
 from vae_jax.data import BINARIZATION_MODES
 from vae_jax.distributions import LIKELIHOODS
@@ -29,7 +33,8 @@ from vae_jax.priors import PRIORS
 _FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
 _CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
             "activation": tuple(ACTIVATIONS), "objective": OBJECTIVES,
-            "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS}
+            "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
+            "compute_dtype": ("float32", "bfloat16")}
 _MODEL_HELP = {
     "kind": "'vae' or 'ae' (the deterministic autoencoder baseline)",
     "latent_dim": "size of the latent code z (2 also draws the latent space)",
@@ -39,6 +44,7 @@ _MODEL_HELP = {
     "activation": "hidden activation",
     "prior": "p(z): 'standard_normal', 'mixture' (K learned Gaussians) or 'vamp' (VampPrior, K pseudo-inputs)",
     "num_components": "K of the mixture or VampPrior prior",
+    "compute_dtype": "matmul/conv precision: 'bfloat16' multiplies in bf16, accumulates in float32",
 }
 
 
@@ -54,7 +60,8 @@ def _add_config_options(group: argparse._ArgumentGroup, cls: type, helps: dict[s
     for f in dataclasses.fields(cls):
         default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         kind = _int_list if isinstance(f.default, tuple) else type(f.default)
-        help_text = f"{helps.get(f.name) or f.metadata['help']} (default: {default!r})".replace("%", "%%")
+        text = helps.get(f.name) or f.metadata.get("help") or f"{cls.__name__}.{f.name}"
+        help_text = f"{text} (default: {default!r})".replace("%", "%%")
         group.add_argument(_FLAGS.get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, type=kind,
                            choices=_CHOICES.get(f.name), default=None, help=help_text)
 
@@ -71,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                        allow_abbrev=False)
     p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, metrics and figures")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
-                   "(options not given are taken from its config.json; only --epochs may change)")
+                   "(options not given are taken from its config.json; only --epochs may change); an error "
+                   "if --out holds no run with a checkpoint")
+    p.add_argument("--checkpoint", choices=("latest", "latest-intact"), default="latest",
+                   help="with --resume: the checkpoint to continue from: latest, or latest-intact (the newest "
+                   "that passes its checksum; corrupt newer ones are moved aside) (default: latest)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_config_options(p.add_argument_group("model (vae_jax.ModelConfig)"), ModelConfig, _MODEL_HELP)
     _add_config_options(p.add_argument_group("training (vae_jax.config.TrainConfig)"), TrainConfig, {})
@@ -81,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("sample", "decode draws z ~ N(0, I) into a PNG grid")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", allow_abbrev=False)
         p.add_argument("--run", type=Path, required=True, help="run folder written by vae-jax train")
-        p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
-                       help="checkpoint to use: best by validation ELBO, or latest (default: best)")
+        p.add_argument("--checkpoint", choices=WHICH, default="best",
+                       help="checkpoint to use: best by validation ELBO, latest, or latest-intact (the newest "
+                       "that passes its checksum) (default: best)")
         p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
         p.set_defaults(func=_evaluate if name == "evaluate" else _sample)
         if name == "evaluate":
@@ -100,16 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``vae-jax``; returns the exit code (errors are one line on stderr)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        code, message = 2 if isinstance(e, ValueError) else 1, str(e)
-    except (CheckpointError, FloatingPointError, ImportError) as e:
-        code, message = 1, str(e)
-    except KeyboardInterrupt:  # before the epoch loop, which handles Ctrl-C itself
-        code, message = 130, "interrupted"
-    print(f"vae-jax {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    with warnings.catch_warnings():  # restores showwarning on exit
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.func(args)
+        except ValueError as e:
+            code, message = 2, str(e)
+        except (CheckpointError, RunLockedError, FloatingPointError, ImportError, OSError) as e:
+            code, message = 1, str(e)
+        except KeyboardInterrupt:  # before the epoch loop, which handles Ctrl-C itself
+            code, message = 130, "interrupted"
+    print(f"vae-jax {args.command}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     return code
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vae-jax: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -120,19 +138,23 @@ def _given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    given = _given(args)
-    config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
-    if (args.out / "config.json").exists():
-        if not args.resume:
-            raise ValueError(f"{str(args.out)!r} already holds a run; add --resume to continue it, "
-                             "or choose another --out.")
+    given, progress = _given(args), not args.no_progress
+    if not args.resume:
+        if args.checkpoint != "latest":
+            raise ValueError("--checkpoint applies to --resume only.")
+        config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
+        return runner.train(config, args.out, progress=progress)
+    if not args.out.is_dir():
+        runner.check_run_folder(args.out, resume=True)  # raises: no such run
+    with RunLock(args.out, create=False):  # before config.json is read
+        runner.check_run_folder(args.out, resume=True)
         saved, _ = load_run_config(args.out)
         config = RunConfig.from_dict({part: {**saved.to_dict()[part], **given[part]} for part in given})
         conflicts = config.resume_conflicts(saved)
         if conflicts:
             raise ValueError(f"--resume of {str(args.out)!r} with other settings than it was trained with: "
                              f"{', '.join(conflicts)}; only --epochs may change.")
-    return runner.train(config, args.out, progress=not args.no_progress)
+        return runner.train(config, args.out, resume=True, checkpoint=args.checkpoint, progress=progress)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -148,7 +170,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}.")
-    out = args.out or args.run / "samples.png"
-    path = runner.sample_run(args.run, out, which=args.checkpoint, seed=args.seed, n=args.n)
+    path = runner.sample_run(args.run, args.out, which=args.checkpoint, seed=args.seed, n=args.n)
     print(f"wrote {path}")
     return 0

@@ -5,12 +5,19 @@ Epoch ``e`` (0-based) trains with ``fold_in(key_fit, e)`` and validates with
 ``fold_in(key_eval, e)``, and every epoch ends in an Orbax checkpoint of the
 whole train state, so a run resumed from its latest checkpoint ends bitwise
 identical to one never interrupted.
+
+:func:`train` holds the run folder's :class:`vae_jax.checkpoints.RunLock` for its
+whole life, taken before anything in the folder is read or written;
+:func:`evaluate_run` and :func:`sample_run` only read checkpoints (under the
+checkpoint folder's shared lock), so they may run beside a train.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,8 @@ from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
 from vae_jax import estimators, evaluation, hooks, plotting, training
-from vae_jax.checkpoints import RunCheckpoints
+from vae_jax._checks import check_positive_int
+from vae_jax.checkpoints import RunCheckpoints, RunLock
 from vae_jax.config import RunConfig, load_run_config, read_json, write_json
 from vae_jax.models import build_model
 
@@ -104,25 +112,85 @@ class _RunLog:
         self.write(history)
 
 
-def train(config: RunConfig, out: Path, *, progress: bool = True) -> int:
-    """Trains (or resumes) the run in ``out``; returns 0, or 130 when interrupted by Ctrl-C.
+def check_run_folder(out: Path, *, resume: bool, epochs: int | None = None) -> list[int]:
+    """Whether ``out`` may be trained into; returns the epochs of its checkpoints.
+
+    A fresh run (``resume=False``) needs a folder without checkpoints (a
+    ``config.json`` alone, from a run stopped before its first checkpoint, is
+    replaced). ``--resume`` needs a run with a checkpoint, and ``epochs`` no
+    fewer than the latest checkpoint's.
+
+    Raises:
+      ValueError: the folder does not fit (the message says what to do).
+    """
+    out = Path(out)
+    folder = out / "checkpoints"
+    done = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    if not resume:
+        if done:
+            raise ValueError(f"{str(out)!r} already holds a run; add --resume to continue it, "
+                             "or choose another --out.")
+        return done
+    if not out.is_dir():
+        raise ValueError(f"--resume needs a run, and there is no folder {str(out)!r}; check the path, "
+                         "or start the run without --resume.")
+    if not (out / "config.json").is_file():
+        raise ValueError(f"--resume needs a run, and {str(out)!r} holds none (no config.json); "
+                         "check the path, or start the run without --resume.")
+    if not done:
+        raise ValueError(f"--resume needs a checkpoint, and {str(out)!r} holds none (its first epoch never "
+                         "finished); start it again without --resume.")
+    if epochs is not None and epochs < done[-1]:
+        raise ValueError(f"--epochs {epochs} is below the {done[-1]} epochs {str(out)!r} has completed; "
+                         f"give --epochs {done[-1]} or more.")
+    return done
+
+
+def train(config: RunConfig, out: Path, *, resume: bool = False, checkpoint: str = "latest",
+          progress: bool = True) -> int:
+    """Trains (or with ``resume`` continues) the run in ``out``; returns 0, or 130 when interrupted by Ctrl-C.
+
+    Args:
+      config: the run's config (with ``resume``: the saved one, ``epochs`` may differ).
+      out: the run folder, locked for the whole call.
+      resume: continue the run in ``out`` from a checkpoint.
+      checkpoint: with ``resume``: ``"latest"`` or ``"latest-intact"`` (the newest
+        checkpoint that verifies; the corrupt newer ones move to ``checkpoints.corrupt/``).
+      progress: show the progress bar.
 
     Raises:
       FloatingPointError: the loss or the parameters became non-finite (names the
         epoch and its steps; no checkpoint of the bad state is written).
+      ValueError: the folder does not fit (see :func:`check_run_folder`).
+      RunLockedError: another process writes the folder.
+      CheckpointError: the checkpoint to resume from is corrupt.
     """
+    out = Path(out)
+    if checkpoint not in ("latest", "latest-intact") or (checkpoint != "latest" and not resume):
+        raise ValueError(f"train --checkpoint must be 'latest' or 'latest-intact', with --resume; got {checkpoint!r}.")
+    if resume:
+        check_run_folder(out, resume=True)  # before RunLock, which would create or need the folder
+    with RunLock(out, create=not resume):
+        check_run_folder(out, resume=resume, epochs=config.train.epochs)
+        return _train_locked(config, out, resume=resume, checkpoint=checkpoint, progress=progress)
+
+
+def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str, progress: bool) -> int:
     t = config.train
     images, splits = load_images(config)
     input_shape = images["train"].shape[1:]
     model, state, step, eval_objective, metric = setup(config, input_shape)
     _, key_fit, key_eval = _keys(t.seed)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**config.to_dict(), "input_shape": list(input_shape),
                                      "sizes": {k: len(v) for k, v in images.items()}})
     with RunCheckpoints(out / "checkpoints", metric=metric, create=True) as ckpts:
         history, seconds = [], 0.0
-        if ckpts.latest_epoch:
-            state, history = ckpts.restore(state, which="latest")
+        if resume:
+            state, history = ckpts.restore(state, which=checkpoint)
+            moved = ckpts.discard_after(len(history))
+            if moved:
+                print(f"Resuming from the checkpoint of epoch {len(history)}; the corrupt checkpoint(s) of epoch "
+                      f"{', '.join(map(str, moved))} moved to {str(ckpts.directory) + '.corrupt'!r}.", flush=True)
             if (out / "run.json").is_file():  # keep counting the time of the earlier sessions
                 seconds = float(read_json(out / "run.json", what="Run metadata").get("seconds", 0.0))
         hooks.write_csv(out / "metrics.csv", history)
@@ -136,8 +204,9 @@ def train(config: RunConfig, out: Path, *, progress: bool = True) -> int:
         except KeyboardInterrupt:
             hooks.write_csv(out / "metrics.csv", log.history)
             log.write(log.history, status="interrupted")
-            print(f"\nInterrupted after {len(log.history)} complete epochs; {_kept(ckpts)} "
-                  f"Continue with the same command and --resume.", flush=True)
+            then = ("Continue with the same command and --resume." if ckpts.latest_epoch else
+                    "Run the same command again (without --resume) to start over.")
+            print(f"\nInterrupted after {len(log.history)} complete epochs; {_kept(ckpts)} {then}", flush=True)
             return 130
         except FloatingPointError as e:
             log.write(log.history, status="failed", error=str(e))
@@ -169,17 +238,22 @@ def _versions() -> dict[str, str]:
 
 
 def _restore(run: Path, which: str):
-    """``(config, model, params, eval_objective, epochs)`` of the ``which`` checkpoint of ``run``."""
+    """``(config, model, params, eval_objective, epoch)`` of the ``which`` checkpoint of ``run`` (read only)."""
     config, shape = load_run_config(run)
     model, state, _, eval_objective, metric = setup(config, shape)
-    with RunCheckpoints(run / "checkpoints", metric=metric) as ckpts:
+    with RunCheckpoints(run / "checkpoints", metric=metric, read_only=True) as ckpts:
         state, history = ckpts.restore(state, which=which)
     return config, model, state.params, eval_objective, len(history)
 
 
 def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: int = 0,
                  examples: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Test-set ELBO (and with ``num_samples`` the importance-sampled log p(x)), saved to ``evaluation.json``."""
+    """Test-set ELBO (and with ``num_samples`` the importance-sampled log p(x)), saved to ``evaluation.json``.
+
+    Raises:
+      FloatingPointError: a result is not finite (nothing is written).
+    """
+    run = Path(run)
     config, model, params, eval_objective, epoch = _restore(run, which)
     if num_samples and config.model.kind != "vae":
         raise ValueError("--num-samples estimates log p(x), which needs a VAE.")
@@ -190,17 +264,50 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
     results = {"checkpoint": which, "epoch": epoch, "test_examples": len(x),
                **{f"test_{k}": v for k, v in test.items() if k != "objective"}}
     if num_samples:
+        # float32 whatever the run's compute_dtype (same parameters): the reference number
+        model = build_model(dataclasses.replace(config.model, compute_dtype="float32"), x.shape[1:])
         estimate = evaluation.log_marginal(model, params, x, key_marginal, num_samples=num_samples,
                                            progress=progress)
         results.update(test_log_marginal=estimate.mean, test_log_marginal_stderr=estimate.stderr,
                        num_samples=num_samples)
-    write_json(run / "evaluation.json", results)
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"The {', '.join(bad)} of the checkpoint of epoch {epoch} in {str(run)!r} "
+                                 "is not finite; nothing was written.")
+    write_json(run / "evaluation.json", results, allow_nan=False)
     return results
 
 
-def sample_run(run: Path, out: Path, *, which: str = "best", seed: int = 0, n: int = 64) -> Path:
-    """Decodes ``n`` draws ``z ~ N(0, I)`` of the run's model into a PNG grid at ``out``."""
+def sample_path(run: Path, out: Path | None) -> Path:
+    """The PNG ``sample`` writes: ``out`` (``.png`` added when it has no suffix) or ``RUN/samples.png``.
+
+    Raises:
+      ValueError: ``out`` names a folder, another suffix, or lies under a file.
+    """
+    path = Path(out) if out is not None else Path(run) / "samples.png"
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file; got {str(out)!r}.")
+    if path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a folder; name a .png file.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {str(path)!r} lies under the file {str(parent)!r}.")
+            break
+    return path
+
+
+def sample_run(run: Path, out: Path | None = None, *, which: str = "best", seed: int = 0, n: int = 64) -> Path:
+    """Decodes ``n`` draws ``z ~ p(z)`` of the run's model into a PNG grid; returns the path written.
+
+    ``out`` as :func:`sample_path` resolves it.
+    """
+    run, n = Path(run), check_positive_int(n, "n")
+    path = sample_path(run, out)
     _, model, params, _, epoch = _restore(run, which)
     samples = np.asarray(model.sample(params, jax.random.key(seed), n))
     ncols = max(1, int(round(n ** 0.5)))
-    return plotting.save_image_grid(samples, out, ncols=ncols, title=f"{run.name}: {which} checkpoint (epoch {epoch})")
+    return plotting.save_image_grid(samples, path, ncols=ncols,
+                                    title=f"{run.name}: {which} checkpoint (epoch {epoch})")
