@@ -20,9 +20,11 @@ from benchmarks.timing import Runner
 from vae_jax import training
 
 
-def build(image_shape: Sequence[int], *, hidden_sizes: Sequence[int], latent_dim: int) -> vj.VAE:
-    """The benchmark's MLP VAE with a Bernoulli likelihood."""
-    config = vj.ModelConfig(latent_dim=latent_dim, hidden_sizes=tuple(hidden_sizes), likelihood="bernoulli")
+def build(image_shape: Sequence[int], *, hidden_sizes: Sequence[int], latent_dim: int,
+          compute_dtype: str = "float32") -> vj.VAE:
+    """The benchmark's MLP VAE with a Bernoulli likelihood, its matmuls in ``compute_dtype``."""
+    config = vj.ModelConfig(latent_dim=latent_dim, hidden_sizes=tuple(hidden_sizes), likelihood="bernoulli",
+                            compute_dtype=compute_dtype)
     return vj.build_model(config, tuple(image_shape))
 
 

@@ -10,11 +10,20 @@ interleaved, so that the ratios are fair even when the machine's load drifts:
 - examples per second of one Fashion-MNIST epoch (60000 examples) of the MLP
   VAE 784-512-512 / 32 latents / Bernoulli / Adam at batch 128 and 1024, for
   vae_jax's epoch scan, vae_jax's jitted step called from Python, PyTorch eager
-  and ``torch.compile``; each one's FLOP rate (:mod:`benchmarks.flops`) as a
-  fraction of the matmul rate;
+  and ``torch.compile``, all float32, and in bfloat16 (``--precisions``): vae_jax's
+  epoch scan with ``ModelConfig(compute_dtype="bfloat16")`` and PyTorch eager and
+  compiled under ``torch.autocast(dtype=torch.bfloat16)``; each one's FLOP rate
+  (:mod:`benchmarks.flops`) as a fraction of the float32 matmul rate, and its ratio
+  to the fastest PyTorch configuration at that batch size;
 - a sweep of 8 models (4 betas x 2 seeds), one epoch each: one vmapped
   computation vs one model after the other;
-- importance-sampled log p(x) with 5000 samples: seconds per 1000 test images.
+- importance-sampled log p(x) with 5000 samples: seconds per 1000 test images,
+  float32 and bf16 (the same parameters and draws, so the bf16 bias is measured).
+
+The 1-minute load average is sampled before and after every timed block; a run
+whose maximum exceeds ``--max-load`` (1.5: on 2 cores a second busy process
+collapses PyTorch's threads) is written with ``"timings_valid": false`` and its
+table is printed under a warning: do not report it.
 
 Full size takes about 6 minutes on a quiet 2-core CPU; run it when the machine
 is otherwise idle (the load average is recorded in the JSON). On a GPU or TPU
@@ -40,9 +49,13 @@ from benchmarks import flops, jax_vae, matmul, torch_vae
 from benchmarks.timing import time_interleaved
 from vae_jax.data import binarize, load_dataset
 
-IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax per-step loop", "pytorch eager", "pytorch compile")
+FLOAT32_IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax per-step loop", "pytorch eager", "pytorch compile")
+BF16_IMPLEMENTATIONS = ("vae_jax epoch scan bf16", "pytorch eager bf16 autocast", "pytorch compile bf16 autocast")
+IMPLEMENTATIONS = FLOAT32_IMPLEMENTATIONS + BF16_IMPLEMENTATIONS
+PRECISIONS = ("float32", "bfloat16")
 TARGETS = {"scan_over_torch_compile_at_128": 1.2, "scan_over_torch_eager_at_128": 1.5,
-           "scan_fraction_of_matmul_rate_at_1024": 0.7}
+           "scan_fraction_of_matmul_rate_at_1024": 0.7,
+           "best_vae_jax_over_fastest_pytorch_at_128": 1.0, "best_vae_jax_over_fastest_pytorch_at_1024": 1.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sweep-batch-size", type=int, default=128)
     parser.add_argument("--log-marginal-images", type=int, default=100, help="test images evaluated")
     parser.add_argument("--log-marginal-samples", type=int, default=5000)
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="float32 rows, bfloat16 rows (vae_jax compute_dtype, PyTorch autocast), or both")
+    parser.add_argument("--max-load", type=float, default=1.5,
+                        help="1-minute load average above which the timings are flagged invalid")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.quick:
@@ -94,15 +111,27 @@ def machine_info() -> dict:
     }
 
 
-def training_runners(data, model, args, batch_size: int, torch_device: str | None) -> dict:
+def training_runners(data, models: dict, args, batch_size: int, torch_device: str | None) -> dict:
+    """One runner per implementation of the requested precisions (``models``: vae_jax model by precision)."""
     common = dict(batch_size=batch_size, seed=0)
-    runners = {IMPLEMENTATIONS[0]: jax_vae.epoch_scan_runner(model, data, **common),
-               IMPLEMENTATIONS[1]: jax_vae.per_step_runner(model, data, **common)}
-    if torch_device is not None:
-        for name, compile in zip(IMPLEMENTATIONS[2:], (False, True)):
-            runners[name] = torch_vae.runner(data, compile=compile, hidden_sizes=args.hidden_sizes,
-                                             latent_dim=args.latent_dim, device=torch_device, **common)
+    torch_common = dict(hidden_sizes=args.hidden_sizes, latent_dim=args.latent_dim, device=torch_device, **common)
+    runners = {}
+    for precision, names in zip(PRECISIONS, (FLOAT32_IMPLEMENTATIONS, BF16_IMPLEMENTATIONS)):
+        if precision not in args.precisions:
+            continue
+        runners[names[0]] = jax_vae.epoch_scan_runner(models[precision], data, **common)
+        if precision == "float32":
+            runners[names[1]] = jax_vae.per_step_runner(models[precision], data, **common)
+        if torch_device is not None:
+            for name, compile in zip(names[-2:], (False, True)):
+                runners[name] = torch_vae.runner(data, compile=compile, autocast=precision == "bfloat16",
+                                                 **torch_common)
     return runners
+
+
+def sample_load(report: dict, when: str) -> None:
+    """Appends the 1-, 5- and 15-minute load averages to ``report["load"]``."""
+    report.setdefault("load", []).append({"when": when, "load_average_1_5_15_min": list(os.getloadavg())})
 
 
 def torch_device_for_backend() -> str | None:
@@ -125,7 +154,9 @@ def main(argv=None) -> dict:
     train = binarize(dataset.train.images[: args.examples], "static", seed=0)
     test = binarize(dataset.test.images[: args.log_marginal_images], "static", seed=1)
     sizes = (int(np.prod(train.shape[1:])), args.hidden_sizes, args.latent_dim)
-    model = jax_vae.build(train.shape[1:], hidden_sizes=args.hidden_sizes, latent_dim=args.latent_dim)
+    models = {p: jax_vae.build(train.shape[1:], hidden_sizes=args.hidden_sizes, latent_dim=args.latent_dim,
+                               compute_dtype=p) for p in PRECISIONS}
+    model = models["float32"]
 
     shapes = ((256, 256, 256),) if args.quick else matmul.SHAPES
     report["matmul"] = matmul.matmul_rates(shapes, repeats=args.repeats + 2)
@@ -135,9 +166,12 @@ def main(argv=None) -> dict:
     torch_device = torch_device_for_backend()
     report["train"], scan_runner = [], None
     for batch_size in args.batch_sizes:
-        runners = training_runners(train, model, args, batch_size, torch_device)
-        scan_runner = scan_runner or runners[IMPLEMENTATIONS[0]]
-        for name, result in time_interleaved(runners, repeats=args.repeats, progress=progress).items():
+        runners = training_runners(train, models, args, batch_size, torch_device)
+        scan_runner = scan_runner or next(r for name, r in runners.items() if name.startswith("vae_jax epoch scan"))
+        sample_load(report, f"before training at batch {batch_size}")
+        timed = time_interleaved(runners, repeats=args.repeats, progress=progress)
+        sample_load(report, f"after training at batch {batch_size}")
+        for name, result in timed.items():
             examples = train.shape[0] // batch_size * batch_size
             gflops = flops.train_step_flops(*sizes) * examples / result["median_seconds"] / 1e9
             report["train"].append({"implementation": name, "batch_size": batch_size,
@@ -148,6 +182,7 @@ def main(argv=None) -> dict:
     sweep = jax_vae.sweep_runners(model, train, batch_size=args.sweep_batch_size, betas=(0.5, 1.0, 2.0, 4.0),
                                   seeds=(0, 1))
     sweep_times = time_interleaved(sweep, repeats=args.sweep_repeats, progress=progress)
+    sample_load(report, "after the sweep")
     report["sweep"] = {"models": 8, "betas": [0.5, 1.0, 2.0, 4.0], "seeds": [0, 1],
                        "batch_size": args.sweep_batch_size, "examples": train.shape[0],
                        **{f"{name}_seconds": t["median_seconds"] for name, t in sweep_times.items()},
@@ -155,11 +190,17 @@ def main(argv=None) -> dict:
                        / sweep_times["stacked"]["median_seconds"]}
 
     # XLA:CPU's default sends matmuls to YNNPACK; for log p(x)'s large matmuls Eigen is faster here.
-    variants = {"default XLA": None, "Eigen matmuls": {"xla_cpu_experimental_ynn_fusion_type": ""}}
-    runners = {name: jax_vae.log_marginal_runner(model, scan_runner.params, test, num_samples=args.log_marginal_samples,
+    # bf16: the same parameters and draws through the bf16 model, so its bias against float32 is measured.
+    variants = {"default XLA": None, "Eigen matmuls": {"xla_cpu_experimental_ynn_fusion_type": ""}, "bf16": None}
+    eval_models = {"default XLA": model, "Eigen matmuls": model, "bf16": models["bfloat16"]}
+    runners = {name: jax_vae.log_marginal_runner(eval_models[name], scan_runner.params, test,
+                                                 num_samples=args.log_marginal_samples,
                                                  chunk_size=min(500, args.log_marginal_samples), batch_size=50,
                                                  compiler_options=options)
-               for name, options in variants.items() if options is None or jax.default_backend() == "cpu"}
+               for name, options in variants.items()
+               if (name != "Eigen matmuls" or jax.default_backend() == "cpu")
+               and (name != "bf16" or "bfloat16" in args.precisions)}
+    sample_load(report, "before log p(x)")
     total_flops = flops.log_marginal_flops(*sizes, num_samples=args.log_marginal_samples) * test.shape[0]
     report["log_marginal"] = []
     for name, result in time_interleaved(runners, repeats=args.repeats, progress=progress).items():
@@ -170,8 +211,15 @@ def main(argv=None) -> dict:
             "gflops": total_flops / result["median_seconds"] / 1e9,
             "fraction_of_matmul_rate": total_flops / result["median_seconds"] / 1e9 / peak,
             "mean_log_px_nats": result["last_value"], "seconds": result["seconds"]})
+    reference = next(m for m in report["log_marginal"] if m["compiler"] == "default XLA")["mean_log_px_nats"]
+    for m in report["log_marginal"]:
+        m["difference_to_float32_nats"] = m["mean_log_px_nats"] - reference
     report["ratios"] = ratios(report["train"])
     report["machine"]["load_average_1_5_15_min_after"] = list(os.getloadavg())
+    sample_load(report, "end")
+    report["max_load_average_1_min"] = max(s["load_average_1_5_15_min"][0] for s in report["load"])
+    report["timings_valid"] = bool(report["max_load_average_1_min"] <= args.max_load
+                                   and report["machine"]["load_average_1_5_15_min_before"][0] <= args.max_load)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
@@ -180,9 +228,26 @@ def main(argv=None) -> dict:
 
 
 def ratios(rows: list[dict]) -> dict:
-    """The issue's targets as measured ratios, where the run has the rows they need."""
+    """The issue's targets as measured ratios, where the run has the rows they need.
+
+    Also sets each row's ``ratio_to_fastest_pytorch``: its examples/s over those of the
+    fastest PyTorch configuration (any precision) at its batch size.
+    """
     rate = {(r["implementation"], r["batch_size"]): r for r in rows}
     out = {}
+    for batch_size in sorted({r["batch_size"] for r in rows}):
+        here = [r for r in rows if r["batch_size"] == batch_size]
+        peers = [r for r in here if r["implementation"].startswith("pytorch")]
+        ours = [r for r in here if r["implementation"].startswith("vae_jax")]
+        if not peers:
+            continue
+        fastest = max(peers, key=lambda r: r["examples_per_second"])
+        for r in here:
+            r["ratio_to_fastest_pytorch"] = r["examples_per_second"] / fastest["examples_per_second"]
+            r["fastest_pytorch"] = fastest["implementation"]
+        key = f"best_vae_jax_over_fastest_pytorch_at_{batch_size}"
+        if key in TARGETS and ours:
+            out[key] = max(r["ratio_to_fastest_pytorch"] for r in ours)
     scan128 = rate.get((IMPLEMENTATIONS[0], 128))
     for key, other in (("scan_over_torch_compile_at_128", IMPLEMENTATIONS[3]),
                        ("scan_over_torch_eager_at_128", IMPLEMENTATIONS[2])):
@@ -195,16 +260,20 @@ def ratios(rows: list[dict]) -> dict:
 
 def format_table(report: dict) -> str:
     machine = report["machine"]
-    lines = [f"{machine['cpu']}, {machine['cpu_cores']} cores, JAX on {machine['jax_devices'][0]}; "
-             f"load average before {machine['load_average_1_5_15_min_before'][0]:.2f}",
+    lines = [] if report.get("timings_valid", True) else [
+        f"WARNING: TIMINGS NOT VALID: the 1-minute load average reached {report['max_load_average_1_min']:.2f} "
+        f"(limit {report['config']['max_load']}); do not report these numbers.", ""]
+    lines += [f"{machine['cpu']}, {machine['cpu_cores']} cores, JAX on {machine['jax_devices'][0]}; "
+              f"load average before {machine['load_average_1_5_15_min_before'][0]:.2f}, "
+              f"after {machine.get('load_average_1_5_15_min_after', [float('nan')])[0]:.2f}",
              f"float32 matmul rate: {report['matmul_rate_gflops']:.1f} GFLOP/s (best of "
              f"{len(report['matmul'])} shape/library probes)", "",
-             f"{'implementation':<24}{'batch':>6}{'examples/s':>12}{'epoch s':>9}{'GFLOP/s':>9}"
-             f"{'of matmul':>10}{'loss':>9}"]
+             f"{'implementation':<31}{'batch':>6}{'examples/s':>12}{'epoch s':>9}{'GFLOP/s':>9}"
+             f"{'of matmul':>10}{'loss':>9}{'/ fastest torch':>16}"]
     for r in report["train"]:
-        lines.append(f"{r['implementation']:<24}{r['batch_size']:>6}{r['examples_per_second']:>12.0f}"
+        lines.append(f"{r['implementation']:<31}{r['batch_size']:>6}{r['examples_per_second']:>12.0f}"
                      f"{r['median_seconds']:>9.2f}{r['gflops']:>9.1f}{r['fraction_of_matmul_rate']:>10.0%}"
-                     f"{r['final_loss']:>9.1f}")
+                     f"{r['final_loss']:>9.1f}{r.get('ratio_to_fastest_pytorch', float('nan')):>16.2f}")
     lines.append("")
     for key, r in report["ratios"].items():
         lines.append(f"{key:<40}{r['value']:>7.2f}  target >= {r['target']}: {'met' if r['met'] else 'MISSED'}")
@@ -213,7 +282,8 @@ def format_table(report: dict) -> str:
                  f"{s['sequential_seconds']:.1f} s, sequential / stacked = {s['sequential_over_stacked']:.2f}")
     for m in report["log_marginal"]:
         lines.append(f"log p(x), {m['num_samples']} samples, {m['compiler']}: {m['seconds_per_1000_images']:.1f} s "
-                     f"per 1000 images ({m['gflops']:.1f} GFLOP/s, {m['fraction_of_matmul_rate']:.0%} of matmul)")
+                     f"per 1000 images ({m['gflops']:.1f} GFLOP/s, {m['fraction_of_matmul_rate']:.0%} of matmul); "
+                     f"mean {m['mean_log_px_nats']:.3f} nats ({m['difference_to_float32_nats']:+.3f} vs float32)")
     return "\n".join(lines)
 
 

@@ -71,7 +71,7 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e-3
+def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e-3, autocast: bool = False
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``step(batch [B, D]) -> loss`` doing one Adam update in place.
 
@@ -81,6 +81,9 @@ def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e
         (``torch.compile``, Inductor's C++ backend on CPU) and the optimizer
         step, as PyTorch's tutorials recommend.
       learning_rate: Adam's step size.
+      autocast: run the forward pass (and so its backward) under
+        ``torch.autocast(device, dtype=torch.bfloat16)``: what a PyTorch user turns on for
+        speed. Linear layers then multiply in bf16; parameters, Adam and the loss stay float32.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = torch.compile(model) if compile else model
@@ -88,7 +91,8 @@ def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e
 
     def step(batch: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(batch)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(batch)
         loss.backward()
         update()
         return loss.detach()
@@ -112,16 +116,17 @@ def train_epoch(step: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor
 
 
 def runner(data: np.ndarray, *, batch_size: int, seed: int, compile: bool, hidden_sizes: Sequence[int],
-           latent_dim: int, device: str = "cpu", warm_up_steps: int = 3) -> Runner:
+           latent_dim: int, device: str = "cpu", warm_up_steps: int = 3, autocast: bool = False) -> Runner:
     """A :class:`benchmarks.timing.Runner` training :class:`TorchVAE` on ``data [N, H, W, C]``.
 
     ``warm_up()`` takes ``warm_up_steps`` steps (with ``compile=True`` these
-    trigger the compilation); ``run()`` trains one epoch on ``device``.
+    trigger the compilation); ``run()`` trains one epoch on ``device``, in bf16 autocast
+    if ``autocast``.
     """
     torch.manual_seed(seed)
     flat = torch.from_numpy(np.ascontiguousarray(data.reshape(data.shape[0], -1))).to(device)
     model = TorchVAE(flat.shape[1], hidden_sizes, latent_dim).to(device)
-    step = make_train_step(model, compile=compile)
+    step = make_train_step(model, compile=compile, autocast=autocast)
     generator = torch.Generator(device).manual_seed(seed)
 
     def warm_up():

@@ -97,15 +97,54 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     sweep = report["sweep"]
     assert math.isclose(sweep["sequential_over_stacked"], sweep["sequential_seconds"] / sweep["stacked_seconds"])
     compilers = {row["compiler"]: row for row in report["log_marginal"]}
-    assert set(compilers) == {"default XLA", "Eigen matmuls"}
+    assert set(compilers) == {"default XLA", "Eigen matmuls", "bf16"}
     for row in compilers.values():
         assert row["mean_log_px_nats"] < 0  # binary images: p(x) <= 1
     # The compiler option changes the matmul library, not the estimate (same draws).
     assert math.isclose(compilers["default XLA"]["mean_log_px_nats"], compilers["Eigen matmuls"]["mean_log_px_nats"],
                         rel_tol=1e-5)
+    # bf16 matmuls, same parameters and draws: close to float32, and the difference is what is reported.
+    bias = compilers["bf16"]["difference_to_float32_nats"]
+    assert bias == compilers["bf16"]["mean_log_px_nats"] - compilers["default XLA"]["mean_log_px_nats"]
+    assert 0 < abs(bias) < 0.01 * abs(compilers["default XLA"]["mean_log_px_nats"])
     assert report["ratios"] == {}  # the targets are defined at batch 128 and 1024 only
+    fastest = max((r for r in report["train"] if r["implementation"].startswith("pytorch")),
+                  key=lambda r: r["examples_per_second"])
+    for row in report["train"]:
+        assert row["fastest_pytorch"] == fastest["implementation"]
+        assert math.isclose(row["ratio_to_fastest_pytorch"],
+                            row["examples_per_second"] / fastest["examples_per_second"])
+    loads = [s["load_average_1_5_15_min"][0] for s in report["load"]]
+    assert len(loads) == 5 and report["max_load_average_1_min"] == max(loads)  # 1 batch size
+    assert report["timings_valid"] == (max(loads + [report["machine"]["load_average_1_5_15_min_before"][0]]) <= 1.5)
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
+    assert ("TIMINGS NOT VALID" in printed) == (not report["timings_valid"])
+
+
+def test_ratios_against_the_fastest_peer():
+    rows = [{"implementation": name, "batch_size": 128, "examples_per_second": eps, "fraction_of_matmul_rate": 0.5}
+            for name, eps in (("vae_jax epoch scan", 150.0), ("vae_jax epoch scan bf16", 180.0),
+                              ("pytorch eager", 100.0), ("pytorch compile", 120.0),
+                              ("pytorch compile bf16 autocast", 200.0))]
+    result = run.ratios(rows)
+    assert result["best_vae_jax_over_fastest_pytorch_at_128"] == {"value": 0.9, "target": 1.0, "met": False}
+    assert result["scan_over_torch_eager_at_128"]["value"] == 1.5
+    assert math.isclose(result["scan_over_torch_compile_at_128"]["value"], 1.25)
+    assert all(r["fastest_pytorch"] == "pytorch compile bf16 autocast" for r in rows)
+    assert rows[0]["ratio_to_fastest_pytorch"] == 0.75
+
+
+def test_torch_autocast_step_multiplies_in_bf16_and_keeps_float32_parameters():
+    import torch
+
+    model = torch_vae.TorchVAE(64, (16, 12), 3)
+    seen = []
+    model.decoder[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    step = torch_vae.make_train_step(model, compile=False, autocast=True)
+    loss = step(torch.rand(8, 64).round())
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_help_and_bad_arguments(capsys):
