@@ -51,10 +51,11 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     args = [*QUICK, "--epochs", "3", "--warmup-epochs", "2", "--models", "vae_warmup"]
     whole = dt.main(["--out", str(tmp_path / "a"), *args])[0]
 
-    calls = []
+    calls, write_status = [], dt.Status.__call__
 
     def interrupt(self, epoch, state, history):
         calls.append(epoch)
+        write_status(self, epoch, state, history)
         if epoch == 1:  # after the checkpoint of epoch 1 (Status runs after Checkpoint)
             raise KeyboardInterrupt
 
@@ -65,6 +66,10 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     assert status_free["epochs"] == 3 and not (tmp_path / "b" / "models" / "vae_warmup" / "result.json").exists()
     with pytest.raises(SystemExit, match="--resume"):
         dt.main(["--out", str(tmp_path / "b"), *args])
+    assert dt.snapshot(tmp_path / "b", tmp_path / "snap") == ["vae_warmup"]
+    partial = json.loads((tmp_path / "snap" / "vae_warmup.json").read_text())
+    assert partial["state"] == "partial" and partial["resume_command"].endswith("--resume")
+    assert [row["epoch"] for row in partial["history"]] == [1.0]
     resumed = dt.main(["--out", str(tmp_path / "b"), *args, "--resume"])[0]
     assert calls == [1, 2, 3]
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
