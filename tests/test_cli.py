@@ -284,15 +284,38 @@ def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, ca
     assert message.format(**names) in err
 
 
-@pytest.mark.parametrize("how", ["empty", "flipped"])
-def test_no_noise_after_an_error_in_a_real_process(how, run, tmp_path):
-    # Orbax's threads used to print asyncio tracebacks (up to 2,089 lines) after the one-line error.
-    corrupt = _corrupt_copy(run, tmp_path, how)
+def test_no_noise_after_an_error_in_a_real_process(run, tmp_path):
+    # Orbax's threads used to print asyncio tracebacks (up to 2,089 lines) after the one-line error,
+    # during the failed read or at interpreter exit: one real process, two failing commands.
+    folders = [str(_corrupt_copy(run, tmp_path, how)) for how in ("empty", "flipped")]
+    script = ("import sys; from vae_jax.cli import main; "
+              "codes = [main(['evaluate', '--run', r, '--no-progress']) for r in sys.argv[1:]]; print(codes)")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-m", "vae_jax", "evaluate", "--run", str(corrupt), "--no-progress"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("vae-jax evaluate: error: "), proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script, *folders], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 1]", proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith("vae-jax evaluate: error: ") for line in lines), proc.stderr
+    assert "No checkpoint in" in lines[0] and "Corrupt checkpoint 4" in lines[1]
+
+
+def test_resume_from_the_latest_intact_checkpoint(run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "resume_intact"
+    shutil.copytree(run, out)
+    shutil.copytree(out / "checkpoints" / "4", out / "checkpoints" / "5")  # a 5th epoch whose arrays ...
+    integrity = out / "checkpoints" / "5" / "integrity" / "metadata"
+    integrity.write_text(integrity.read_text().replace('"sha256": "', '"sha256": "0'))  # ... fail the checksum
+    assert _train(out, "--epochs", "5", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "Corrupt checkpoint 5: the arrays in" in err and "--checkpoint latest-intact" in err
+    assert _train(out, "--epochs", "5", "--resume", "--checkpoint", "latest-intact") == 0
+    assert "Resuming from the checkpoint of epoch 4; the corrupt checkpoint(s) of epoch 5 moved" in \
+        capsys.readouterr().out
+    assert (out / "checkpoints.corrupt" / "5").is_dir()
+    assert [int(r["epoch"]) for r in _rows(out)] == [1, 2, 3, 4, 5]
+    assert _latest_state(out)[0] == 5
 
 
 def test_a_folder_without_a_checkpoint_starts_over_but_does_not_resume(tmp_path):
