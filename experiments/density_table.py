@@ -391,9 +391,10 @@ def write_table(out: Path, dataset: str) -> str:
 def snapshot(out: Path, dest: Path) -> list[str]:
     """Copies the state of every model of ``out`` into ``dest`` (``NAME.json``), labelled
     ``"finished"`` or ``"partial"``; the partial ones carry the per-epoch history so far (from the
-    CSV log) and the resume command. Returns the names written."""
+    CSV log) and the resume command. Draws every model's validation curve into
+    ``DEST/validation.png``. Returns the names written."""
     dest.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, curves = [], {}
     for name in ROWS:
         folder = out / "models" / name
         if (folder / "result.json").is_file():
@@ -410,6 +411,10 @@ def snapshot(out: Path, dest: Path) -> list[str]:
         record["snapshot_time"] = time.ctime()
         write_json(dest / f"{name}.json", record)
         written.append(name)
+        curves[f"{record['label']} ({record['state']})"] = [h["validation_objective"] for h in record.get("history", [])]
+    if any(curves.values()):
+        plotting.save_curves({k: v for k, v in curves.items() if v}, dest / "validation.png",
+                             ylabel="validation objective (nats)", title="validation ELBO / IWAE bound per epoch")
     return written
 
 
