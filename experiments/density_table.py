@@ -94,7 +94,8 @@ SIZES = {  # None: no limit; every value can be overridden by its flag
                   warmup_epochs=1, num_components=10),
 }
 QUICK_NET = dict(latent_dim=8, hidden_sizes=(64,))
-PROTOCOL = dict(train_size=None, test_size=None, max_minutes=None, epochs=2000, patience=50)
+PROTOCOL = dict(train_size=None, test_size=None, max_minutes=None, epochs=2000, patience=50, warmup_epochs=100,
+                num_components=500)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +147,8 @@ def make_config(args: argparse.Namespace) -> dict:
                validation_binarization_seed=1, test_binarization_seed=2,
                binarization="dynamic (train), static (validation, test)")
     cfg["full_protocol"] = (size == "full" and all(cfg[k] == v for k, v in PROTOCOL.items())
-                            and cfg["num_samples"] >= 5000 and args.architecture == "gated_mlp")
+                            and cfg["num_samples"] >= 5000 and args.architecture == "gated_mlp"
+                            and (cfg["learning_rate"], cfg["batch_size"]) == (5e-4, 100))
     return cfg
 
 

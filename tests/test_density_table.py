@@ -116,7 +116,8 @@ def test_full_protocol_flag_follows_the_sizes(tmp_path):
     parse = lambda *a: dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
     assert parse()["full_protocol"]
     for flags in (["--max-minutes", "50"], ["--test-size", "200"], ["--num-samples", "1000"], ["--epochs", "3"],
-                  ["--architecture", "mlp"], ["--quick"], ["--patience", "10"]):
+                  ["--architecture", "mlp"], ["--quick"], ["--patience", "10"], ["--learning-rate", "1e-3"],
+                  ["--batch-size", "50"], ["--warmup-epochs", "10"], ["--num-components", "50"]):
         assert not parse(*flags)["full_protocol"], flags
 
 
