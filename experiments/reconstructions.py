@@ -34,7 +34,7 @@ import numpy as np
 
 from experiments import _common
 from vae_jax import data as vdata
-from vae_jax import distributions, models, plotting, training
+from vae_jax import distributions, evaluation, models, plotting
 
 EPOCHS, QUICK_EPOCHS = 20, 3
 
@@ -103,7 +103,7 @@ def run(args) -> dict:
         "cross_entropy_floor": cross_entropy_floor(x_test),
         "vae_test": {"elbo": vae_test["elbo"], "reconstruction_log_likelihood": vae_test["reconstruction"],
                      "kl": vae_test["kl"]},
-        "final_train_loss": {k: t[2][-1]["loss"] for k, t in trained.items()},
+        "final_train_loss": {k: t[2][-1]["train_loss"] for k, t in trained.items()},
         "train_seconds": {k: t[3] for k, t in trained.items()},
     }
     _common.write_outputs(args.out, results=results, config={

@@ -162,4 +162,5 @@ def test_help_describes_each_experiment(capsys):
         with pytest.raises(SystemExit) as exit_info:
             module.main(["--help"])
         assert exit_info.value.code == 0
-        assert "minutes on a 2-core CPU" in capsys.readouterr().out
+        text = capsys.readouterr().out
+        assert "Full size:" in text and "--quick" in text and "docs/ae_vs_vae.md" in text

@@ -95,10 +95,10 @@ def test_train_sweep_with_equal_betas_trains_equal_models():
     states, history = beta_vae.train_sweep(model, images, [1.0, 1.0, 8.0], epochs=2, batch_size=32,
                                            learning_rate=1e-2, seed=0, progress=False)
     assert np.asarray(states.hparams["beta"]).tolist() == [1.0, 1.0, 8.0]
-    assert len(history) == 2 and len(history[-1]["kl"]) == 3
+    assert len(history) == 2 and len(history[-1]["train_kl"]) == 3
     for leaf in jax.tree.leaves(states.params):  # same init, batches and noise: beta is the only difference
         np.testing.assert_allclose(leaf[0], leaf[1], rtol=1e-5, atol=1e-6)
-    assert history[-1]["kl"][2] < history[-1]["kl"][0]
+    assert history[-1]["train_kl"][2] < history[-1]["train_kl"][0]
 
 
 def test_beta_quick_run_writes_every_file(beta_run):
