@@ -55,14 +55,15 @@ def test_compute_dtype_is_validated_and_recorded():
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_bf16_objective_within_tolerance_of_float32(architecture, fashion):
     """Same parameters, same keys. Stated tolerance: the per-example ELBO differs by
-    less than 0.2% of its magnitude (observed about 0.02-0.05%), the batch mean by less
-    than 0.1%; both are float32 arrays."""
+    less than 0.5% of its magnitude (observed at most 0.046% MLP, 0.16% gated MLP,
+    0.006% conv), the batch mean by less than 0.1% (observed at most 0.008%); both
+    are float32 arrays."""
     models = _models(latent_dim=16, hidden_sizes=(256, 128), architecture=architecture)
     params = models["float32"].init(jax.random.key(0), fashion[0])
     x = fashion[:64]
     f32, bf16 = (_batch_objective(m, params, jax.random.key(1), x) for m in models.values())
     assert f32.dtype == bf16.dtype == jnp.float32
-    np.testing.assert_array_less(np.abs(bf16 - f32), 2e-3 * np.abs(f32))
+    np.testing.assert_array_less(np.abs(bf16 - f32), 5e-3 * np.abs(f32))
     assert abs(float(bf16.mean() - f32.mean())) < 1e-3 * abs(float(f32.mean()))
     assert not np.array_equal(f32, bf16)  # the policy is really in effect
 
