@@ -132,7 +132,8 @@ class _Model:
         """Parameters for one example ``x [H, W, C]``: ``encoder``, ``decoder`` and, for a
         learned prior, ``prior`` (mixture weights/means/log_stds, or the VampPrior's
         pseudo-inputs ``[K, H, W, C]``)."""
-        k_enc, k_dec, k_prior = jax.random.split(key, 3)
+        k_enc, k_dec = jax.random.split(key)  # as before learned priors existed: same networks for a key
+        k_prior = jax.random.fold_in(key, 2)
         params = {
             "encoder": self.encoder.init(k_enc, x)["params"],
             "decoder": self.decoder.init(k_dec, jnp.zeros((self.latent_dim,), x.dtype))["params"],
