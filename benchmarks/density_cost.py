@@ -72,6 +72,32 @@ def time_epoch(architecture: str, train_size: int, *, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+def step_milliseconds(rows=("vae", "iwae5", "iwae50", "vamp"), *, images: int = 2000) -> dict[str, float]:
+    """Milliseconds per train step (batch 100, gated net, compilation excluded) of each density-table
+    row's objective, in one process: ``vae`` (ELBO), ``iwaeK`` (IWAE bound, k = K), ``vamp``
+    (ELBO with the K = 500 VampPrior)."""
+    from vae_jax import estimators
+
+    data = jnp.asarray(np.random.default_rng(0).uniform(size=(images, 28, 28, 1)).astype(np.float32))
+    out = {}
+    for name in rows:
+        model = models.build_model(models.ModelConfig(latent_dim=LATENT, hidden_sizes=HIDDEN, architecture="gated_mlp",
+                                                      prior="vamp" if name == "vamp" else "standard_normal"),
+                                   (28, 28, 1))
+        k = int(name[4:]) if name.startswith("iwae") else None
+        objective = estimators.make_estimator("iwae", model, num_samples=k) if k else model.objective
+        state = training.create_train_state(model, jax.random.key(0), data[0], optax.adam(5e-4),
+                                            **({} if k else {"beta": 1.0}))
+        step = training.make_train_step(objective, dynamic_binarization=True)
+        state, _ = training.train_epoch(step, state, data, jax.random.key(1), batch_size=BATCH)
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        state, _ = training.train_epoch(step, state, data, jax.random.key(2), batch_size=BATCH)
+        jax.block_until_ready(state)
+        out[name] = (time.perf_counter() - start) / (images // BATCH) * 1000
+    return out
+
+
 def time_log_marginal(architecture: str, test_size: int, num_samples: int, *, eval_batch_size: int = 50,
                       chunk_size: int = 500, seed: int = 0) -> float:
     """Seconds of ``evaluation.log_marginal`` over ``test_size`` binary images (compilation excluded)."""
@@ -128,7 +154,17 @@ def main(argv=None) -> dict:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--eval-batch-size", type=int, default=50)
     p.add_argument("--chunk-size", type=int, default=500)
+    p.add_argument("--step-ratios", action="store_true", help="instead: ms per train step of the VAE, IWAE k=5, "
+                   "IWAE k=50 and VampPrior rows, in one process")
     args = p.parse_args(argv)
+    if args.step_ratios:
+        load = os.getloadavg()[0]
+        result = dict(command="python -m benchmarks.density_cost " + " ".join(sys.argv[1:] if argv is None else argv),
+                      ms_per_step=step_milliseconds(), load_average_1min=[load, os.getloadavg()[0]])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return result
     for name in ("train_size", "test_size", "num_samples", "eval_batch_size", "chunk_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")

@@ -50,3 +50,8 @@ def test_tiny_run_writes_rates_and_projections(tmp_path):
 def test_bad_sizes_raise(tmp_path):
     with pytest.raises(ValueError, match="train-size"):
         dc.main(["--out", str(tmp_path / "x.json"), "--train-size", "50"])
+
+
+def test_step_milliseconds_orders_the_rows_by_their_work():
+    ms = dc.step_milliseconds(("vae", "iwae8"), images=300)
+    assert set(ms) == {"vae", "iwae8"} and 0 < ms["vae"] < ms["iwae8"]  # 8 decodes per image against 1
