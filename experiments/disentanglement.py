@@ -53,7 +53,6 @@ from vae_jax import disentanglement as metrics
 from vae_jax import dsprites, evaluation, models, plotting, tc, training
 
 TRAVERSAL_STEPS = 9
-_evaluate = getattr(evaluation, "evaluate", None) or training.evaluate  # it is moving to evaluation
 TRAVERSAL_SPAN = 2.5
 METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factor_vae_score",
            "beta_vae_score", "reconstruction_error", "kl", "active_units")
@@ -125,7 +124,7 @@ def evaluate_model(model, params, prep, eval_set, data, args) -> tuple[dict, np.
     score = dict(batch_size=64, num_train=args.score_train, num_eval=args.score_eval, seed=args.seed)
     fvae = metrics.factor_vae_score(data, represent, num_variance_estimate=args.variance_size, **score)
     bvae = metrics.beta_vae_score(data, represent, **score)
-    ev = _evaluate(model.objective, params, prep(images), jax.random.key(args.seed + 1),
+    ev = evaluation.evaluate(model.objective, params, prep(images), jax.random.key(args.seed + 1),
                            hparams={"beta": 1.0})
     variance = codes.var(axis=0)
     row = {"mig": metrics.mig(codes, factors)["mig"], "dci_disentanglement": dci["disentanglement"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from vae_jax import disentanglement as M
+from vae_jax import disentanglement
 from vae_jax import dsprites
 
 SIZES = (3, 6, 10)
@@ -55,7 +55,7 @@ def test_mig_matches_the_definition_on_continuous_codes():
     f = _sample(3000, 0)
     rng = np.random.default_rng(1)
     codes = np.concatenate([f + rng.normal(0, 1.5, f.shape), rng.normal(size=(3000, 2))], axis=1)
-    out = M.mig(codes, f)
+    out = disentanglement.mig(codes, f)
     edges = [np.linspace(c.min(), c.max(), 21)[:-1] for c in codes.T]
     binned = np.stack([np.digitize(c, e) for c, e in zip(codes.T, edges)], axis=1)
     assert binned.min() == 1 and binned.max() == 20
@@ -69,9 +69,9 @@ def test_mig_matches_the_definition_on_continuous_codes():
 
 def test_mig_is_one_for_the_factors_up_to_permutation_and_affine_maps():
     f = _grid()
-    assert M.mig(f, f)["mig"] == pytest.approx(1.0, abs=1e-12)
+    assert disentanglement.mig(f, f)["mig"] == pytest.approx(1.0, abs=1e-12)
     codes = np.stack([3.0 * f[:, 2] - 7.0, -0.01 * f[:, 0], 100.0 * f[:, 1], np.zeros(len(f))], axis=1)
-    out = M.mig(codes, f)
+    out = disentanglement.mig(codes, f)
     assert out["mig"] == pytest.approx(1.0, abs=1e-12)
     np.testing.assert_allclose(out["per_factor"], 1.0, atol=1e-12)
 
@@ -81,7 +81,7 @@ def test_mig_equal_width_bins_are_not_invariant_to_every_monotone_map():
     property of the binned estimator, which DCI's trees and the sampled scores do not have)."""
     f = _grid()
     codes = np.stack([f[:, 0], f[:, 1], np.exp(f[:, 2])], axis=1)
-    out = M.mig(codes, f)
+    out = disentanglement.mig(codes, f)
     assert out["per_factor"][:2] == pytest.approx([1.0, 1.0])
     assert out["per_factor"][2] < 0.7
 
@@ -89,7 +89,7 @@ def test_mig_equal_width_bins_are_not_invariant_to_every_monotone_map():
 def test_two_latents_copying_one_factor_lose_its_gap():
     f = _grid()
     codes = np.stack([f[:, 0], 2.0 * f[:, 0], f[:, 1], f[:, 2]], axis=1)
-    out = M.mig(codes, f)
+    out = disentanglement.mig(codes, f)
     np.testing.assert_allclose(out["per_factor"], [0.0, 1.0, 1.0], atol=1e-12)
     assert out["mig"] == pytest.approx(2 / 3, abs=1e-12)
 
@@ -97,21 +97,21 @@ def test_two_latents_copying_one_factor_lose_its_gap():
 def test_mig_of_random_codes_is_near_zero():
     f = _sample(10000, 2)
     codes = np.random.default_rng(3).normal(size=(10000, 6))
-    assert M.mig(codes, f)["mig"] < 0.01
+    assert disentanglement.mig(codes, f)["mig"] < 0.01
 
 
 def test_mig_bad_inputs():
     f = _grid()
     with pytest.raises(ValueError, match="constant"):
-        M.mig(f, np.concatenate([f, np.zeros((len(f), 1), int)], axis=1))
+        disentanglement.mig(f, np.concatenate([f, np.zeros((len(f), 1), int)], axis=1))
     with pytest.raises(ValueError, match="same N"):
-        M.mig(f[:-1], f)
+        disentanglement.mig(f[:-1], f)
     with pytest.raises(ValueError, match="integer"):
-        M.mig(f, f + 0.5)
+        disentanglement.mig(f, f + 0.5)
     with pytest.raises(ValueError, match="at least 2"):
-        M.mig(f[:, :1], f)
+        disentanglement.mig(f[:, :1], f)
     with pytest.raises(ValueError, match="non-finite"):
-        M.mig(np.where(f == 0, np.nan, f), f)
+        disentanglement.mig(np.where(f == 0, np.nan, f), f)
 
 
 # ---------------------------------------------------------------- DCI
@@ -121,25 +121,25 @@ def test_dci_scores_match_the_entropy_definition():
     """1 - entropy with base L (rows) / K (columns), weighted by relative importance, +1e-11 as the reference."""
     rng = np.random.default_rng(0)
     r = rng.random((7, 4)) * (rng.random((7, 4)) > 0.4)
-    d, c = M.dci_scores(r)
+    d, c = disentanglement.dci_scores(r)
     per_code = 1 - scipy.stats.entropy(r.T + 1e-11, base=4)
     per_factor = 1 - scipy.stats.entropy(r + 1e-11, base=7)
     np.testing.assert_allclose(d, np.sum(per_code * r.sum(1) / r.sum()), atol=1e-12)
     np.testing.assert_allclose(c, np.sum(per_factor * r.sum(0) / r.sum()), atol=1e-12)
     eye = np.eye(4)
-    assert M.dci_scores(eye) == pytest.approx((1.0, 1.0), abs=1e-9)
-    assert M.dci_scores(np.ones((4, 4))) == pytest.approx((0.0, 0.0), abs=1e-9)
+    assert disentanglement.dci_scores(eye) == pytest.approx((1.0, 1.0), abs=1e-9)
+    assert disentanglement.dci_scores(np.ones((4, 4))) == pytest.approx((0.0, 0.0), abs=1e-9)
     # one code holding every factor: completeness 1 (each factor in one code), disentanglement 0
-    assert M.dci_scores(np.vstack([np.ones(4), np.zeros((3, 4))])) == pytest.approx((0.0, 1.0), abs=1e-9)
+    assert disentanglement.dci_scores(np.vstack([np.ones(4), np.zeros((3, 4))])) == pytest.approx((0.0, 1.0), abs=1e-9)
     with pytest.raises(ValueError, match="non-negative"):
-        M.dci_scores(-eye)
+        disentanglement.dci_scores(-eye)
 
 
 @pytest.fixture(scope="module")
 def dci_runs():
     train, test = _sample(600, 4), _sample(300, 5)
     noise = np.random.default_rng(6)
-    return {name: M.dci(fn(train), train, fn(test), test) for name, fn in
+    return {name: disentanglement.dci(fn(train), train, fn(test), test) for name, fn in
             {"perfect": _perfect, "rotated": _rotated,
              "random": lambda f: noise.normal(size=(len(f), 3))}.items()}
 
@@ -175,15 +175,15 @@ def test_dci_of_random_codes_is_near_chance(dci_runs):
 
 def test_sap_perfect_duplicated_and_random_codes():
     train, test = _sample(1000, 7), _sample(500, 8)
-    perfect = M.sap(_perfect(train), train, _perfect(test), test)
-    random = M.sap(*(np.random.default_rng(9).normal(size=(len(f), 3)) for f in (train,)), train,
+    perfect = disentanglement.sap(_perfect(train), train, _perfect(test), test)
+    random = disentanglement.sap(*(np.random.default_rng(9).normal(size=(len(f), 3)) for f in (train,)), train,
                    np.random.default_rng(10).normal(size=(500, 3)), test)
     assert perfect["sap"] > 0.4 and random["sap"] < 0.05
     # each factor is best predicted from the code that holds it (code 1: factor 0, code 0: factor 2)
     s = perfect["score_matrix"]
     assert s[1, 0] == np.max(s[:, 0]) and s[0, 2] == np.max(s[:, 2])
     dup = lambda f: np.concatenate([_perfect(f), _perfect(f)[:, 1:2]], axis=1)
-    duplicated = M.sap(dup(train), train, dup(test), test)
+    duplicated = disentanglement.sap(dup(train), train, dup(test), test)
     np.testing.assert_allclose(duplicated["score_matrix"][3], duplicated["score_matrix"][1])
     gaps = np.sort(perfect["score_matrix"], 0)[-1] - np.sort(perfect["score_matrix"], 0)[-2]
     np.testing.assert_allclose(duplicated["sap"], (gaps[1] + gaps[2]) / 3, atol=1e-12)  # factor 0's gap is gone
@@ -218,7 +218,7 @@ SMALL = dict(batch_size=32, num_train=300, num_eval=200)
 
 
 def test_factor_vae_score_is_one_for_transformed_factors_and_prunes_constant_dims():
-    out = M.factor_vae_score(ToyFactors(), _rep_perfect, num_variance_estimate=2000, **SMALL)
+    out = disentanglement.factor_vae_score(ToyFactors(), _rep_perfect, num_variance_estimate=2000, **SMALL)
     assert out["train_accuracy"] == 1.0 and out["eval_accuracy"] == 1.0
     assert out["num_active_dims"] == 4  # the constant fifth code is pruned
     np.testing.assert_array_equal(np.argmax(out["votes"][:, :4], axis=0), [2, 0, 3, 1])
@@ -226,31 +226,31 @@ def test_factor_vae_score_is_one_for_transformed_factors_and_prunes_constant_dim
 
 
 def test_factor_vae_score_mixing_and_random_codes():
-    mixed = M.factor_vae_score(ToyFactors(), _rep_mixed, num_variance_estimate=2000, **SMALL)
+    mixed = disentanglement.factor_vae_score(ToyFactors(), _rep_mixed, num_variance_estimate=2000, **SMALL)
     assert 0.6 < mixed["eval_accuracy"] < 0.9  # factors a and b can no longer be told apart
     rng = np.random.default_rng(0)
-    random = M.factor_vae_score(ToyFactors(), lambda x: rng.normal(size=(len(x), 4)), num_variance_estimate=2000,
+    random = disentanglement.factor_vae_score(ToyFactors(), lambda x: rng.normal(size=(len(x), 4)), num_variance_estimate=2000,
                                 **SMALL)
     assert random["eval_accuracy"] < 0.25 + 0.1
-    dead = M.factor_vae_score(ToyFactors(), lambda x: np.zeros((len(x), 3)), num_variance_estimate=100, **SMALL)
+    dead = disentanglement.factor_vae_score(ToyFactors(), lambda x: np.zeros((len(x), 3)), num_variance_estimate=100, **SMALL)
     assert dead["eval_accuracy"] == 0.0 and dead["num_active_dims"] == 0
 
 
 def test_beta_vae_score_perfect_and_random_codes():
-    out = M.beta_vae_score(ToyFactors(), _rep_perfect, **SMALL)
+    out = disentanglement.beta_vae_score(ToyFactors(), _rep_perfect, **SMALL)
     assert out["train_accuracy"] == 1.0 and out["eval_accuracy"] == 1.0
     rng = np.random.default_rng(1)
-    random = M.beta_vae_score(ToyFactors(), lambda x: rng.normal(size=(len(x), 4)), **SMALL)
+    random = disentanglement.beta_vae_score(ToyFactors(), lambda x: rng.normal(size=(len(x), 4)), **SMALL)
     assert abs(random["eval_accuracy"] - 0.25) < 0.1
 
 
 def test_sampled_scores_are_reproducible_and_validate_inputs():
-    a = M.beta_vae_score(ToyFactors(), _rep_mixed, seed=3, **SMALL)
-    b = M.beta_vae_score(ToyFactors(), _rep_mixed, seed=3, **SMALL)
+    a = disentanglement.beta_vae_score(ToyFactors(), _rep_mixed, seed=3, **SMALL)
+    b = disentanglement.beta_vae_score(ToyFactors(), _rep_mixed, seed=3, **SMALL)
     assert a == b
     with pytest.raises(ValueError, match="batch_size"):
-        M.factor_vae_score(ToyFactors(), _rep_perfect, batch_size=1)
+        disentanglement.factor_vae_score(ToyFactors(), _rep_perfect, batch_size=1)
     with pytest.raises(ValueError, match="represent must return"):
-        M.beta_vae_score(ToyFactors(), lambda x: x[:1], **SMALL)
+        disentanglement.beta_vae_score(ToyFactors(), lambda x: x[:1], **SMALL)
     with pytest.raises(ValueError, match="num_train"):
-        M.beta_vae_score(ToyFactors(), _rep_perfect, num_train=0)
+        disentanglement.beta_vae_score(ToyFactors(), _rep_perfect, num_train=0)

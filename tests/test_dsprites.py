@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from vae_jax import dsprites as S
+from vae_jax import dsprites
 
 
 def _reference_render(f):
@@ -31,23 +31,23 @@ def _reference_render(f):
 
 
 def test_factor_grid_is_dsprites():
-    assert S.FACTOR_SIZES == (3, 6, 40, 32, 32)
-    assert S.NUM_IMAGES == 737280
+    assert dsprites.FACTOR_SIZES == (3, 6, 40, 32, 32)
+    assert dsprites.NUM_IMAGES == 737280
     index = np.array([0, 1, 31, 32, 1024, 40960, 737279])
-    factors = S.index_to_factors(index)
+    factors = dsprites.index_to_factors(index)
     np.testing.assert_array_equal(factors[-1], [2, 5, 39, 31, 31])
     np.testing.assert_array_equal(factors[3], [0, 0, 0, 1, 0])  # position y varies fastest, as in the file
-    np.testing.assert_array_equal(S.factors_to_index(factors), index)
-    f, x = S.Sprites().dataset(500, seed=3)
-    assert len(np.unique(S.factors_to_index(f))) == 500 and x.shape == (500, 64, 64, 1)
+    np.testing.assert_array_equal(dsprites.factors_to_index(factors), index)
+    f, x = dsprites.Sprites().dataset(500, seed=3)
+    assert len(np.unique(dsprites.factors_to_index(f))) == 500 and x.shape == (500, 64, 64, 1)
 
 
 def test_images_are_binary_and_match_a_brute_force_render():
     rng = np.random.default_rng(0)
-    factors = S.sample_factors(300, rng)
+    factors = dsprites.sample_factors(300, rng)
     factors[:6] = [[0, 5, 5, 0, 0], [2, 5, 7, 31, 31], [0, 5, 5, 31, 0], [1, 5, 9, 0, 31], [2, 5, 33, 31, 0],
                    [0, 5, 35, 0, 31]]  # the largest sprites in the corners
-    x = S.render(factors)
+    x = dsprites.render(factors)
     assert x.dtype == np.float32 and set(np.unique(x)) == {0.0, 1.0}
     np.testing.assert_array_equal(x, np.stack([_reference_render(f) for f in factors]))
     assert x[:, [0, -1]].sum() == 0 and x[:, :, [0, -1]].sum() == 0  # nothing touches the border
@@ -56,60 +56,60 @@ def test_images_are_binary_and_match_a_brute_force_render():
 
 def test_each_factor_changes_the_image():
     base = np.array([2, 3, 5, 10, 20])
-    x0 = S.render(base[None])[0]
-    for k, size in enumerate(S.FACTOR_SIZES):
+    x0 = dsprites.render(base[None])[0]
+    for k, size in enumerate(dsprites.FACTOR_SIZES):
         for value in range(size):
             if value == base[k] or (k == 2 and {value, base[k]} == {0, 39}):
                 continue
             f = base.copy()
             f[k] = value
-            assert np.any(S.render(f[None])[0] != x0), (k, value)
+            assert np.any(dsprites.render(f[None])[0] != x0), (k, value)
     # orientations 0 and 2 pi are the same angle, as in dSprites; area grows with scale
-    np.testing.assert_array_equal(S.render([[2, 3, 0, 9, 9]]), S.render([[2, 3, 39, 9, 9]]))
-    areas = S.render([[0, s, 0, 16, 16] for s in range(6)]).sum(axis=(1, 2, 3))
+    np.testing.assert_array_equal(dsprites.render([[2, 3, 0, 9, 9]]), dsprites.render([[2, 3, 39, 9, 9]]))
+    areas = dsprites.render([[0, s, 0, 16, 16] for s in range(6)]).sum(axis=(1, 2, 3))
     assert np.all(np.diff(areas) > 0)
     np.testing.assert_allclose(areas[-1], 400, atol=40)  # a 20 x 20 px square at scale 1
     # position moves the centre of mass by 32/31 px per step along the right axis
     com = lambda im: np.array([np.mean(np.nonzero(im[..., 0])[1]), np.mean(np.nonzero(im[..., 0])[0])])
-    a, b = S.render([[1, 5, 0, 3, 7], [1, 5, 0, 13, 7]])
+    a, b = dsprites.render([[1, 5, 0, 3, 7], [1, 5, 0, 13, 7]])
     np.testing.assert_allclose(com(b) - com(a), [10 * 32 / 31, 0], atol=0.2)  # pixel quantisation
 
 
 def test_exactly_reproducible():
-    f1, x1 = S.Sprites().sample(400, np.random.default_rng(7))
-    f2, x2 = S.Sprites().sample(400, np.random.default_rng(7))
+    f1, x1 = dsprites.Sprites().sample(400, np.random.default_rng(7))
+    f2, x2 = dsprites.Sprites().sample(400, np.random.default_rng(7))
     np.testing.assert_array_equal(f1, f2)
     assert hashlib.sha256(x1.tobytes()).hexdigest() == hashlib.sha256(x2.tobytes()).hexdigest()
     # chunking does not change a bit
-    big = S.sample_factors(2500, np.random.default_rng(1))
-    np.testing.assert_array_equal(S.render(big)[2000:], S.render(big[2000:]))
+    big = dsprites.sample_factors(2500, np.random.default_rng(1))
+    np.testing.assert_array_equal(dsprites.render(big)[2000:], dsprites.render(big[2000:]))
 
 
 @pytest.mark.parametrize("bad", [np.zeros((3, 4), int), [[3, 0, 0, 0, 0]], [[0, 0, 40, 0, 0]],
                                  [[0, -1, 0, 0, 0]], [[0.5, 0, 0, 0, 0]]])
 def test_bad_factors_raise(bad):
     with pytest.raises(ValueError, match="factor"):
-        S.render(bad)
+        dsprites.render(bad)
 
 
 def test_bad_sampler_arguments_raise():
     with pytest.raises(ValueError, match="Generator"):
-        S.sample_factors(3, np.random.RandomState(0))
+        dsprites.sample_factors(3, np.random.RandomState(0))
     with pytest.raises(ValueError, match="num"):
-        S.Sprites().dataset(0, seed=0)
+        dsprites.Sprites().dataset(0, seed=0)
 
 
 def test_tfds_loader_fails_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match="tensorflow-datasets"):
-        S.load_tfds_dsprites()
+        dsprites.load_tfds_dsprites()
     loads = []
     fake = types.SimpleNamespace(
         builder=lambda name, data_dir=None: types.SimpleNamespace(data_dir=tmp_path / name / "2.0.0"),
         load=lambda *a, **k: loads.append(a))
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     with pytest.raises(FileNotFoundError, match="download=True"):
-        S.load_tfds_dsprites(data_dir=tmp_path)
+        dsprites.load_tfds_dsprites(data_dir=tmp_path)
     assert loads == []  # tfds.load of an uncached dataset is never reached
 
 
@@ -117,15 +117,15 @@ def test_tfds_loader_orders_images_by_factors(monkeypatch, tmp_path):
     """A fake prepared TFDS dSprites whose records are shuffled: images come back by factors."""
     (tmp_path / "dsprites" / "2.0.0").mkdir(parents=True)
     (tmp_path / "dsprites" / "2.0.0" / "dataset_info.json").write_text("{}")
-    perm = np.random.default_rng(0).permutation(S.NUM_IMAGES)
-    factors = S.index_to_factors(perm)
+    perm = np.random.default_rng(0).permutation(dsprites.NUM_IMAGES)
+    factors = dsprites.index_to_factors(perm)
     marks = (perm % 2).astype(np.uint8)  # a cheap image: all pixels 255 * (index parity)
-    record = {"image": np.broadcast_to(255 * marks[:, None, None, None], (S.NUM_IMAGES, 64, 64, 1)),
-              **{k: factors[:, i] for i, k in enumerate(S._TFDS_LABELS)}}
+    record = {"image": np.broadcast_to(255 * marks[:, None, None, None], (dsprites.NUM_IMAGES, 64, 64, 1)),
+              **{k: factors[:, i] for i, k in enumerate(dsprites._TFDS_LABELS)}}
     fake = types.SimpleNamespace(
         builder=lambda name, data_dir=None: types.SimpleNamespace(data_dir=tmp_path / name / "2.0.0"),
         load=lambda *a, **k: record, as_numpy=lambda r: r)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-    data = S.load_tfds_dsprites(data_dir=tmp_path)
+    data = dsprites.load_tfds_dsprites(data_dir=tmp_path)
     f = np.array([[0, 0, 0, 0, 1], [2, 5, 39, 31, 30], [1, 2, 3, 4, 5]])
-    np.testing.assert_array_equal(data.images(f)[:, 0, 0, 0], S.factors_to_index(f) % 2)
+    np.testing.assert_array_equal(data.images(f)[:, 0, 0, 0], dsprites.factors_to_index(f) % 2)

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from vae_jax import distributions as D
+from vae_jax import distributions
 from vae_jax import models, tc, training
 
 
@@ -62,7 +62,7 @@ def test_decomposition_terms_equal_a_direct_numpy_computation():
     np.testing.assert_allclose(out["total_correlation"], log_qz - log_prod, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["dimensionwise_kl"], log_prod - log_pz, rtol=1e-5, atol=1e-5)
     # the three terms telescope to the Monte-Carlo KL of each example's own posterior
-    kl = jax.vmap(D.gaussian_log_prob)(z, mean, log_std) - jax.vmap(D.standard_normal_log_prob)(z)
+    kl = jax.vmap(distributions.gaussian_log_prob)(z, mean, log_std) - jax.vmap(distributions.standard_normal_log_prob)(z)
     np.testing.assert_allclose(out["mutual_information"] + out["total_correlation"] + out["dimensionwise_kl"], kl,
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["kl"], kl, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,7 @@ _LAZY = {
     "TrainState": "training", "FitResult": "training", "create_train_state": "training", "fit": "training",
     "make_train_step": "training", "train_epoch": "training",
     "evaluate": "evaluation",
+    "checked": "_checks",
 }
 _LAZY_MODULES = ("checkpoints", "cli", "config", "data", "discrete", "discrete_estimators", "disentanglement",
                  "dsprites", "enumeration", "evaluation", "hooks", "models", "networks", "parallel", "plotting",

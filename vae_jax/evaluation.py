@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vae_jax._checks import check_dataset, check_positive_int
+from vae_jax._checks import check_dataset, check_hparams, check_positive_int
 from vae_jax.training import batch_objective
 
 
@@ -233,6 +233,7 @@ def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *,
       ValueError: no example, a bad ``batch_size``, or (with ``check``) bad values.
     """
     check_positive_int(batch_size, "batch_size")
+    check_hparams(hparams)
     if check:
         check_dataset(data, likelihood=likelihood_of(objective))
     data = as_device_data(data)

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions as D
+from vae_jax import distributions
 
 ESTIMATORS = ("mws", "mss", "batch")
 _LOG_2PI = math.log(2 * math.pi)
@@ -129,14 +129,14 @@ def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Cal
       ``(values [M], aux)`` to maximise; aux entries ``[M]``: ``reconstruction``, ``kl``
       (Monte-Carlo), ``elbo``, ``mutual_information``, ``total_correlation``, ``dimensionwise_kl``.
     """
-    D.check_likelihood(likelihood)
+    distributions.check_likelihood(likelihood)
     if x.ndim < 2 or x.shape[0] < 2:
         raise ValueError(f"x must be a batch [M >= 2, ...]; got shape {x.shape}.")
     keys = jax.random.split(key, x.shape[0])
     mean, log_std = jax.vmap(encode)(x)
     eps = jax.vmap(lambda k, m: jax.random.normal(k, m.shape, m.dtype))(keys, mean)
     z = mean + jnp.exp(log_std) * eps
-    reconstruction = jax.vmap(lambda xi, zi: D.log_likelihood(likelihood, xi, decode(zi)))(x, z)
+    reconstruction = jax.vmap(lambda xi, zi: distributions.log_likelihood(likelihood, xi, decode(zi)))(x, z)
     terms = kl_decomposition(z, mean, log_std, dataset_size=dataset_size, estimator=estimator)
     value = (reconstruction - terms["mutual_information"] - beta * terms["total_correlation"]
              - terms["dimensionwise_kl"])

@@ -158,6 +158,7 @@ def train_epoch(train_step: Callable, state: TrainState, data: jax.Array, key: j
     Returns:
       ``(state, metrics)``: metrics are the means over the epoch's steps.
     """
+    check_positive_int(batch_size, "batch_size")
     num_batches = data.shape[0] // batch_size
     if num_batches == 0:
         raise ValueError(f"batch_size={batch_size} is larger than the dataset ({data.shape[0]} examples).")
