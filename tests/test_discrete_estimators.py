@@ -16,14 +16,14 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import discrete as DS
+from vae_jax import discrete
 from vae_jax import discrete_estimators as DE
 from vae_jax import enumeration as EN
-from vae_jax import estimators as E
+from vae_jax import estimators
 from vae_jax import training
 
 LATENT, BATCH, DRAWS, MAX_Z = 8, 3, 10000, 5.0
-MODEL = DS.DiscreteVAE((3, 4, 1), LATENT)
+MODEL = discrete.DiscreteVAE((3, 4, 1), LATENT)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,7 +72,7 @@ def _stats(name, *, seed=3, hparams=None, **options):
     if cache_key not in _CACHE:
         params, x = _setup()
         estimator = DE.make_discrete_estimator(name, MODEL, **options)
-        _CACHE[cache_key] = E.gradient_statistics(estimator, _random_extras(name), jax.random.key(seed), x,
+        _CACHE[cache_key] = estimators.gradient_statistics(estimator, _random_extras(name), jax.random.key(seed), x,
                                                   num_draws=DRAWS, hparams=hparams)
     return _CACHE[cache_key]
 
@@ -189,7 +189,7 @@ def test_values_are_the_true_objectives():
 
 
 def test_categorical_latents():
-    model = DS.DiscreteVAE((3, 4, 1), 2, num_categories=3)
+    model = discrete.DiscreteVAE((3, 4, 1), 2, num_categories=3)
     x = jax.random.bernoulli(jax.random.key(0), 0.5, (2, 3, 4, 1)).astype(jnp.float32)
     params = jax.jit(model.init)(jax.random.key(1), x[0])
     params["encoder"] = jax.tree.map(lambda w: 2.0 * w, params["encoder"])
@@ -202,9 +202,9 @@ def test_categorical_latents():
 
     truth = jax.grad(exact)(params)
     est = DE.make_discrete_estimator("reinforce", model, baseline="leave_one_out", num_samples=2)
-    stats = E.gradient_statistics(est, params, jax.random.key(2), x, num_draws=DRAWS)
+    stats = estimators.gradient_statistics(est, params, jax.random.key(2), x, num_draws=DRAWS)
     assert _max_z(stats, truth) < MAX_Z
-    gs = E.gradient_statistics(DE.make_discrete_estimator("gumbel_softmax", model, temperature=0.5),
+    gs = estimators.gradient_statistics(DE.make_discrete_estimator("gumbel_softmax", model, temperature=0.5),
                                params, jax.random.key(2), x, num_draws=DRAWS)
     assert _max_z(gs, truth) > 10
     with pytest.raises(ValueError, match="Bernoulli"):
@@ -215,7 +215,7 @@ def test_disarm_training_through_fit_improves_the_elbo():
     from vae_jax import data
 
     images = jnp.asarray(data.load_digits().images[:1000])
-    model = DS.linear_sbn(images.shape[1:])  # the DisARM paper's linear model, 200 binary latents
+    model = discrete.linear_sbn(images.shape[1:])  # the DisARM paper's linear model, 200 binary latents
     state = training.create_train_state(model, jax.random.key(0), images[0], optax.adam(3e-3))
     binary = jax.random.bernoulli(jax.random.key(1), images).astype(jnp.float32)
 
@@ -238,7 +238,7 @@ def test_learned_estimator_parameters_train_in_the_state(name):
     from vae_jax import data
 
     images = jnp.asarray(data.load_digits().images[:100])
-    model = DE.with_estimator_params(DS.DiscreteVAE(images.shape[1:], 10), name, hidden=8)
+    model = DE.with_estimator_params(discrete.DiscreteVAE(images.shape[1:], 10), name, hidden=8)
     state = training.create_train_state(model, jax.random.key(0), images[0], optax.adam(1e-2))
     extra = "baseline" if name == "nvil" else "control"
     start = jax.tree.map(np.asarray, state.params[extra])

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions as D
+from vae_jax import distributions
 
 LATENTS = ("bernoulli", "categorical")
 ACTIVATIONS: dict[str, Callable] = {"leaky_relu": lambda h: jax.nn.leaky_relu(h, 0.3), "tanh": jnp.tanh,
@@ -66,7 +66,7 @@ def log_prob(logits: jax.Array, b: jax.Array, *, latent: str = "bernoulli") -> j
     """
     check_latent(latent)
     if latent == "bernoulli":
-        return D.bernoulli_log_prob(logits, b)
+        return distributions.bernoulli_log_prob(logits, b)
     return jnp.sum(b * jax.nn.log_softmax(logits, axis=-1))
 
 
@@ -162,7 +162,7 @@ def log_joint(x: jax.Array, b: jax.Array, decode: Callable, prior_logits: jax.Ar
       decode: ``b -> `` parameters of p(x|b) (see :func:`vae_jax.distributions.log_likelihood`).
       prior_logits: logits of the factorised prior p(b).
     """
-    return log_prob(prior_logits, b, latent=latent) + D.log_likelihood(likelihood, x, decode(b))
+    return log_prob(prior_logits, b, latent=latent) + distributions.log_likelihood(likelihood, x, decode(b))
 
 
 # --------------------------------------------------------------------------- models

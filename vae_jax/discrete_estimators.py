@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax import discrete as DS
+from vae_jax import discrete, estimators
 
 sg = jax.lax.stop_gradient
 BASELINES = ("none", "running_mean", "leave_one_out")
@@ -73,21 +72,21 @@ def _check_int(n, name, minimum=1):
 
 def _setup(x, encode, decode, prior_logits, latent, likelihood, *, bernoulli_only=None):
     """``(logits, log_p)``: the encoder's logits and ``b -> log p(x, b)`` (gradient to the decoder only)."""
-    DS.check_latent(latent)
+    discrete.check_latent(latent)
     if bernoulli_only and latent != "bernoulli":
         raise ValueError(f"{bernoulli_only} is defined for Bernoulli latents; got latent={latent!r}.")
     logits = encode(x)
-    DS.check_logits(logits, latent)
+    discrete.check_logits(logits, latent)
     prior = jnp.zeros_like(logits) if prior_logits is None else prior_logits
     if jnp.shape(prior) != jnp.shape(logits):
         raise ValueError(f"prior_logits has shape {jnp.shape(prior)}; the encoder's logits have {jnp.shape(logits)}.")
-    return logits, lambda b: DS.log_joint(x, b, decode, prior, latent=latent, likelihood=likelihood)
+    return logits, lambda b: discrete.log_joint(x, b, decode, prior, latent=latent, likelihood=likelihood)
 
 
 def _evaluate(logits, log_p, b, latent):
     """``(log p [k], f [k])`` at draws ``b [k, ...]``: ``log p`` differentiable in the decoder, ``f`` constant."""
     lp = jax.vmap(log_p)(b)
-    lq = jax.vmap(lambda v: DS.log_prob(sg(logits), v, latent=latent))(b)
+    lq = jax.vmap(lambda v: discrete.log_prob(sg(logits), v, latent=latent))(b)
     return lp, sg(lp) - lq
 
 
@@ -100,7 +99,7 @@ def _score_estimate(key, x, encode, decode, prior_logits, latent, likelihood, nu
                     baseline_value, learned=None):
     """REINFORCE core; ``learned``: the scalar ``C_psi(x)`` of NVIL, added to the baseline (stopped)."""
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood)
-    b = DS.sample(key, sg(logits), latent=latent, num_samples=num_samples)
+    b = discrete.sample(key, sg(logits), latent=latent, num_samples=num_samples)
     lp, f = _evaluate(logits, log_p, b, latent)
     if baseline == "leave_one_out":
         c = (jnp.sum(f) - f) / (num_samples - 1)
@@ -108,7 +107,7 @@ def _score_estimate(key, x, encode, decode, prior_logits, latent, likelihood, nu
         c = jnp.zeros_like(f) if baseline_value is None else jnp.broadcast_to(sg(baseline_value), f.shape)
     if learned is not None:
         c = c + sg(learned)
-    scores = jax.vmap(lambda v: DS.score(sg(logits), v, latent=latent))(b)
+    scores = jax.vmap(lambda v: discrete.score(sg(logits), v, latent=latent))(b)
     g = _weighted(f - c, scores) / num_samples
     value = jnp.mean(f)
     return value, f, jnp.mean(lp) + jnp.sum(sg(g) * logits)
@@ -181,14 +180,14 @@ def vimco(key, x, encode, decode, *, prior_logits=None, latent="bernoulli", like
     _check_int(num_samples, "num_samples", 2)
     k = num_samples
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood)
-    b = DS.sample(key, sg(logits), latent=latent, num_samples=k)
-    log_w = jax.vmap(log_p)(b) - jax.vmap(lambda v: DS.log_prob(logits, v, latent=latent))(b)
+    b = discrete.sample(key, sg(logits), latent=latent, num_samples=k)
+    log_w = jax.vmap(log_p)(b) - jax.vmap(lambda v: discrete.log_prob(logits, v, latent=latent))(b)
     lw = sg(log_w)
     bound = jax.nn.logsumexp(lw) - math.log(k)
     others = (jnp.sum(lw) - lw) / (k - 1)
     loo = jnp.where(jnp.eye(k, dtype=bool), others[:, None], lw[None, :])  # row i: log w with w_i replaced
     signal = bound - (jax.nn.logsumexp(loo, axis=1) - math.log(k))
-    g = _weighted(signal, jax.vmap(lambda v: DS.score(sg(logits), v, latent=latent))(b))
+    g = _weighted(signal, jax.vmap(lambda v: discrete.score(sg(logits), v, latent=latent))(b))
     surrogate = jax.nn.logsumexp(log_w) - math.log(k) + jnp.sum(sg(g) * logits)
     return _attach(bound, surrogate), {"iwae": bound}
 
@@ -234,10 +233,10 @@ def _relaxed(key, x, encode, decode, prior_logits, latent, likelihood, temperatu
     if isinstance(temperature, (int, float)) and temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}.")
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood)
-    z = logits[None] + DS.noise(key, logits, latent=latent, num_samples=num_samples)
-    soft, b = DS.relax(z, temperature, latent=latent), DS.hard(sg(z), latent=latent)
+    z = logits[None] + discrete.noise(key, logits, latent=latent, num_samples=num_samples)
+    soft, b = discrete.relax(z, temperature, latent=latent), discrete.hard(sg(z), latent=latent)
     relaxed = soft + sg(b - soft) if straight else soft
-    r = jax.vmap(lambda v: log_p(v) - DS.log_prob(logits, v, latent=latent))(relaxed)
+    r = jax.vmap(lambda v: log_p(v) - discrete.log_prob(logits, v, latent=latent))(relaxed)
     value = jnp.mean(_evaluate(logits, log_p, b, latent)[1])
     return _attach(value, jnp.mean(r)), {"elbo": value, "relaxed_elbo": sg(jnp.mean(r))}
 
@@ -278,7 +277,7 @@ def init_control(key: jax.Array, latent_shape: tuple[int, ...], *, hidden: int |
                "eta": jnp.asarray(eta, jnp.float32)}
     if hidden is not None:
         _check_int(hidden, "hidden")
-        net = DS.mlp_init(key, (math.prod(latent_shape), hidden, 1))
+        net = discrete.mlp_init(key, (math.prod(latent_shape), hidden, 1))
         net[-1] = jax.tree.map(lambda w: 0.1 * w, net[-1])
         control["net"] = net
     return control
@@ -298,7 +297,7 @@ def _relax_gradient(control, a, b, u, v, f_b, f):
     def c(zz):
         out = control["eta"] * f(jax.nn.sigmoid(zz * jnp.exp(-control["log_temperature"])))
         if "net" in control:
-            out = out + DS.mlp_apply(control["net"], jax.nn.sigmoid(zz), "tanh")[0]
+            out = out + discrete.mlp_apply(control["net"], jax.nn.sigmoid(zz), "tanh")[0]
         return out
 
     c_cond, dc_cond = jax.value_and_grad(lambda aa: c(z_cond(aa)))(a)
@@ -323,8 +322,8 @@ def _relax_family(key, x, encode, decode, control, prior_logits, latent, likelih
     prior = sg(jnp.zeros_like(a) if prior_logits is None else prior_logits)
 
     def f(bb):  # a function of b alone: the model's parameters are constants of the control variate
-        return (DS.log_joint(x, bb, decode_constant or decode, prior, latent=latent, likelihood=likelihood)
-                - DS.log_prob(a, bb, latent=latent))
+        return (discrete.log_joint(x, bb, decode_constant or decode, prior, latent=latent, likelihood=likelihood)
+                - discrete.log_prob(a, bb, latent=latent))
 
     def variance_loss(ctrl):
         return -jnp.sum(jnp.square(_relax_gradient(ctrl, a, b, u, v, f_b[0], f)))
@@ -384,12 +383,12 @@ _INJECTED = ("prior_logits", "latent", "likelihood", "baseline_fn", "control", "
 
 def baseline_init(key: jax.Array, input_size: int, hidden: int = 100) -> list[dict[str, jax.Array]]:
     """Parameters of NVIL's baseline network ``C_psi``: ``input_size -> hidden (tanh) -> 1``."""
-    return DS.mlp_init(key, (input_size, hidden, 1))
+    return discrete.mlp_init(key, (input_size, hidden, 1))
 
 
 def baseline_apply(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     """``C_psi(x)``: a scalar (nats) for one observation ``x`` (flattened)."""
-    return DS.mlp_apply(params, jnp.ravel(x), "tanh")[0]
+    return discrete.mlp_apply(params, jnp.ravel(x), "tanh")[0]
 
 
 def init_estimator_params(name: str, model: Any, key: jax.Array, x: jax.Array, *, hidden: int | None = None
@@ -453,15 +452,8 @@ def make_discrete_estimator(name: str, model: Any, **options: Any) -> Callable:
     Raises:
       ValueError: unknown name or option.
     """
-    if name not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {name!r}; expected one of {tuple(ESTIMATORS)}.")
-    fn = ESTIMATORS[name]
-    allowed = [p.name for p in inspect.signature(fn).parameters.values()
-               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _INJECTED]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"Estimator {name!r} got unknown options {unknown}; it takes {allowed}.")
-    fn = functools.partial(fn, latent=model.latent, likelihood=model.likelihood, **options)
+    fn = estimators.bind_options(ESTIMATORS, name, options, injected=_INJECTED, latent=model.latent,
+                                 likelihood=model.likelihood)
 
     def surrogate(params, key, x, **hparams):
         extra = {}

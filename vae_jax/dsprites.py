@@ -138,8 +138,31 @@ def sample_factors(num: int, rng: np.random.Generator, factor_sizes=FACTOR_SIZES
     return np.stack([rng.integers(0, s, size=num) for s in factor_sizes], axis=1).astype(np.int64)
 
 
+class _FactorGrid:
+    """What both loaders share: the factor grid, uniform factor draws and distinct-point datasets
+    (``images(factors)`` comes from the subclass)."""
+
+    factor_sizes: tuple[int, ...] = FACTOR_SIZES
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factor_sizes)
+
+    def sample_factors(self, num: int, rng: np.random.Generator) -> np.ndarray:
+        """``[num, 5]`` uniform factor indices drawn from ``rng``."""
+        return sample_factors(num, rng, self.factor_sizes)
+
+    def dataset(self, num: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``num`` distinct grid points chosen by ``seed`` (no repeats): ``(factors, images)``."""
+        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 0 < num <= NUM_IMAGES:
+            raise ValueError(f"num must be an int in [1, {NUM_IMAGES}]; got {num!r}.")
+        index = np.sort(np.random.default_rng(seed).choice(NUM_IMAGES, size=num, replace=False))
+        factors = index_to_factors(index)
+        return factors, self.images(factors)
+
+
 @dataclasses.dataclass(frozen=True)
-class Sprites:
+class Sprites(_FactorGrid):
     """The procedural dSprites-style dataset: factors in, images out, nothing stored.
 
     Attributes:
@@ -151,14 +174,6 @@ class Sprites:
     factor_sizes: tuple[int, ...] = FACTOR_SIZES
     observation_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
-    @property
-    def num_factors(self) -> int:
-        return len(self.factor_sizes)
-
-    def sample_factors(self, num: int, rng: np.random.Generator) -> np.ndarray:
-        """``[num, 5]`` uniform factor indices drawn from ``rng``."""
-        return sample_factors(num, rng, self.factor_sizes)
-
     def images(self, factors) -> np.ndarray:
         """``[N, 5]`` factor indices -> ``[N, 64, 64, 1]`` float32 binary images (:func:`render`)."""
         return render(factors)
@@ -168,16 +183,8 @@ class Sprites:
         factors = self.sample_factors(num, rng)
         return factors, self.images(factors)
 
-    def dataset(self, num: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """``num`` distinct grid points chosen by ``seed`` (no repeats): ``(factors, images)``."""
-        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or not 0 < num <= NUM_IMAGES:
-            raise ValueError(f"num must be an int in [1, {NUM_IMAGES}]; got {num!r}.")
-        index = np.sort(np.random.default_rng(seed).choice(NUM_IMAGES, size=num, replace=False))
-        factors = index_to_factors(index)
-        return factors, self.images(factors)
 
-
-class TFDSSprites:
+class TFDSSprites(_FactorGrid):
     """The real dSprites from tensorflow-datasets, with the interface of :class:`Sprites`.
 
     Build it with :func:`load_tfds_dsprites`. Holds all 737,280 images as packed
@@ -193,13 +200,6 @@ class TFDSSprites:
             raise ValueError(f"expected {NUM_IMAGES} bit-packed images [512] uint8; got {packed_by_index.shape} "
                              f"{packed_by_index.dtype}.")
         self._packed = packed_by_index
-
-    @property
-    def num_factors(self) -> int:
-        return len(self.factor_sizes)
-
-    def sample_factors(self, num: int, rng: np.random.Generator) -> np.ndarray:
-        return sample_factors(num, rng, self.factor_sizes)
 
     def images(self, factors) -> np.ndarray:
         """``[N, 5]`` factor indices -> ``[N, 64, 64, 1]`` float32 images in {0, 1}."""

@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from vae_jax import discrete as DS
+from vae_jax import discrete
 
 MAX_CONFIGURATIONS = 2 ** 20
 
@@ -30,7 +30,7 @@ def configurations(latent_shape: tuple[int, ...], *, latent: str = "bernoulli") 
     Raises:
       ValueError: a shape that does not fit ``latent``, or more than :data:`MAX_CONFIGURATIONS`.
     """
-    DS.check_logits(jnp.zeros(latent_shape), latent)
+    discrete.check_logits(jnp.zeros(latent_shape), latent)
     if latent == "bernoulli":
         (d,) = latent_shape
         count, values = 2 ** d, range(2)
@@ -47,13 +47,13 @@ def configurations(latent_shape: tuple[int, ...], *, latent: str = "bernoulli") 
 
 
 def _log_q_and_log_joint(x, logits, decode, prior_logits, latent, likelihood):
-    DS.check_logits(logits, latent)
+    discrete.check_logits(logits, latent)
     if jnp.shape(prior_logits) != jnp.shape(logits):
         raise ValueError(f"prior_logits has shape {jnp.shape(prior_logits)}; the encoder's logits have "
                          f"{jnp.shape(logits)}.")
     b = configurations(tuple(jnp.shape(logits)), latent=latent)
-    log_q = jax.vmap(lambda v: DS.log_prob(logits, v, latent=latent))(b)
-    log_p = jax.vmap(lambda v: DS.log_joint(x, v, decode, prior_logits, latent=latent, likelihood=likelihood))(b)
+    log_q = jax.vmap(lambda v: discrete.log_prob(logits, v, latent=latent))(b)
+    log_p = jax.vmap(lambda v: discrete.log_joint(x, v, decode, prior_logits, latent=latent, likelihood=likelihood))(b)
     return log_q, log_p
 
 

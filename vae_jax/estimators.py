@@ -173,6 +173,32 @@ ESTIMATORS: dict[str, Callable] = {"pathwise": pathwise, "score_function": score
                                    "iwae": iwae, "dreg": dreg}
 
 
+def bind_options(registry: Mapping[str, Callable], name: str, options: Mapping[str, Any], *,
+                 injected: tuple[str, ...], **fixed: Any) -> Callable:
+    """``registry[name]`` with the user's static ``options`` checked and bound, plus ``fixed`` ones.
+
+    Args:
+      registry: estimator functions by name.
+      name: the estimator asked for.
+      options: the user's keyword options; each must be a keyword-only parameter of the
+        function that is not in ``injected``.
+      injected: parameters that the caller supplies itself (not the user's to set).
+      **fixed: bound as well (e.g. ``likelihood``).
+
+    Raises:
+      ValueError: unknown name or option.
+    """
+    if name not in registry:
+        raise ValueError(f"Unknown estimator {name!r}; expected one of {tuple(registry)}.")
+    fn = registry[name]
+    allowed = [p.name for p in inspect.signature(fn).parameters.values()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in injected]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"Estimator {name!r} got unknown options {unknown}; it takes {allowed}.")
+    return functools.partial(fn, **fixed, **options)
+
+
 def make_estimator(name: str, model: Any, **options: Any) -> Callable:
     """The estimator ``name`` for ``model`` as an objective for the train step.
 
@@ -191,15 +217,7 @@ def make_estimator(name: str, model: Any, **options: Any) -> Callable:
     Raises:
       ValueError: unknown name or option.
     """
-    if name not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {name!r}; expected one of {tuple(ESTIMATORS)}.")
-    fn = ESTIMATORS[name]
-    allowed = [p.name for p in inspect.signature(fn).parameters.values()
-               if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("likelihood", "prior")]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"Estimator {name!r} got unknown options {unknown}; it takes {allowed}.")
-    fn = functools.partial(fn, likelihood=model.likelihood, **options)
+    fn = bind_options(ESTIMATORS, name, options, injected=("likelihood", "prior"), likelihood=model.likelihood)
 
     def surrogate(params, key, x, **hparams):
         encode, decode, prior = model.bind(params)

@@ -38,13 +38,13 @@ plugs into ``train_epoch``, ``train_epoch_stacked`` and ``fit``; the TC weight i
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
+from vae_jax._checks import check_positive_int
 
 ESTIMATORS = ("mws", "mss", "batch")
 _LOG_2PI = math.log(2 * math.pi)
@@ -186,13 +186,8 @@ def make_tc_train_step(model: Any, *, dataset_size: int, estimator: str = "mws",
 def _check_sizes(batch_size: int, dataset_size: int, estimator: str) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
-    for name, v in (("batch_size", batch_size), ("dataset_size", dataset_size)):
-        try:
-            ok = not isinstance(v, bool) and operator.index(v) >= 1
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{name} must be a positive int; got {v!r}.")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(dataset_size, "dataset_size")
     if batch_size < 2 or dataset_size < batch_size:
         raise ValueError(f"need 2 <= batch_size <= dataset_size; got batch_size={batch_size}, "
                          f"dataset_size={dataset_size}.")
