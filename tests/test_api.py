@@ -16,9 +16,13 @@ EXAMPLE_PAGES = [README] + [ROOT / "docs" / f"{name}.md" for name in (
     "data", "marginal_likelihood", "gradient_estimators", "benchmarks")]
 
 
+def _layout_section() -> str:
+    return README.read_text().split("## Library layout", 1)[1].split("\n## ", 1)[0]
+
+
 def _module_table() -> dict[str, str]:
     """``{module name: its row's description}`` from the README's "Library layout" table."""
-    section = README.read_text().split("## Library layout", 1)[1].split("\n## ", 1)[0]
+    section = _layout_section()
     rows = re.findall(r"^\| `vae_jax\.(\w+)` \| (.*) \|$", section, flags=re.M)
     assert rows, "the README's Library layout table has no `vae_jax.NAME` rows"
     names = [name for name, _ in rows]
@@ -47,6 +51,11 @@ def test_all_matches_the_module_table():
         assert value is not None, name
         if isinstance(value, types.ModuleType):
             assert name in table, f"vae_jax.{name} is in __all__ but not in the README's module table"
+            continue
+        home = getattr(value, "__module__", "") or ""
+        if home.startswith("vae_jax._"):  # a private module's helper: named in the section's text
+            assert f"`{name}`" in _layout_section() or f"`vj.{name}`" in _layout_section(), (
+                f"vae_jax.{name} (in __all__, from {home}) is not named in the README's Library layout section")
             continue
         rows = [m for m, text in table.items() if f"`{name}`" in text
                 and getattr(importlib.import_module(f"vae_jax.{m}"), name, None) is value]
