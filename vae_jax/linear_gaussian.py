@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
+from vae_jax import distributions, priors
 from vae_jax._checks import LOG_2PI
 
 
@@ -168,7 +168,6 @@ class MixtureLinearGaussian(NamedTuple):
 
     def prior(self):
         """p(z) as a :class:`vae_jax.priors.GaussianMixture` (``log_prob``, ``sample``)."""
-        from vae_jax import priors  # jax-only module; imported here to keep this file's top-level imports minimal
         return priors.GaussianMixture(self.logits, self.means, self.log_stds)
 
     def decode(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
