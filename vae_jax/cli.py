@@ -23,29 +23,18 @@ from typing import Any, Sequence
 
 from vae_jax import runner
 from vae_jax.checkpoints import WHICH, CheckpointError, RunLock, RunLockedError
-from vae_jax.config import OBJECTIVES, RunConfig, TrainConfig, load_run_config
+from vae_jax.config import (ARCHITECTURES, KINDS, OBJECTIVES, ModelConfig, RunConfig, TrainConfig,
+                            load_run_config)
 from vae_jax.data import BINARIZATION_MODES
 from vae_jax.distributions import LIKELIHOODS
-from vae_jax.models import ARCHITECTURES, KINDS, ModelConfig
-from vae_jax.networks import ACTIVATIONS
+from vae_jax.networks import ACTIVATIONS, COMPUTE_DTYPES
 from vae_jax.priors import PRIORS
 
 _FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
 _CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
             "activation": tuple(ACTIVATIONS), "objective": OBJECTIVES,
             "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
-            "compute_dtype": ("float32", "bfloat16")}
-_MODEL_HELP = {
-    "kind": "'vae' or 'ae' (the deterministic autoencoder baseline)",
-    "latent_dim": "size of the latent code z (2 also draws the latent space)",
-    "likelihood": "p(x|z): 'bernoulli', 'gaussian' (sigma = 1) or 'gaussian_learned'",
-    "architecture": "'mlp' or 'conv' (conv needs image sides divisible by 4)",
-    "hidden_sizes": "comma-separated MLP encoder widths, reversed for the decoder",
-    "activation": "hidden activation",
-    "prior": "p(z): 'standard_normal', 'mixture' (K learned Gaussians) or 'vamp' (VampPrior, K pseudo-inputs)",
-    "num_components": "K of the mixture or VampPrior prior",
-    "compute_dtype": "matmul/conv precision: 'bfloat16' multiplies in bf16, accumulates in float32",
-}
+            "compute_dtype": COMPUTE_DTYPES}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -55,12 +44,12 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 512,256; got {text!r}") from None
 
 
-def _add_config_options(group: argparse._ArgumentGroup, cls: type, helps: dict[str, str]) -> None:
+def _add_config_options(group: argparse._ArgumentGroup, cls: type) -> None:
     """One option per dataclass field; its default stays in the dataclass (the parser's is None)."""
     for f in dataclasses.fields(cls):
         default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         kind = _int_list if isinstance(f.default, tuple) else type(f.default)
-        text = helps.get(f.name) or f.metadata.get("help") or f"{cls.__name__}.{f.name}"
+        text = f.metadata.get("help") or f"{cls.__name__}.{f.name}"
         help_text = f"{text} (default: {default!r})".replace("%", "%%")
         group.add_argument(_FLAGS.get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, type=kind,
                            choices=_CHOICES.get(f.name), default=None, help=help_text)
@@ -84,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: the checkpoint to continue from: latest, or latest-intact (the newest "
                    "that passes its checksum; corrupt newer ones are moved aside) (default: latest)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_config_options(p.add_argument_group("model (vae_jax.ModelConfig)"), ModelConfig, _MODEL_HELP)
-    _add_config_options(p.add_argument_group("training (vae_jax.config.TrainConfig)"), TrainConfig, {})
+    _add_config_options(p.add_argument_group("model (vae_jax.ModelConfig)"), ModelConfig)
+    _add_config_options(p.add_argument_group("training (vae_jax.config.TrainConfig)"), TrainConfig)
     p.set_defaults(func=_train)
 
     for name, text in (("evaluate", "print and save (evaluation.json) the test ELBO and optionally log p(x)"),

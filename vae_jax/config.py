@@ -1,7 +1,8 @@
-"""The training configuration of a ``vae-jax`` run, and a run's config as JSON.
+"""Every config of the library, and a run's config as JSON.
 
-A run is described by two frozen dataclasses: :class:`vae_jax.ModelConfig`
-(the network) and :class:`TrainConfig` (data, optimiser, objective). The
+A run is described by two frozen dataclasses: :class:`ModelConfig` (the
+network; also ``vae_jax.ModelConfig``) and :class:`TrainConfig` (data,
+optimiser, objective), checked together as :class:`RunConfig`. The
 command line is built from their fields and defaults; ``config.json`` in the
 run folder holds both, so ``evaluate``, ``sample`` and ``--resume`` rebuild the
 exact model.
@@ -20,14 +21,76 @@ import numpy as np
 
 from vae_jax._checks import check_finite_number, check_positive_int
 from vae_jax.data import BINARIZATION_MODES
-from vae_jax.models import ModelConfig
+from vae_jax import distributions, networks, priors
 
+ARCHITECTURES = ("mlp", "conv", "gated_mlp")
+KINDS = ("vae", "ae")
 OBJECTIVES = ("elbo", "iwae")
 RESUMABLE_CHANGES = ("epochs", "data_dir")  # fields --resume may change
 
 
 def _field(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model (saved beside checkpoints).
+
+    Attributes:
+      kind: ``"vae"`` or ``"ae"`` (the deterministic autoencoder baseline).
+      latent_dim: size ``d`` of z, ``>= 1``.
+      likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
+      architecture: ``"mlp"``, ``"conv"`` (needs H, W divisible by 4) or ``"gated_mlp"``
+        (gated dense layers ``(W1 x + b1) * sigmoid(W2 x + b2)``, He-initialised, log_std
+        clipped to [-3, 1]: the VampPrior authors' MLP; ``activation`` is unused).
+      hidden_sizes: encoder widths (MLP; reversed for the decoder).
+      activation: hidden activation name (see :data:`vae_jax.networks.ACTIVATIONS`).
+      prior: ``"standard_normal"``, ``"mixture"`` (K learned diagonal Gaussians) or
+        ``"vamp"`` (VampPrior with K learned pseudo-inputs); see :mod:`vae_jax.priors`.
+      num_components: K of the mixture / VampPrior, ``>= 1`` (500 in the VampPrior paper).
+      compute_dtype: ``"float32"`` or ``"bfloat16"``: the type in which the networks'
+        matmuls and convolutions multiply (float32 accumulation either way; see
+        :func:`vae_jax.networks.precision`). Parameters, optimiser state, network outputs,
+        log-likelihoods, KL, log-sum-exp and reductions are float32 in both.
+    """
+
+    kind: str = _field("vae", "'vae' or 'ae' (the deterministic autoencoder baseline)")
+    latent_dim: int = _field(32, "size of the latent code z (2 also draws the latent space)")
+    likelihood: str = _field("bernoulli", "p(x|z): 'bernoulli', 'gaussian' (sigma = 1) or 'gaussian_learned'")
+    architecture: str = _field("mlp", "'mlp', 'conv' (image sides divisible by 4) or 'gated_mlp' "
+                               "(gated dense layers)")
+    hidden_sizes: tuple[int, ...] = _field((512, 256), "comma-separated MLP encoder widths, reversed for "
+                                           "the decoder")
+    activation: str = _field("relu", "hidden activation")
+    prior: str = _field("standard_normal", "p(z): 'standard_normal', 'mixture' (K learned Gaussians) or "
+                        "'vamp' (VampPrior, K pseudo-inputs)")
+    num_components: int = _field(500, "K of the mixture or VampPrior prior")
+    compute_dtype: str = _field("float32", "type of the networks' matmuls: 'float32' or 'bfloat16' "
+                                "(float32 accumulation, parameters and losses)")
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
+        if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be a positive int; got {self.latent_dim!r}.")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}.")
+        if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive ints; got {self.hidden_sizes!r}.")
+        distributions.check_likelihood(self.likelihood)
+        if self.prior not in priors.PRIORS:
+            raise ValueError(f"Unknown prior {self.prior!r}; expected one of {priors.PRIORS}.")
+        if isinstance(self.num_components, bool) or not isinstance(self.num_components, int) \
+                or self.num_components <= 0:
+            raise ValueError(f"num_components must be a positive int; got {self.num_components!r}.")
+        if self.kind == "ae" and self.prior != "standard_normal":
+            raise ValueError(f"an autoencoder (kind='ae') has no prior; got prior={self.prior!r}.")
+        networks.get_activation(self.activation)
+        if self.compute_dtype not in networks.COMPUTE_DTYPES:
+            raise ValueError(f"Unknown compute_dtype {self.compute_dtype!r}; expected one of "
+                             f"{networks.COMPUTE_DTYPES}.")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 :func:`evaluate` averages any per-example objective (the ELBO and its terms,
 the IWAE bound of :func:`vae_jax.estimators.make_estimator`) over a whole
-dataset in one compiled scan, dropping no example. :func:`log_marginal` runs :meth:`vae_jax.models.VAE.log_marginal` (chunked
-importance sampling, bounded memory) over a whole dataset in fixed-size,
-jitted batches with a progress bar, and returns the per-example estimates with
-their mean and standard error. :func:`active_units` counts the latent
-dimensions the encoder uses (Burda et al., 2016). Both take the model object
-(static under ``jax.jit``) and its ``params``.
+dataset in one compiled scan, dropping no example. :func:`log_marginal` runs
+:meth:`vae_jax.models.VAE.log_marginal` (chunked importance sampling, bounded
+memory) over a whole dataset in fixed-size, jitted batches with a progress bar,
+and returns the per-example estimates with their mean and standard error.
+:func:`active_units` counts the latent dimensions the encoder uses (Burda et
+al., 2016). Both take the model object (static under ``jax.jit``) and its
+``params``.
 """
 
 from __future__ import annotations

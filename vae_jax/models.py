@@ -16,66 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions, networks, objectives, priors
+from vae_jax.config import ARCHITECTURES, KINDS, ModelConfig  # noqa: F401  (re-exported)
 
 Params = Any
-ARCHITECTURES = ("mlp", "conv", "gated_mlp")
-KINDS = ("vae", "ae")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model (saved beside checkpoints).
-
-    Attributes:
-      kind: ``"vae"`` or ``"ae"`` (the deterministic autoencoder baseline).
-      latent_dim: size ``d`` of z, ``>= 1``.
-      likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
-      architecture: ``"mlp"``, ``"conv"`` (needs H, W divisible by 4) or ``"gated_mlp"``
-        (gated dense layers ``(W1 x + b1) * sigmoid(W2 x + b2)``, He-initialised, log_std
-        clipped to [-3, 1]: the VampPrior authors' MLP; ``activation`` is unused).
-      hidden_sizes: encoder widths (MLP; reversed for the decoder).
-      activation: hidden activation name (see :data:`vae_jax.networks.ACTIVATIONS`).
-      prior: ``"standard_normal"``, ``"mixture"`` (K learned diagonal Gaussians) or
-        ``"vamp"`` (VampPrior with K learned pseudo-inputs); see :mod:`vae_jax.priors`.
-      num_components: K of the mixture / VampPrior, ``>= 1`` (500 in the VampPrior paper).
-      compute_dtype: ``"float32"`` or ``"bfloat16"``: the type in which the networks'
-        matmuls and convolutions multiply (float32 accumulation either way; see
-        :func:`vae_jax.networks.precision`). Parameters, optimiser state, network outputs,
-        log-likelihoods, KL, log-sum-exp and reductions are float32 in both.
-    """
-
-    kind: str = "vae"
-    latent_dim: int = 32
-    likelihood: str = "bernoulli"
-    architecture: str = "mlp"
-    hidden_sizes: tuple[int, ...] = (512, 256)
-    activation: str = "relu"
-    prior: str = "standard_normal"
-    num_components: int = 500
-    compute_dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
-        if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
-            raise ValueError(f"latent_dim must be a positive int; got {self.latent_dim!r}.")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"Unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}.")
-        if not self.hidden_sizes or any(int(h) <= 0 for h in self.hidden_sizes):
-            raise ValueError(f"hidden_sizes must be positive ints; got {self.hidden_sizes!r}.")
-        distributions.check_likelihood(self.likelihood)
-        if self.prior not in priors.PRIORS:
-            raise ValueError(f"Unknown prior {self.prior!r}; expected one of {priors.PRIORS}.")
-        if isinstance(self.num_components, bool) or not isinstance(self.num_components, int) \
-                or self.num_components <= 0:
-            raise ValueError(f"num_components must be a positive int; got {self.num_components!r}.")
-        if self.kind == "ae" and self.prior != "standard_normal":
-            raise ValueError(f"an autoencoder (kind='ae') has no prior; got prior={self.prior!r}.")
-        networks.get_activation(self.activation)
-        if self.compute_dtype not in networks.COMPUTE_DTYPES:
-            raise ValueError(f"Unknown compute_dtype {self.compute_dtype!r}; expected one of "
-                             f"{networks.COMPUTE_DTYPES}.")
-        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
 
 def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE":
