@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it, imported on first access
 _LAZY = {
-    "AE": "models", "VAE": "models", "Bound": "models", "ModelConfig": "models", "build_model": "models",
+    "AE": "models", "VAE": "models", "Bound": "models", "ModelConfig": "config", "build_model": "models",
     "ConvDecoder": "networks", "ConvEncoder": "networks", "MLPDecoder": "networks", "MLPEncoder": "networks",
     "TrainState": "training", "FitResult": "training", "create_train_state": "training", "fit": "training",
     "make_train_step": "training", "train_epoch": "training",
