@@ -49,7 +49,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -68,7 +67,7 @@ import optax
 
 from experiments import _common
 from experiments._density_io import load, tfds_ready, _reachable  # noqa: F401  (re-exported for tests)
-from vae_jax import checkpoints, estimators, evaluation, hooks, models, plotting, training
+from vae_jax import checkpoints, config, estimators, evaluation, hooks, models, plotting, training
 
 REFERENCES = {
     "fashion_mnist": {"VAE, Gaussian prior (published)": -228.70, "VampPrior (published)": -227.35,
@@ -159,26 +158,6 @@ def model_config(cfg: dict, name: str) -> models.ModelConfig:
                               num_components=cfg["num_components"])
 
 
-class WarmupEarlyStopping:
-    """The authors' early stopping: ``patience`` epochs without a better ``metric``, counted from
-    the later of the best epoch and the end of the warm-up (their counter is reset during it)."""
-
-    def __init__(self, metric: str, *, patience: int, warmup_epochs: int):
-        self.metric, self.patience, self.warmup_epochs = metric, patience, warmup_epochs
-
-    def best(self, history: list[dict]) -> dict:
-        return max(history, key=lambda row: row[self.metric])  # the first of equals
-
-    def __call__(self, epoch: int, state, history: list[dict]) -> str | None:
-        if not history:
-            return None
-        best = self.best(history)
-        if epoch - max(best["epoch"], self.warmup_epochs) >= self.patience:
-            return (f"early stopping: no better {self.metric} in {self.patience} epochs "
-                    f"(best {best[self.metric]:.4f} at epoch {best['epoch']})")
-        return None
-
-
 class Status:
     """Rewrites ``status.json`` every epoch: epochs so far, best validation value, resume command."""
 
@@ -205,9 +184,8 @@ class EpochTimer:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_common._jsonable(obj), indent=1))
-    tmp.replace(path)
+    """:func:`vae_jax.config.write_json` of ``obj`` made JSON-safe (numpy and JAX scalars)."""
+    config.write_json(path, _common._jsonable(obj))
 
 
 def environment() -> dict:
@@ -230,27 +208,6 @@ def objectives_for(model, k: int | None):
         return model.objective, model.objective, {"beta": 1.0}
     iwae = estimators.make_estimator("iwae", model, num_samples=k)
     return iwae, iwae, {}
-
-
-class ModelLock:
-    """An exclusive ``flock`` on ``folder/.lock`` for the life of the training of one model."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / ".lock"
-
-    def __enter__(self):
-        self.file = open(self.path, "w")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise RuntimeError(f"{self.path.parent} is being written by another process; give each process "
-                               "its own --models.") from None
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
 
 
 def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, command: str, resume_command: str,
@@ -277,14 +234,14 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
     hparams = {"beta": 1.0} if k is None else {}
     state = training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]),
                                         kl_warmup_steps=warmup_epochs * steps_per_epoch, **hparams)
-    with ModelLock(folder), checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective",
+    with checkpoints.RunLock(folder), checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective",
                                                        create=True) as ckpt:
         history = []
         if ckpt.latest_epoch is not None:
             state, history = ckpt.restore(state, which="latest")
             print(f"{name}: resumed after epoch {len(history)}", flush=True)
-        stop_hook = WarmupEarlyStopping("validation_objective", patience=cfg["patience"],
-                                        warmup_epochs=warmup_epochs)
+        stop_hook = hooks.EarlyStopping("validation_objective", patience=cfg["patience"],
+                                        count_from=warmup_epochs)
         base = dict(name=name, label=label, resume_command=resume_command, steps_per_epoch=steps_per_epoch,
                     kl_warmup_steps=warmup_epochs * steps_per_epoch)
         stop_reason = stop_hook(len(history), state, history) or ("max epochs" if len(history) >= cfg["epochs"]

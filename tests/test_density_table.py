@@ -12,7 +12,8 @@ import pytest
 
 from experiments import _density_io as dio
 from experiments import density_table as dt
-from vae_jax import checkpoints, data as vdata
+from vae_jax import checkpoints, hooks
+from vae_jax import data as vdata
 
 needs_fmnist = pytest.mark.skipif(
     not os.path.isfile(f"{vdata.DEFAULT_DATA_DIR}/t10k-images-idx3-ubyte.gz"),
@@ -95,12 +96,12 @@ def _model_and_key(run_cfg):
 
 
 def test_warmup_early_stopping_counts_patience_after_the_warmup():
-    stop = dt.WarmupEarlyStopping("v", patience=3, warmup_epochs=5)
+    stop = hooks.EarlyStopping("v", patience=3, count_from=5)
     history = [{"epoch": e, "v": -e if e > 2 else float(e)} for e in range(1, 12)]  # best at epoch 2
     reasons = {e: stop(e, None, history[:e]) for e in range(1, 12)}
     assert [e for e, r in reasons.items() if r] == [8, 9, 10, 11]  # 5 (end of warm-up) + 3
     assert "best 2.0000 at epoch 2" in reasons[8]
-    no_warmup = dt.WarmupEarlyStopping("v", patience=3, warmup_epochs=0)
+    no_warmup = hooks.EarlyStopping("v", patience=3, count_from=0)
     assert [e for e in range(1, 12) if no_warmup(e, None, history[:e])] == [5, 6, 7, 8, 9, 10, 11]
 
 

@@ -59,12 +59,16 @@ class EarlyStopping:
       metric: a key of the history rows (e.g. ``"validation_elbo"``).
       patience: epochs without a new best before stopping, ``>= 1``.
       mode: ``"max"`` (higher is better: bounds) or ``"min"`` (losses).
+      count_from: epochs before which patience does not run down: the count starts at the
+        later of the best epoch and ``count_from`` (e.g. the end of a KL warm-up, as in the
+        VampPrior authors' code, whose counter is reset during the warm-up).
     """
 
-    def __init__(self, metric: str, *, patience: int, mode: str = "max"):
+    def __init__(self, metric: str, *, patience: int, mode: str = "max", count_from: int = 0):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min'; got {mode!r}.")
         self.metric, self.patience, self.mode = metric, check_positive_int(patience, "patience"), mode
+        self.count_from = count_from
 
     def best(self, history: list[dict]) -> dict:
         """The row with the best value of the metric (the first of equals)."""
@@ -72,8 +76,10 @@ class EarlyStopping:
         return max(history, key=lambda row: sign * row[self.metric])
 
     def __call__(self, epoch: int, state: Any, history: list[dict]) -> str | None:
+        if not history:
+            return None
         best = self.best(history)
-        if epoch - best["epoch"] >= self.patience:
+        if epoch - max(best["epoch"], self.count_from) >= self.patience:
             return (f"early stopping: no better {self.metric} in {self.patience} epochs "
                     f"(best {best[self.metric]:.4f} at epoch {best['epoch']})")
         return None
