@@ -115,6 +115,13 @@ def test_vimco_matches_the_exact_gradient_of_the_two_sample_bound():
     assert _max_z(stats, _exact(1)) > 20  # and it is not the ELBO's gradient: the test has power
 
 
+def test_disarm_iw_matches_the_exact_gradient_of_the_two_sample_bound():
+    # Two antithetic pairs: unbiased for the 2-sample bound (65,536 ordered pairs of configurations).
+    stats = _stats("disarm_iw", num_samples=2)
+    assert _max_z(stats, _exact(2)) < MAX_Z
+    assert _max_z(stats, _exact(1)) > 20  # not the ELBO's gradient
+
+
 @pytest.mark.parametrize("name,options", [("gumbel_softmax", {"temperature": 0.5}),
                                           ("straight_through", {"temperature": 1.0})])
 def test_relaxed_estimators_are_biased(name, options):
@@ -173,7 +180,8 @@ def test_values_are_the_true_objectives():
     params, x = _setup()
     key = jax.random.key(6)
     mc = MODEL.objective(params, key, x[0], num_samples=3)[0]
-    bound = MODEL.iwae_objective(params, key, x[0], num_samples=3)[0]
+    b = discrete.sample(key, MODEL.encode(params, x[0]), num_samples=3)  # the draws of every estimator below
+    bound = jax.nn.logsumexp(MODEL.log_weights(params, x[0], b)) - np.log(3)
     for name, options, expected in [("reinforce", {"num_samples": 3}, mc), ("vimco", {"num_samples": 3}, bound),
                                     ("gumbel_softmax", {"num_samples": 3}, mc),
                                     ("straight_through", {"num_samples": 3}, mc)]:
@@ -186,6 +194,11 @@ def test_values_are_the_true_objectives():
     prob = jax.nn.sigmoid(MODEL.encode(params, x[0]))[None]
     b = jnp.concatenate([(u < prob), (1 - u < prob)]).astype(jnp.float32)
     np.testing.assert_allclose(value, jnp.mean(MODEL.log_weights(params, x[0], b)), rtol=1e-5)
+    # DisARM-IW: the k-sample bound of the first draws of its k antithetic pairs.
+    value, aux = jax.jit(DE.make_discrete_estimator("disarm_iw", MODEL, num_samples=3))(params, key, x[0])
+    b = (jax.random.uniform(key, (3, LATENT)) < prob).astype(jnp.float32)
+    np.testing.assert_allclose(value, jax.nn.logsumexp(MODEL.log_weights(params, x[0], b)) - np.log(3), rtol=1e-5)
+    np.testing.assert_allclose(aux["iwae"], value, rtol=1e-6)
 
 
 def test_categorical_latents():
@@ -207,8 +220,11 @@ def test_categorical_latents():
     gs = estimators.gradient_statistics(DE.make_discrete_estimator("gumbel_softmax", model, temperature=0.5),
                                params, jax.random.key(2), x, num_draws=DRAWS)
     assert _max_z(gs, truth) > 10
-    with pytest.raises(ValueError, match="Bernoulli"):
-        DE.make_discrete_estimator("disarm", model)(params, jax.random.key(0), x[0])
+    for name in DE.BERNOULLI_ONLY:
+        with pytest.raises(ValueError, match="Bernoulli"):
+            DE.make_discrete_estimator(name, model, **({"num_samples": 2} if name == "disarm_iw" else {}))(
+                DE.with_estimator_params(model, name).init(
+                jax.random.key(0), x[0]), jax.random.key(0), x[0])
 
 
 def test_disarm_training_through_fit_improves_the_elbo():

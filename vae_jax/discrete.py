@@ -17,15 +17,20 @@ DisARM paper (Dong, Mnih & Tucker 2020, after Tucker et al. 2017 and Yin & Zhou
 are learned), ``p(x|b)`` Bernoulli pixels; *linear* (affine maps) or
 *nonlinear* (two deterministic hidden layers of 200 LeakyReLU(0.3) units).
 They have the interface of :class:`vae_jax.models.VAE` (``init``, ``encode``,
-``decode``, ``likelihood``, ``latent_dim``, per example), with ``encode``
-returning the logits of q instead of ``(mean, log_std)``. Imports ``jax`` only.
+``decode``, ``bind``, ``objective``, ``log_marginal``, ``reconstruct``, ``sample``,
+``likelihood``, ``latent_dim``, per example), with ``encode`` returning the logits
+of q instead of ``(mean, log_std)``. As for the Gaussian VAE, every training
+objective and the k-sample bound come from the estimators by name:
+``make_discrete_estimator("vimco", model, num_samples=k)`` has the k-sample bound
+as its value. Imports ``jax`` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +172,20 @@ def log_joint(x: jax.Array, b: jax.Array, decode: Callable, prior_logits: jax.Ar
 
 # --------------------------------------------------------------------------- models
 
+class DiscreteBound(NamedTuple):
+    """A discrete-latent model's pure functions with its parameters bound.
+
+    Attributes:
+      encode: ``x ->`` the logits of q(b|x), ``latent_shape``.
+      decode: ``b ->`` the pixel logits of p(x|b).
+      prior_logits: the logits of the factorised prior p(b), ``latent_shape``.
+    """
+
+    encode: Callable[[jax.Array], jax.Array]
+    decode: Callable[[jax.Array], jax.Array]
+    prior_logits: jax.Array
+
+
 def _dense(key, fan_in, fan_out):
     return {"w": jax.random.normal(key, (fan_in, fan_out)) / math.sqrt(fan_in), "b": jnp.zeros((fan_out,))}
 
@@ -272,7 +291,8 @@ class DiscreteVAE:
 
     def objective(self, params: dict[str, Any], key: jax.Array, x: jax.Array, *, num_samples: int = 1
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Monte-Carlo ELBO with ``num_samples`` exact draws (for evaluation: no useful gradient for q).
+        """Monte-Carlo ELBO with ``num_samples`` exact draws (for evaluation: no useful gradient for q;
+        train with an estimator of :func:`vae_jax.discrete_estimators.make_discrete_estimator`).
 
         Returns:
           ``(elbo, {"elbo", "kl"})``: the estimate and the analytic ``KL(q(b|x) || p(b))`` (nats).
@@ -282,12 +302,37 @@ class DiscreteVAE:
         return value, {"elbo": value, "kl": kl(self.encode(params, x), self.prior_logits(params),
                                                latent=self.latent)}
 
-    def iwae_objective(self, params: dict[str, Any], key: jax.Array, x: jax.Array, *, num_samples: int
-                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The ``num_samples``-draw importance-weighted bound on ``log p(x)`` (nats): ``(value, {"iwae"})``."""
-        b = sample(key, self.encode(params, x), latent=self.latent, num_samples=num_samples)
-        value = jax.nn.logsumexp(self.log_weights(params, x, b)) - math.log(num_samples)
-        return value, {"iwae": value}
+    def bind(self, params: dict[str, Any]) -> DiscreteBound:
+        """The pure ``(encode, decode, prior_logits)`` of these parameters (see :class:`DiscreteBound`):
+        what every estimator of :mod:`vae_jax.discrete_estimators` takes."""
+        return DiscreteBound(functools.partial(self.encode, params), functools.partial(self.decode, params),
+                             self.prior_logits(params))
+
+    def code(self, params: dict[str, Any], x: jax.Array) -> jax.Array:
+        """The most probable ``b`` under q(b|x) (factorised: each unit / group at its mode), ``latent_shape``."""
+        return hard(self.encode(params, x), latent=self.latent)
+
+    def reconstruct(self, params: dict[str, Any], x: jax.Array) -> jax.Array:
+        """Pixel probabilities of p(x|b) at the most probable ``b`` of q(b|x), ``input_shape``."""
+        return self.decode_mean(params, self.code(params, x))
+
+    def log_marginal(self, params: dict[str, Any], key: jax.Array, x: jax.Array, *, num_samples: int = 5000,
+                     chunk_size: int = 500) -> jax.Array:
+        """Importance-sampled ``log p(x)`` (nats): the ``num_samples``-draw bound, ``chunk_size`` draws decoded
+        at once (chunk ``c`` draws with ``fold_in(key, c)``)."""
+        for n, name in ((num_samples, "num_samples"), (chunk_size, "chunk_size")):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"{name} must be a positive int; got {n!r}.")
+        chunk_size = min(chunk_size, num_samples)
+        num_chunks = -(-num_samples // chunk_size)
+        logits = self.encode(params, x)
+
+        def chunk(c):
+            b = sample(jax.random.fold_in(key, c), logits, latent=self.latent, num_samples=chunk_size)
+            return self.log_weights(params, x, b)
+
+        log_w = jax.lax.map(chunk, jnp.arange(num_chunks)).reshape(-1)[:num_samples]
+        return jax.nn.logsumexp(log_w) - math.log(num_samples)
 
     def sample(self, params: dict[str, Any], key: jax.Array, n: int) -> jax.Array:
         """Pixel probabilities for ``n`` draws ``b ~ p(b)``: ``[n, *input_shape]``."""

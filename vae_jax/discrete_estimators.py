@@ -26,6 +26,9 @@ out), attached as ``sum(stop_gradient(g) * logits)``:
   ARM ``(f(b~) - f(b)) (u - 1/2)`` (Yin & Zhou 2019), DisARM its conditional
   expectation ``1/2 (f(b) - f(b~)) (-1)^b~ 1[b != b~] s(|a|)`` (Dong, Mnih & Tucker 2020);
   ``num_pairs`` independent pairs averaged. Bernoulli only.
+- ``disarm_iw``: DisARM for the k-sample bound (the DisARM paper's multi-sample form,
+  "local DisARM"): k antithetic pairs, each draw's signal the bound minus the bound
+  with that draw swapped for its partner. Bernoulli only.
 - ``gumbel_softmax`` (Concrete) and ``straight_through`` (Gumbel): pathwise gradient
   of the relaxed objective (log-probabilities evaluated at the relaxed sample),
   biased (Jang et al. 2017, Maddison et al. 2017, Bengio et al. 2013).
@@ -181,28 +184,77 @@ def vimco(key, x, encode, decode, *, prior_logits=None, latent="bernoulli", like
     k = num_samples
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood)
     b = discrete.sample(key, sg(logits), latent=latent, num_samples=k)
-    log_w = jax.vmap(log_p)(b) - jax.vmap(lambda v: discrete.log_prob(logits, v, latent=latent))(b)
+    log_w = _log_weights(logits, log_p, b, latent)
     lw = sg(log_w)
-    bound = jax.nn.logsumexp(lw) - math.log(k)
-    others = (jnp.sum(lw) - lw) / (k - 1)
-    loo = jnp.where(jnp.eye(k, dtype=bool), others[:, None], lw[None, :])  # row i: log w with w_i replaced
-    signal = bound - (jax.nn.logsumexp(loo, axis=1) - math.log(k))
+    signal = _swap_one_out(lw, (jnp.sum(lw) - lw) / (k - 1))  # w_i replaced by the others' geometric mean
     g = _weighted(signal, jax.vmap(lambda v: discrete.score(sg(logits), v, latent=latent))(b))
-    surrogate = jax.nn.logsumexp(log_w) - math.log(k) + jnp.sum(sg(g) * logits)
-    return _attach(bound, surrogate), {"iwae": bound}
+    return _bound_with_gradient(log_w, g, logits)
+
+
+def _log_weights(logits, log_p, b, latent):
+    """``log p(x, b_i) - log q(b_i|x)`` at draws ``b [k, ...]``, differentiable in the decoder and ``logits``."""
+    return jax.vmap(log_p)(b) - jax.vmap(lambda v: discrete.log_prob(logits, v, latent=latent))(b)
+
+
+def _log_mean_exp(lw, axis=-1):
+    return jax.nn.logsumexp(lw, axis=axis) - math.log(lw.shape[axis])
+
+
+def _swap_one_out(lw, replacement):
+    """``[k]``: the k-sample bound of ``lw [k]`` minus the bound with ``lw_i`` replaced by ``replacement_i``."""
+    swapped = jnp.where(jnp.eye(lw.shape[0], dtype=bool), replacement[:, None], lw[None, :])  # row i: i swapped
+    return _log_mean_exp(lw) - _log_mean_exp(swapped, axis=1)
+
+
+def _bound_with_gradient(log_w, g, logits):
+    """The k-sample bound of ``log_w`` (value), with its gradient through ``log_w`` plus ``g`` for ``logits``."""
+    bound = _log_mean_exp(sg(log_w))
+    return _attach(bound, _log_mean_exp(log_w) + jnp.sum(sg(g) * logits)), {"iwae": bound}
+
+
+def _antithetic_pairs(key, a, num_pairs):
+    """``(b, b_anti, direction)``, each ``[num_pairs, d]``: ``b = 1[u < s(a)]``, ``b~ = 1[1 - u < s(a)]`` and
+    DisARM's ``(-1)^b~ 1[b != b~] s(|a|)`` (so ``1/2 (f(b) - f(b~)) direction`` estimates ``d E f / d a``)."""
+    u = jax.random.uniform(key, (num_pairs, *a.shape), a.dtype)
+    prob = jax.nn.sigmoid(a)[None]
+    b, b_anti = (u < prob).astype(a.dtype), (1.0 - u < prob).astype(a.dtype)
+    direction = jnp.where(b != b_anti, jnp.where(b_anti > 0, -1.0, 1.0), 0.0) * jax.nn.sigmoid(jnp.abs(a))[None]
+    return u, b, b_anti, direction
+
+
+def disarm_iw(key, x, encode, decode, *, prior_logits=None, latent="bernoulli", likelihood="bernoulli",
+              num_samples):
+    """DisARM for the k-sample bound (Dong, Mnih & Tucker 2020, "DisARM-IW", the paper's local DisARM).
+
+    ``k`` antithetic pairs ``(b_i, b~_i)``; the bound ``L = log mean_i w(b_i)`` of the first draws is
+    the value. Encoder: ``sum_i 1/2 (L - L_i~) (-1)^b~_i 1[b_i != b~_i] s(|a|)``, where ``L_i~`` is
+    the bound with ``b_i`` swapped for its partner ``b~_i`` (DisARM of ``b_i -> L`` with the other
+    draws held fixed), plus the direct term ``-sum_i w~_i grad log q(b_i)``; decoder:
+    ``sum_i w~_i grad log p(x, b_i)``. ``2 k`` evaluations of f. Bernoulli latents.
+
+    Args:
+      num_samples: ``k >= 1`` pairs, the k of the bound (``k = 1``: DisARM of the ELBO).
+      Others: as for :func:`reinforce`.
+
+    Returns:
+      ``(value, {"iwae": value})``: the k-sample bound estimate at the draws ``b_i`` (nats).
+    """
+    _check_int(num_samples, "num_samples")
+    logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood, bernoulli_only="disarm_iw")
+    a = sg(logits)
+    _, b, b_anti, direction = _antithetic_pairs(key, a, num_samples)
+    log_w = _log_weights(logits, log_p, b, latent)
+    signal = _swap_one_out(sg(log_w), _evaluate(logits, log_p, b_anti, latent)[1])
+    return _bound_with_gradient(log_w, 0.5 * _weighted(signal, direction), logits)
 
 
 def _antithetic(key, x, encode, decode, prior_logits, latent, likelihood, num_pairs, name, disarm):
     _check_int(num_pairs, "num_pairs")
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood, bernoulli_only=name)
-    a = sg(logits)
-    u = jax.random.uniform(key, (num_pairs, *a.shape), a.dtype)
-    prob = jax.nn.sigmoid(a)[None]
-    b, b_anti = (u < prob).astype(a.dtype), (1.0 - u < prob).astype(a.dtype)
+    u, b, b_anti, direction = _antithetic_pairs(key, sg(logits), num_pairs)
     lp, f = _evaluate(logits, log_p, jnp.concatenate([b, b_anti]), latent)
     f_b, f_anti = f[:num_pairs], f[num_pairs:]
     if disarm:
-        direction = jnp.where(b != b_anti, jnp.where(b_anti > 0, -1.0, 1.0), 0.0) * jax.nn.sigmoid(jnp.abs(a))[None]
         g = _weighted(0.5 * (f_b - f_anti), direction) / num_pairs
     else:
         g = _weighted(f_anti - f_b, u - 0.5) / num_pairs
@@ -375,9 +427,11 @@ def relax(key, x, encode, decode, *, control, prior_logits=None, latent="bernoul
 
 
 ESTIMATORS: dict[str, Callable] = {"reinforce": reinforce, "nvil": nvil, "vimco": vimco, "arm": arm,
-                                   "disarm": disarm, "gumbel_softmax": gumbel_softmax,
+                                   "disarm": disarm, "disarm_iw": disarm_iw, "gumbel_softmax": gumbel_softmax,
                                    "straight_through": straight_through, "rebar": rebar, "relax": relax}
-UNBIASED = ("reinforce", "nvil", "arm", "disarm", "rebar", "relax")  # for the ELBO; vimco for the k-sample bound
+UNBIASED = ("reinforce", "nvil", "arm", "disarm", "rebar", "relax")  # for the ELBO
+MULTI_SAMPLE = ("vimco", "disarm_iw")  # unbiased for the k-sample bound (value and gradient)
+BERNOULLI_ONLY = ("arm", "disarm", "disarm_iw", "rebar", "relax")
 _INJECTED = ("prior_logits", "latent", "likelihood", "baseline_fn", "control", "decode_constant")
 
 
@@ -440,8 +494,8 @@ def make_discrete_estimator(name: str, model: Any, **options: Any) -> Callable:
 
     Args:
       name: a key of :data:`ESTIMATORS`.
-      model: with ``encode(params, x) -> logits``, ``decode(params, b)``, ``prior_logits(params)``,
-        ``latent`` and ``likelihood`` (a :class:`vae_jax.discrete.DiscreteVAE`). NVIL reads
+      model: with ``bind(params) -> (encode, decode, prior_logits)``, ``latent`` and
+        ``likelihood`` (a :class:`vae_jax.discrete.DiscreteVAE`). NVIL reads
         ``params["baseline"]``, REBAR/RELAX ``params["control"]`` (see :func:`with_estimator_params`).
       **options: static keyword options of the estimator (``num_samples``, ``num_pairs``,
         ``baseline``, ``temperature``); runtime ones (``baseline_value``) come as ``**hparams``.
@@ -461,8 +515,9 @@ def make_discrete_estimator(name: str, model: Any, **options: Any) -> Callable:
             extra["baseline_fn"] = lambda v: baseline_apply(params["baseline"], v)
         elif name in ("rebar", "relax"):
             extra["control"] = params["control"]
-            extra["decode_constant"] = lambda b: model.decode(sg(params), b)
-        return fn(key, x, lambda v: model.encode(params, v), lambda b: model.decode(params, b),
-                  prior_logits=model.prior_logits(params), **extra, **hparams)
+            extra["decode_constant"] = model.bind(sg(params)).decode
+        encode, decode, prior_logits = model.bind(params)
+        return fn(key, x, encode, decode, prior_logits=prior_logits, **extra, **hparams)
 
+    surrogate.model = model  # lets evaluation check the data against the model's likelihood
     return surrogate
