@@ -63,7 +63,8 @@ def test_help_documents_every_option_with_the_dataclass_default(capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--model", "--lr", "--binarize", "--latent-dim", "--hidden-sizes", "--num-samples",
-                 "--validation-size", "--resume", "--out"):
+                 "--validation-size", "--resume", "--out", "--latent", "--num-categories", "--estimator",
+                 "--estimator-options", "disarm_iw", "relax", "dreg", "{gaussian,bernoulli,categorical}"):
         assert flag in text
     assert "(default: 32)" in text and "(default: '512,256')" in text  # ModelConfig's values
     for f in dataclasses.fields(TrainConfig):
@@ -271,6 +272,30 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
     (["sample", "--run", "{run}", "--n", "0"], 2, "--n must be >= 1"),
     (["sample", "--run", "{run}", "--out", "{run}/config.json/x.png"], 2, "lies under the file"),
     (["sample", "--run", "{run}", "--out", "{tmp}/a.jpg"], 2, "--out must name a .png file"),
+    (["train", "--latent", "bernoulli", "--estimator", "pathwise", "--out", "{tmp}/a"], 2,
+     "estimator 'pathwise' is for Gaussian latents, not latent='bernoulli'; choose from reinforce, nvil"),
+    (["train", "--latent", "bernoulli", "--out", "{tmp}/a"], 2,
+     "latent='bernoulli' has no reparameterisation gradient; choose --estimator from reinforce"),
+    (["train", "--latent", "categorical", "--estimator", "disarm", "--out", "{tmp}/a"], 2,
+     "estimator 'disarm' is for Bernoulli latents only, not latent='categorical'"),
+    (["train", "--estimator", "relax", "--out", "{tmp}/a"], 2, "estimator 'relax' is for Bernoulli latents only"),
+    (["train", "--latent", "bernoulli", "--estimator", "vimco", "--out", "{tmp}/a"], 2,
+     "estimator 'vimco' estimates the gradient of the 'iwae' bound; give --objective iwae"),
+    (["train", "--latent", "bernoulli", "--estimator", "vimco", "--objective", "iwae", "--out", "{tmp}/a"], 2,
+     "estimator 'vimco' needs --num-samples 2 or more; got 1"),
+    (["train", "--latent", "bernoulli", "--estimator", "disarm", "--num-samples", "2", "--out", "{tmp}/a"], 2,
+     "estimator 'disarm' takes no num_samples (leave --num-samples at 1); it averages --estimator-options num_pairs"),
+    (["train", "--latent", "bernoulli", "--estimator", "disarm", "--estimator-options", "temperature=2",
+      "--out", "{tmp}/a"], 2, "Estimator 'disarm' got unknown options ['temperature']; it takes ['num_pairs']"),
+    (["train", "--latent", "bernoulli", "--estimator", "rebar", "--estimator-options", "hidden=4",
+      "--out", "{tmp}/a"], 2, "hidden (units of a learned network) is for nvil and relax, not 'rebar'"),
+    (["train", "--latent", "bernoulli", "--prior", "vamp", "--estimator", "disarm", "--out", "{tmp}/a"], 2,
+     "does not take prior='vamp'"),
+    (["train", "--latent", "bernoulli", "--estimator", "reinforce", "--beta", "2", "--out", "{tmp}/a"], 2,
+     "beta applies to the pathwise ELBO only"),
+    (["train", "--model", "ae", "--estimator", "pathwise", "--out", "{tmp}/a"], 2, "--estimator needs a VAE"),
+    (["train", "--estimator-options", "baseline=leave_one_out", "--out", "{tmp}/a"], 2,
+     "estimator_options need an --estimator"),
 ])
 def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, capsys):
     names = {"tmp": tmp_path, "run": run}
@@ -349,6 +374,65 @@ def test_malformed_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+DISCRETE = ["--dataset", "digits", "--validation-size", "200", "--train-size", "300", "--batch-size", "50",
+            "--hidden-sizes", "32", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, group", [
+    (["--latent", "bernoulli", "--latent-dim", "16", "--estimator", "disarm"], None),
+    (["--latent", "categorical", "--latent-dim", "4", "--num-categories", "3", "--estimator", "nvil",
+      "--estimator-options", "hidden=8", "--num-samples", "2"], "baseline"),
+], ids=["bernoulli-disarm", "categorical-nvil"])
+def test_discrete_latent_run_trains_resumes_and_evaluates(extra, group, tmp_path, capsys):
+    resumed = tmp_path / "resumed"
+    assert main(["train", *DISCRETE, *extra, "--epochs", "1", "--out", str(resumed)]) == 0
+    assert "No latent-space figures: " in capsys.readouterr().out  # the stated reason
+    # --resume takes the latent, estimator and its options from config.json
+    assert main(["train", "--epochs", "2", "--resume", "--no-progress", "--out", str(resumed)]) == 0
+    saved = json.loads((resumed / "config.json").read_text())
+    assert saved["model"]["latent"] == extra[1] and saved["train"]["estimator"] == extra[extra.index("--estimator") + 1]
+    epoch, state = _latest_state(resumed)
+    rows = _rows(resumed)
+    assert epoch == len(rows) == 2
+    for r in rows:
+        assert all(np.isfinite(float(v)) for v in r.values())
+        assert float(r["validation_kl"]) >= 0 and float(r["validation_elbo"]) < 0
+    for name in ("reconstructions", "prior_samples", "learning_curves"):
+        assert matplotlib.image.imread(resumed / f"{name}.png").shape[0] > 50
+    assert not (resumed / "latent_space.png").exists()
+    if group:  # learned estimator parameters: in the state, checkpointed, resumed exactly
+        straight = tmp_path / "straight"
+        assert main(["train", *DISCRETE, *extra, "--epochs", "2", "--out", str(straight)]) == 0
+        epoch_b, state_b = _latest_state(straight)
+        assert epoch_b == 2
+        _assert_bitwise_equal(state.params, state_b.params)
+        _assert_bitwise_equal(state.opt_state, state_b.opt_state)
+        assert (resumed / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+        config, shape = load_run_config(straight)
+        fresh = runner.setup(config, shape)[1].params[group]
+        moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                 for a, b in zip(jax.tree.leaves(state.params[group]), jax.tree.leaves(fresh))]
+        assert min(moved) > 1e-4
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(resumed), "--num-samples", "50", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_elbo"] == pytest.approx(float(rows[result["epoch"] - 1]["validation_elbo"]), abs=3.0)
+    assert result["test_elbo"] < result["test_log_marginal"] < 0  # 50-sample bound above the ELBO
+    assert main(["sample", "--run", str(resumed), "--n", "4"]) == 0
+
+
+def test_estimator_options_parse_to_typed_values():
+    from vae_jax.config import parse_options
+
+    assert parse_options("baseline=leave_one_out, num_pairs=2,temperature=0.5") == {
+        "baseline": "leave_one_out", "num_pairs": 2, "temperature": 0.5}
+    assert parse_options("") == {}
+    with pytest.raises(ValueError, match="given twice"):
+        parse_options("a=1,a=2")
+    config = TrainConfig(estimator="reinforce", estimator_options="baseline=leave_one_out,hidden=5", num_samples=3)
+    assert config.estimator_kwargs() == ({"baseline": "leave_one_out", "num_samples": 3}, 5)
 
 
 def test_short_fashion_mnist_run_reaches_a_stated_validation_elbo(tmp_path):

@@ -23,21 +23,24 @@ from typing import Any, Sequence
 
 from vae_jax import runner
 from vae_jax.checkpoints import WHICH, CheckpointError, RunLock, RunLockedError
-from vae_jax.config import (ARCHITECTURES, KINDS, OBJECTIVES, ModelConfig, RunConfig, TrainConfig,
-                            load_run_config)
+from vae_jax.config import (ARCHITECTURES, ESTIMATOR_NAMES, KINDS, LATENTS, OBJECTIVES, ModelConfig, RunConfig,
+                            TrainConfig, load_run_config)
 from vae_jax.data import BINARIZATION_MODES
+from vae_jax.discrete import ACTIVATIONS as DISCRETE_ACTIVATIONS
 from vae_jax.distributions import LIKELIHOODS
 from vae_jax.networks import ACTIVATIONS, COMPUTE_DTYPES
 from vae_jax.priors import PRIORS
 
 _FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
 _CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
-            "activation": tuple(ACTIVATIONS), "objective": OBJECTIVES,
+            "activation": tuple(dict.fromkeys([*ACTIVATIONS, *DISCRETE_ACTIVATIONS])), "objective": OBJECTIVES,
             "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
-            "compute_dtype": COMPUTE_DTYPES}
+            "compute_dtype": COMPUTE_DTYPES, "latent": LATENTS, "estimator": ESTIMATOR_NAMES}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
+    if not text.strip():  # no hidden layer: the linear model of discrete latents
+        return ()
     try:
         return tuple(int(s) for s in text.split(","))
     except ValueError:
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     for name, text in (("evaluate", "print and save (evaluation.json) the test ELBO and optionally log p(x)"),
-                       ("sample", "decode draws z ~ N(0, I) into a PNG grid")):
+                       ("sample", "decode draws z ~ p(z) of the model's prior into a PNG grid")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", allow_abbrev=False)
         p.add_argument("--run", type=Path, required=True, help="run folder written by vae-jax train")
         p.add_argument("--checkpoint", choices=WHICH, default="best",

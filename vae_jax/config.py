@@ -11,6 +11,7 @@ exact model.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import tempfile
@@ -21,11 +22,18 @@ import numpy as np
 
 from vae_jax._checks import check_finite_number, check_positive_int
 from vae_jax.data import BINARIZATION_MODES
-from vae_jax import distributions, networks, priors
+from vae_jax import discrete, discrete_estimators, distributions, estimators, networks, priors
 
 ARCHITECTURES = ("mlp", "conv", "gated_mlp")
 KINDS = ("vae", "ae")
 OBJECTIVES = ("elbo", "iwae")
+LATENTS = ("gaussian", *discrete.LATENTS)
+ESTIMATOR_FAMILIES = {"gaussian": estimators.ESTIMATORS, "bernoulli": discrete_estimators.ESTIMATORS,
+                      "categorical": {k: v for k, v in discrete_estimators.ESTIMATORS.items()
+                                      if k not in discrete_estimators.BERNOULLI_ONLY}}
+ESTIMATOR_NAMES = (*estimators.ESTIMATORS, *discrete_estimators.ESTIMATORS)
+BOUND_ESTIMATORS = ("iwae", "dreg", *discrete_estimators.MULTI_SAMPLE)  # gradients of the k-sample bound
+LEARNED_ESTIMATOR_PARAMS = ("nvil", "rebar", "relax")  # estimator parameter groups in the train state
 RESUMABLE_CHANGES = ("epochs", "data_dir")  # fields --resume may change
 
 
@@ -68,8 +76,19 @@ class ModelConfig:
     num_components: int = _field(500, "K of the mixture or VampPrior prior")
     compute_dtype: str = _field("float32", "type of the networks' matmuls: 'float32' or 'bfloat16' "
                                 "(float32 accumulation, parameters and losses)")
+    latent: str = _field("gaussian", "latent variables: 'gaussian' (z in R^d), 'bernoulli' (d binary units) "
+                         "or 'categorical' (d one-hot groups of --num-categories); discrete ones need --estimator")
+    num_categories: int = _field(10, "categories K of each one-hot group (--latent categorical)")
 
     def __post_init__(self):
+        if self.latent not in LATENTS:
+            raise ValueError(f"Unknown latent {self.latent!r}; expected one of {LATENTS}.")
+        if isinstance(self.num_categories, bool) or not isinstance(self.num_categories, int) \
+                or self.num_categories < 2:
+            raise ValueError(f"num_categories must be an int >= 2; got {self.num_categories!r}.")
+        if self.latent != "gaussian":
+            self._check_discrete()
+            return
         if self.kind not in KINDS:
             raise ValueError(f"Unknown model kind {self.kind!r}; expected one of {KINDS}.")
         if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
@@ -92,6 +111,48 @@ class ModelConfig:
                              f"{networks.COMPUTE_DTYPES}.")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
 
+    def _check_discrete(self):
+        """A discrete-latent model is a :class:`vae_jax.discrete.DiscreteVAE`: a pure-JAX MLP VAE with
+        Bernoulli pixels and a learned factorised prior; the options it has no use for must stay at
+        their defaults. ``hidden_sizes`` may be empty (the DisARM paper's linear model)."""
+        fixed = {"kind": "vae", "likelihood": "bernoulli", "architecture": "mlp", "prior": "standard_normal",
+                 "compute_dtype": "float32"}
+        wrong = [f"{k}={getattr(self, k)!r}" for k, v in fixed.items() if getattr(self, k) != v]
+        if wrong:
+            raise ValueError(f"latent={self.latent!r} is a VAE with an MLP, Bernoulli pixels, a learned "
+                             f"factorised prior and float32 matmuls; it does not take {', '.join(wrong)}.")
+        if not isinstance(self.latent_dim, int) or isinstance(self.latent_dim, bool) or self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be a positive int; got {self.latent_dim!r}.")
+        if any(int(h) <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive ints (or none: the linear model); got "
+                             f"{self.hidden_sizes!r}.")
+        if self.activation not in discrete.ACTIVATIONS:
+            raise ValueError(f"Unknown activation {self.activation!r} for discrete latents; expected one of "
+                             f"{tuple(discrete.ACTIVATIONS)}.")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
+
+
+def parse_options(text: str) -> dict[str, int | float | str]:
+    """``"a=1,b=0.5,c=name"`` -> ``{"a": 1, "b": 0.5, "c": "name"}`` (int, else float, else string).
+
+    Raises:
+      ValueError: an item without ``=`` or a repeated name.
+    """
+    options: dict[str, int | float | str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, value = (t.strip() for t in item.partition("="))
+        if not sep or not name or not value:
+            raise ValueError(f"estimator_options must be comma-separated NAME=VALUE items; got {item!r}.")
+        if name in options:
+            raise ValueError(f"estimator option {name!r} is given twice.")
+        for cast in (int, float, str):
+            try:
+                options[name] = cast(value)
+                break
+            except ValueError:
+                continue
+    return options
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -110,6 +171,10 @@ class TrainConfig:
       train_size: use only the first N training examples (0: all).
       seed: seed of the initialisation, shuffles, draws and validation split.
       data_dir: folder of the Fashion-MNIST IDX files or TFDS data ("": default).
+      estimator: a gradient estimator by name (``""``: the objective's pathwise gradient);
+        see :data:`ESTIMATOR_FAMILIES` for the names each latent kind takes.
+      estimator_options: ``"NAME=VALUE,..."`` options of the estimator (:func:`parse_options`);
+        ``hidden`` sets the units of NVIL's baseline / RELAX's network.
     """
 
     dataset: str = _field("fashion_mnist", "'fashion_mnist' (offline IDX files), 'digits' "
@@ -128,6 +193,13 @@ class TrainConfig:
     seed: int = _field(0, "seed of the initialisation, shuffles, draws and validation split")
     data_dir: str = _field("", "folder of the Fashion-MNIST IDX files or of TFDS data "
                            "('': $VAE_JAX_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
+    estimator: str = _field("", "gradient estimator of the objective, by name ('': pathwise for Gaussian "
+                            "latents); Gaussian: " + ", ".join(estimators.ESTIMATORS) + "; discrete: "
+                            + ", ".join(discrete_estimators.ESTIMATORS) + " (arm, disarm, disarm_iw, rebar, "
+                            "relax: Bernoulli only; iwae, dreg, vimco, disarm_iw: with --objective iwae)")
+    estimator_options: str = _field("", "options of --estimator as NAME=VALUE,...: e.g. baseline=leave_one_out "
+                                    "(or running_mean), num_pairs=2, temperature=0.5, hidden=50 (units of NVIL's "
+                                    "baseline / RELAX's network); the draws are --num-samples")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_samples", "validation_size"):
@@ -148,6 +220,32 @@ class TrainConfig:
         if self.binarization not in ("auto", *BINARIZATION_MODES):
             raise ValueError(f"Unknown binarization {self.binarization!r}; expected one of "
                              f"{('auto', *BINARIZATION_MODES)}.")
+        if self.estimator and self.estimator not in ESTIMATOR_NAMES:
+            raise ValueError(f"Unknown estimator {self.estimator!r}; expected one of {ESTIMATOR_NAMES}.")
+        options = parse_options(self.estimator_options)
+        if options and not self.estimator:
+            raise ValueError("estimator_options need an --estimator.")
+        if "num_samples" in options:
+            raise ValueError("the estimator's draws are --num-samples, not an estimator option.")
+
+    def estimator_kwargs(self) -> tuple[dict[str, Any], int | None]:
+        """``(options, hidden)``: the estimator's keyword options (with ``num_samples`` where it takes
+        one) and the units of its learned network (``None``: the default)."""
+        options = parse_options(self.estimator_options)
+        hidden = options.pop("hidden", None)
+        registry = {**estimators.ESTIMATORS, **discrete_estimators.ESTIMATORS}
+        if _takes(registry[self.estimator], "num_samples"):
+            options["num_samples"] = self.num_samples
+        return options, hidden
+
+
+def inspect_params(fn) -> tuple[str, ...]:
+    """The parameter names of ``fn``."""
+    return tuple(inspect.signature(fn).parameters)
+
+
+def _takes(fn, name: str) -> bool:
+    return name in inspect_params(fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +263,47 @@ class RunConfig:
             raise ValueError("beta applies to the ELBO of a VAE only; leave it at 1 for an AE or IWAE.")
         if train.num_samples != 1 and model.kind != "vae":
             raise ValueError("num_samples applies to a VAE only; an AE has no draws of z.")
+        if train.estimator or model.latent != "gaussian":
+            self._check_estimator()
         if train.binarization == "auto":
             mode = "dynamic" if model.likelihood == "bernoulli" else "none"
             object.__setattr__(self, "train", dataclasses.replace(train, binarization=mode))
+
+    def _check_estimator(self):
+        """The estimator fits the latent kind, the objective and its options (see ``TrainConfig.estimator``)."""
+        model, train, name = self.model, self.train, self.train.estimator
+        family = ESTIMATOR_FAMILIES[model.latent]
+        if model.kind != "vae":
+            raise ValueError("--estimator needs a VAE (--model vae); an AE has no latent draws.")
+        if not name:
+            raise ValueError(f"latent={model.latent!r} has no reparameterisation gradient; choose --estimator "
+                             f"from {', '.join(family)}.")
+        if name not in family:
+            which = "Bernoulli latents only" if name in discrete_estimators.BERNOULLI_ONLY else (
+                "Gaussian latents" if name in estimators.ESTIMATORS else "discrete latents")
+            raise ValueError(f"estimator {name!r} is for {which}, not latent={model.latent!r}; choose from "
+                             f"{', '.join(family)}.")
+        wanted = "iwae" if name in BOUND_ESTIMATORS else "elbo"
+        if train.objective != wanted:
+            raise ValueError(f"estimator {name!r} estimates the gradient of the {wanted!r} bound; give "
+                             f"--objective {wanted}.")
+        if train.beta != 1.0 and name != "pathwise":
+            raise ValueError(f"beta applies to the pathwise ELBO only; estimator {name!r} takes none.")
+        options, hidden = train.estimator_kwargs()
+        if "num_samples" not in options and train.num_samples != 1:
+            raise ValueError(f"estimator {name!r} takes no num_samples (leave --num-samples at 1)"
+                             + ("; it averages --estimator-options num_pairs=N antithetic pairs."
+                                if "num_pairs" in inspect_params(family[name]) else "."))
+        if (name == "vimco" or options.get("baseline") == "leave_one_out") and train.num_samples < 2:
+            raise ValueError(f"estimator {name!r}{' with a leave-one-out baseline' if name != 'vimco' else ''} "
+                             f"needs --num-samples 2 or more; got {train.num_samples}.")
+        if hidden is not None:
+            if name not in ("nvil", "relax"):
+                raise ValueError(f"the option hidden (units of a learned network) is for nvil and relax, "
+                                 f"not {name!r}.")
+            check_positive_int(hidden, "hidden")
+        injected = ("likelihood", "prior") if model.latent == "gaussian" else discrete_estimators.INJECTED
+        estimators.bind_options(family, name, options, injected=(*injected, "baseline_value"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}

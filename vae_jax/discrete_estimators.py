@@ -432,7 +432,7 @@ ESTIMATORS: dict[str, Callable] = {"reinforce": reinforce, "nvil": nvil, "vimco"
 UNBIASED = ("reinforce", "nvil", "arm", "disarm", "rebar", "relax")  # for the ELBO
 MULTI_SAMPLE = ("vimco", "disarm_iw")  # unbiased for the k-sample bound (value and gradient)
 BERNOULLI_ONLY = ("arm", "disarm", "disarm_iw", "rebar", "relax")
-_INJECTED = ("prior_logits", "latent", "likelihood", "baseline_fn", "control", "decode_constant")
+INJECTED = ("prior_logits", "latent", "likelihood", "baseline_fn", "control", "decode_constant")
 
 
 def baseline_init(key: jax.Array, input_size: int, hidden: int = 100) -> list[dict[str, jax.Array]]:
@@ -506,7 +506,7 @@ def make_discrete_estimator(name: str, model: Any, **options: Any) -> Callable:
     Raises:
       ValueError: unknown name or option.
     """
-    fn = estimators.bind_options(ESTIMATORS, name, options, injected=_INJECTED, latent=model.latent,
+    fn = estimators.bind_options(ESTIMATORS, name, options, injected=INJECTED, latent=model.latent,
                                  likelihood=model.likelihood)
 
     def surrogate(params, key, x, **hparams):

@@ -15,17 +15,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, networks, objectives, priors
+from vae_jax import discrete, distributions, networks, objectives, priors
 from vae_jax.config import ARCHITECTURES, KINDS, ModelConfig  # noqa: F401  (re-exported)
 
 Params = Any
 
 
-def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE":
-    """The :class:`VAE` or :class:`AE` that ``config`` describes, for images ``[H, W, C]``."""
+def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE | discrete.DiscreteVAE":
+    """The :class:`VAE`, :class:`AE` or (``config.latent`` ``"bernoulli"`` / ``"categorical"``)
+    :class:`vae_jax.discrete.DiscreteVAE` that ``config`` describes, for images ``[H, W, C]``."""
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (H, W, C); got {input_shape}.")
+    if config.latent != "gaussian":
+        return discrete.DiscreteVAE(input_shape, config.latent_dim, hidden_sizes=config.hidden_sizes,
+                                    activation=config.activation,
+                                    num_categories=config.num_categories if config.latent == "categorical" else None)
     stochastic = config.kind == "vae"
     num_outputs = 2 if config.likelihood == "gaussian_learned" else 1
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype

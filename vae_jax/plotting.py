@@ -158,12 +158,14 @@ def save_run_figures(out: Path, model, params, config, x_test: np.ndarray, test,
     rows["reconstruction"] = per_example(model.reconstruct, x)
     save_image_rows(rows, out / "reconstructions.png", title=title)
     samples = np.asarray(model.sample(params, jax.random.key(config.train.seed), 64))
-    save_image_grid(samples, out / "prior_samples.png", title=f"decoded z ~ N(0, I): {title}")
+    gaussian = getattr(config.model, "latent", "gaussian") == "gaussian"
+    save_image_grid(samples, out / "prior_samples.png",
+                    title=f"decoded {'z ~ N(0, I)' if gaussian else 'b ~ p(b)'}: {title}")
     train_key = next(k for k in ("train_elbo", "train_iwae", "train_reconstruction") if k in history[0])
     label = lambda k: k.replace("_", " ").replace("elbo", "ELBO").replace("iwae", "IWAE bound")  # noqa: E731
     save_curves({label(k): [r[k] for r in history] for k in (train_key, metric)},
                 out / "learning_curves.png", ylabel="nats per example", title=title)
-    if config.model.latent_dim == 2:
+    if config.model.latent_dim == 2 and gaussian:  # a discrete code has no plane to draw
         n = min(len(x_test), 5000)
         codes = per_example(model.code, x_test[:n])
         names = {"fashion_mnist": FASHION_MNIST_CLASSES, "digits": tuple("0123456789")}.get(config.train.dataset)

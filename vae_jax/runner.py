@@ -29,10 +29,10 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import estimators, evaluation, hooks, plotting, training
+from vae_jax import discrete_estimators, estimators, evaluation, hooks, plotting, training
 from vae_jax._checks import check_positive_int
 from vae_jax.checkpoints import RunCheckpoints, RunLock
-from vae_jax.config import RunConfig, load_run_config, read_json, write_json
+from vae_jax.config import LEARNED_ESTIMATOR_PARAMS, RunConfig, load_run_config, read_json, write_json
 from vae_jax.models import build_model
 
 _EVAL_SEED_OFFSET = {"validation": 1, "test": 2}  # static binarisation seeds of the held-out splits
@@ -72,19 +72,44 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
       log-likelihood); ``metric`` names the history column that ranks checkpoints.
     """
     t = config.train
-    model = build_model(config.model, input_shape)
-    if config.model.kind == "ae":
-        objective, hparams = model.objective, {}
-    elif t.objective == "iwae":
-        objective, hparams = estimators.make_estimator("iwae", model, num_samples=t.num_samples), {}
-    else:
-        objective, hparams = functools.partial(model.objective, num_samples=t.num_samples), {"beta": t.beta}
+    model, objective, hparams, estimator_state = training_objective(config, build_model(config.model, input_shape))
     key_init = _keys(t.seed)[0]
-    state = training.create_train_state(model, key_init, jnp.zeros(input_shape), optax.adam(t.learning_rate),
-                                        **hparams)
+    example = jnp.zeros(input_shape)
+    state = training.create_train_state(model, key_init, example, optax.adam(t.learning_rate),
+                                        estimator_state=estimator_state, **hparams)
+    # Trace the objective once: an estimator that does not fit the model raises its ValueError here.
+    jax.eval_shape(lambda p: objective(p, key_init, example, **state.objective_kwargs()), state.params)
     step = training.make_train_step(objective, dynamic_binarization=t.binarization == "dynamic")
+    if estimator_state:
+        step = estimators.with_running_baseline(step)
     metric = "validation_elbo" if config.model.kind == "vae" else "validation_reconstruction"
     return model, state, step, model.objective, metric
+
+
+def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[str, float], dict[str, float]]:
+    """What ``config.train`` trains ``model`` with: ``(model, objective, hparams, estimator_state)``.
+
+    Without ``estimator``: the ELBO (pathwise, with ``beta``), the IWAE bound, or an AE's
+    reconstruction. With one: :func:`vae_jax.estimators.make_estimator` (Gaussian latents) or
+    :func:`vae_jax.discrete_estimators.make_discrete_estimator` by name; NVIL, REBAR and RELAX
+    get their parameter groups in the model's ``init`` (so in the train state), and
+    ``baseline=running_mean`` a running ELBO mean in ``estimator_state`` (starting at 0).
+    """
+    t = config.train
+    if config.model.kind == "ae":
+        return model, model.objective, {}, {}
+    if not t.estimator:
+        if t.objective == "iwae":
+            return model, estimators.make_estimator("iwae", model, num_samples=t.num_samples), {}, {}
+        return model, functools.partial(model.objective, num_samples=t.num_samples), {"beta": t.beta}, {}
+    options, hidden = t.estimator_kwargs()
+    estimator_state = {"baseline_value": 0.0} if options.get("baseline") == "running_mean" else {}
+    if config.model.latent == "gaussian":
+        hparams = {"beta": t.beta} if t.estimator == "pathwise" else {}
+        return model, estimators.make_estimator(t.estimator, model, **options), hparams, estimator_state
+    if t.estimator in LEARNED_ESTIMATOR_PARAMS:
+        model = discrete_estimators.with_estimator_params(model, t.estimator, hidden=hidden)
+    return model, discrete_estimators.make_discrete_estimator(t.estimator, model, **options), {}, estimator_state
 
 
 class _RunLog:
@@ -215,6 +240,10 @@ def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str
     history = result.history
     plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
                               metric)
+    if config.model.latent != "gaussian":
+        print(f"No latent-space figures: the {config.model.latent_dim} {config.model.latent} latents have no "
+              "continuous 2-D code to scatter or grid to decode (reconstructions use q's most probable b).",
+              flush=True)
     best = max(history, key=lambda r: r[metric])
     print(f"{len(history)} epochs: {metric} {history[-1][metric]:.2f} (best {best[metric]:.2f} at epoch "
           f"{best['epoch']}); outputs in {out}")
