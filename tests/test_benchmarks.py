@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import vae_jax as vj
-from benchmarks import flops, profile_step, run, torch_vae
+from benchmarks import flops, jax_vae, profile_step, run, torch_vae
 from vae_jax import distributions
 
 
@@ -80,6 +80,31 @@ def test_torch_baseline_computes_the_vae_jax_elbo():
     assert np.all(truth < 0)
 
 
+def test_handwritten_baseline_computes_the_vae_jax_elbo():
+    """The zero-cost baseline is the library's model: same weights and draws, same per-example ELBO."""
+    hidden, latent = (16, 12), 3
+    model = vj.build_model(vj.ModelConfig(latent_dim=latent, hidden_sizes=hidden), (8, 8, 1))
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 8, 8, 1), dtype=np.float32).round()
+    eps = rng.standard_normal((5, latent), dtype=np.float32)
+    params = model.init(jax.random.key(0), x[0])
+
+    def layers(flax_params):
+        names = sorted((k for k in flax_params if k.startswith("Dense")), key=lambda k: int(k.split("_")[1]))
+        names += ["head"] if "head" in flax_params else []
+        return [(flax_params[n]["kernel"], flax_params[n]["bias"]) for n in names]
+
+    def jax_elbo(image, e):
+        mean, log_std = model.encode(params, image)
+        logits = model.decode(params, mean + jnp.exp(log_std) * e)
+        return distributions.bernoulli_log_prob(logits, image) - distributions.kl_to_standard_normal(mean, log_std)
+
+    truth = np.asarray(jax.vmap(jax_elbo)(x, eps))
+    plain = {"encoder": layers(params["encoder"]), "decoder": layers(params["decoder"])}
+    got = np.asarray(jax_vae.handwritten_elbo(plain, x.reshape(5, -1), eps))
+    np.testing.assert_allclose(got, truth, rtol=1e-5)
+
+
 def test_quick_run_writes_valid_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     run.main(["--quick", "--out", str(out), "--no-progress"])
@@ -87,7 +112,9 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     assert report["command"] == f"python -m benchmarks.run --quick --out {out} --no-progress"
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["versions"]["torch"]
     assert report["matmul_rate_gflops"] == max(row["gflops"] for row in report["matmul"]) > 0
-    assert [r["implementation"] for r in report["train"]] == list(run.IMPLEMENTATIONS)
+    # Two model blocks (the speed model and the density table's), every implementation in each.
+    assert [r["implementation"] for r in report["train"]] == list(run.IMPLEMENTATIONS) * 2
+    assert [r["model"] for r in report["train"]] == ["784-64-64-8"] * 8 + ["784-48-48-6"] * 8
     examples = 512 // 32 * 32
     for row in report["train"]:
         assert len(row["seconds"]) == 1 and row["median_seconds"] > 0
@@ -108,14 +135,16 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     assert bias == compilers["bf16"]["mean_log_px_nats"] - compilers["default XLA"]["mean_log_px_nats"]
     assert 0 < abs(bias) < 0.01 * abs(compilers["default XLA"]["mean_log_px_nats"])
     assert report["ratios"] == {}  # the targets are defined at batch 128 and 1024 only
-    fastest = max((r for r in report["train"] if r["implementation"].startswith("pytorch")),
-                  key=lambda r: r["examples_per_second"])
-    for row in report["train"]:
-        assert row["fastest_pytorch"] == fastest["implementation"]
-        assert math.isclose(row["ratio_to_fastest_pytorch"],
-                            row["examples_per_second"] / fastest["examples_per_second"])
+    for block in ("784-64-64-8", "784-48-48-6"):
+        rows = [r for r in report["train"] if r["model"] == block]
+        fastest = max((r for r in rows if r["implementation"].startswith("pytorch")),
+                      key=lambda r: r["examples_per_second"])
+        for row in rows:
+            assert row["fastest_pytorch"] == fastest["implementation"]
+            assert math.isclose(row["ratio_to_fastest_pytorch"],
+                                row["examples_per_second"] / fastest["examples_per_second"])
     loads = [s["load_average_1_5_15_min"][0] for s in report["load"]]
-    assert len(loads) == 5 and report["max_load_average_1_min"] == max(loads)  # 1 batch size
+    assert len(loads) == 7 and report["max_load_average_1_min"] == max(loads)  # 2 blocks of 1 batch size
     assert report["timings_valid"] == (max(loads + [report["machine"]["load_average_1_5_15_min_before"][0]]) <= 1.5)
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
@@ -123,14 +152,16 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
 
 
 def test_ratios_against_the_fastest_peer():
-    rows = [{"implementation": name, "batch_size": 128, "examples_per_second": eps, "fraction_of_matmul_rate": 0.5}
+    rows = [{"implementation": name, "model": "784-512-512-32", "batch_size": 128, "examples_per_second": eps,
+             "fraction_of_matmul_rate": 0.5}
             for name, eps in (("vae_jax epoch scan", 150.0), ("vae_jax epoch scan bf16", 180.0),
-                              ("pytorch eager", 100.0), ("pytorch compile", 120.0),
+                              ("hand-written jax step", 160.0), ("pytorch eager", 100.0), ("pytorch compile", 120.0),
                               ("pytorch compile bf16 autocast", 200.0))]
     result = run.ratios(rows)
     assert result["best_vae_jax_over_fastest_pytorch_at_128"] == {"value": 0.9, "target": 1.0, "met": False}
     assert result["scan_over_torch_eager_at_128"]["value"] == 1.5
     assert math.isclose(result["scan_over_torch_compile_at_128"]["value"], 1.25)
+    assert result["scan_over_handwritten_at_128"] == {"value": 150.0 / 160.0, "target": 0.97, "met": False}
     assert all(r["fastest_pytorch"] == "pytorch compile bf16 autocast" for r in rows)
     assert rows[0]["ratio_to_fastest_pytorch"] == 0.75
 
