@@ -1,5 +1,6 @@
-"""beta-TCVAE (Chen et al., 2018): the KL split into index-code MI, total correlation and
-dimension-wise KL, estimated over a minibatch, and a train step for it (jax only).
+"""Total-correlation penalties (jax only): beta-TCVAE (Chen et al., 2018), the KL split into
+index-code MI, total correlation and dimension-wise KL estimated over a minibatch, and FactorVAE
+(Kim & Mnih, 2018), the TC estimated by a discriminator (the density-ratio trick); their train steps.
 
 For a batch ``x_1..x_M`` from a dataset of ``N`` examples with one draw
 ``z_i ~ q(z | x_i)`` each, the aggregate posterior ``q(z) = (1/N) sum_n q(z | x_n)``
@@ -33,18 +34,28 @@ step, like :func:`vae_jax.training.make_train_step`). :func:`make_tc_train_step`
 returns the same ``(state, batch, key) -> (state, metrics)`` contract, so it
 plugs into ``train_epoch``, ``train_epoch_stacked`` and ``fit``; the TC weight is
 ``state.hparams["beta"]``, so a sweep over it is one vmapped computation.
+
+FactorVAE: a classifier ``D`` that tells draws of ``q(z)`` (label 1) from draws of
+``prod_l q(z_l)`` (label 0, :func:`permute_dims` of a batch of ``q`` draws) is at its
+optimum ``D = q(z) / (q(z) + prod_l q(z_l))``, so its logit is ``log q(z) / prod_l q(z_l)``
+and ``TC ~ E_q[logit D(z)]``. The VAE maximises ``ELBO - gamma * logit D(z)`` per example
+(:func:`make_factor_vae_objective`: pure in ``(params, key, x)``, the discriminator comes in
+as a keyword like any hyper-parameter); the discriminator, with its own parameters and
+Optax state (:class:`Discriminator`, kept in ``TrainState.estimator_state["discriminator"]``),
+takes its own step after the VAE's (:func:`with_discriminator`), as the running baseline of
+:func:`vae_jax.estimators.with_running_baseline` does.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
-from vae_jax._checks import check_positive_int
+from vae_jax import discrete, distributions, objectives
+from vae_jax._checks import check_finite_nonnegative, check_positive_int
 
 ESTIMATORS = ("mws", "mss", "batch")
 _LOG_2PI = math.log(2 * math.pi)
@@ -191,3 +202,134 @@ def _check_sizes(batch_size: int, dataset_size: int, estimator: str) -> None:
     if batch_size < 2 or dataset_size < batch_size:
         raise ValueError(f"need 2 <= batch_size <= dataset_size; got batch_size={batch_size}, "
                          f"dataset_size={dataset_size}.")
+
+
+# ---------------------------------------------------------------- FactorVAE
+
+class Discriminator(NamedTuple):
+    """FactorVAE's discriminator: its MLP parameters and its own Optax state (a pytree, so it
+    stacks, vmaps and lives in ``TrainState.estimator_state["discriminator"]``)."""
+
+    params: list
+    opt_state: Any
+
+
+def permute_dims(key: jax.Array, z: jax.Array) -> jax.Array:
+    """Each column of ``z [M, L]`` permuted across the batch independently: draws of the product
+    of the batch's marginals (each column keeps its values exactly; the rows' dependence is broken)."""
+    if z.ndim != 2:
+        raise ValueError(f"z must be [M, L]; got shape {z.shape}.")
+    keys = jax.random.split(key, z.shape[1])
+    return jax.vmap(lambda k, column: jax.random.permutation(k, column), in_axes=(0, 1), out_axes=1)(keys, z)
+
+
+def init_discriminator(key: jax.Array, latent_dim: int, optimizer: Any, *,
+                       hidden_sizes: Sequence[int] = (1000,) * 6) -> Discriminator:
+    """A discriminator ``z [L] -> logit`` (leaky-ReLU MLP; the paper's 6 x 1000 by default) and its
+    optimizer state (``optimizer``: an Optax transformation, e.g. ``optax.adam(1e-4, b1=0.5, b2=0.9)``)."""
+    check_positive_int(latent_dim, "latent_dim")
+    params = discrete.mlp_init(key, (latent_dim, *hidden_sizes, 1))
+    return Discriminator(params, optimizer.init(params))
+
+
+def discriminator_logit(params: list, z: jax.Array) -> jax.Array:
+    """``logit D(z)`` for one ``z [L]``: the estimate of ``log q(z) - log prod_l q(z_l)``, nats."""
+    return discrete.mlp_apply(params, z, "leaky_relu")[0]
+
+
+def discriminator_loss(params: list, z: jax.Array, z_permuted: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy of ``D`` on ``z [M, L]`` (label 1) and ``z_permuted [M', L]`` (label 0).
+
+    Returns:
+      ``(loss, aux)``: aux ``accuracy`` (both classes weighted equally) and ``total_correlation``
+      (``mean logit D(z)``, the density-ratio TC estimate on ``z``).
+    """
+    real = jax.vmap(discriminator_logit, in_axes=(None, 0))(params, z)
+    fake = jax.vmap(discriminator_logit, in_axes=(None, 0))(params, z_permuted)
+    loss = 0.5 * (jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake)))
+    accuracy = 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))
+    return loss, {"accuracy": accuracy, "total_correlation": jnp.mean(real)}
+
+
+def discriminator_step(discriminator: Discriminator, optimizer: Any, key: jax.Array, z: jax.Array
+                       ) -> tuple[Discriminator, dict[str, jax.Array]]:
+    """One Optax step of ``D`` on ``z [M, L]`` (draws of q(z)) against :func:`permute_dims` of them.
+
+    Returns:
+      ``(discriminator, metrics)``: ``discriminator_loss``, ``discriminator_accuracy`` and
+      ``discriminator_tc`` (before the step).
+    """
+    z = jax.lax.stop_gradient(z)
+    (loss, aux), grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
+        discriminator.params, z, permute_dims(key, z))
+    updates, opt_state = optimizer.update(grads, discriminator.opt_state, discriminator.params)
+    params = jax.tree.map(lambda p, u: p + u, discriminator.params, updates)
+    return Discriminator(params, opt_state), {"discriminator_loss": loss, "discriminator_accuracy": aux["accuracy"],
+                                              "discriminator_tc": aux["total_correlation"]}
+
+
+def make_factor_vae_objective(model: Any) -> Callable:
+    """FactorVAE's per-example objective ``(params, key, x, *, gamma, discriminator, beta=1) -> (value, aux)``.
+
+    ``value = elbo - gamma * logit D(z)`` at the ELBO's own draw ``z ~ q(z|x)``: at ``gamma = 0`` it is
+    ``model.objective`` exactly. The gradient reaches the encoder through ``z``, never ``D``
+    (``discriminator``, a :class:`Discriminator`, is an argument, not a parameter).
+
+    Args:
+      model: a VAE with the standard normal prior (``bind``, ``likelihood``).
+
+    Returns:
+      The objective; aux: ``reconstruction``, ``kl``, ``elbo`` and ``total_correlation`` (``logit D(z)``).
+    """
+    def objective(params, key, x, *, gamma, discriminator, beta=1.0):
+        check_finite_nonnegative(gamma, "gamma")
+        encode, decode, prior = model.bind(params)
+        if prior is not None:
+            raise ValueError("FactorVAE needs the standard normal prior.")
+        mean, log_std = encode(x)
+        value, aux = objectives.elbo(key, x, lambda _: (mean, log_std), decode, likelihood=model.likelihood,
+                                     beta=beta, num_samples=1)
+        z = objectives.reparameterize(key, mean, log_std, 1)[0]  # the ELBO's draw: same key, same eps
+        tc_value = discriminator_logit(discriminator.params, z)
+        return value - gamma * tc_value, {**aux, "total_correlation": tc_value}
+
+    return objective
+
+
+def with_discriminator(train_step: Callable, model: Any, optimizer: Any) -> Callable:
+    """Adds FactorVAE's discriminator step to a VAE train step (same contract, jitted, state donated).
+
+    The VAE step (e.g. ``training.make_train_step(make_factor_vae_objective(model))``) runs first with
+    ``split(key)[0]``; then ``D`` takes one ``optimizer`` step on fresh draws ``z ~ q(z|x)`` of the same
+    batch under the updated encoder, against their :func:`permute_dims`. ``D`` lives in
+    ``state.estimator_state["discriminator"]`` (see :func:`add_discriminator`); its metrics join the step's.
+    """
+    def step(state, batch, key):
+        if "discriminator" not in state.estimator_state or "gamma" not in state.hparams:
+            raise ValueError("FactorVAE needs create_train_state(..., gamma=...) and add_discriminator(state, ...).")
+        key_vae, key_draw, key_perm = jax.random.split(key, 3)
+        state, metrics = train_step(state, batch, key_vae)
+        encode = lambda x: model.encode(state.params, x)  # noqa: E731
+        keys = jax.random.split(key_draw, batch.shape[0])
+        z = jax.vmap(lambda k, x: objectives.reparameterize(k, *encode(x)))(keys, batch)
+        disc, d_metrics = discriminator_step(state.estimator_state["discriminator"], optimizer, key_perm, z)
+        return state.replace(estimator_state={**state.estimator_state, "discriminator": disc}), {**metrics, **d_metrics}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def add_discriminator(state: Any, key: jax.Array, optimizer: Any, *, latent_dim: int,
+                      hidden_sizes: Sequence[int] = (1000,) * 6) -> Any:
+    """``state`` with a fresh :func:`init_discriminator` in ``estimator_state["discriminator"]``."""
+    disc = init_discriminator(key, latent_dim, optimizer, hidden_sizes=hidden_sizes)
+    return state.replace(estimator_state={**state.estimator_state, "discriminator": disc})
+
+
+def make_factor_vae_train_step(model: Any, optimizer: Any, *, dynamic_binarization: bool = False) -> Callable:
+    """FactorVAE's ``train_step(state, batch, key) -> (state, metrics)``: :func:`with_discriminator` of
+    ``training.make_train_step(make_factor_vae_objective(model))``; ``gamma`` is ``state.hparams["gamma"]``,
+    ``optimizer`` the discriminator's (the VAE's is the state's own ``tx``)."""
+    from vae_jax import training  # the training layer (Flax, Optax) only when a step is built
+
+    vae_step = training.make_train_step(make_factor_vae_objective(model), dynamic_binarization=dynamic_binarization)
+    return with_discriminator(vae_step, model, optimizer)
