@@ -24,9 +24,11 @@ Measured on the test set, per beta:
   several continuous factors, such as shape, width and brightness, jointly
   decide), so a representation that spreads class information over several
   latents scores low without being "entangled"; the score can only say how
-  concentrated class information is, and binned MI is biased upwards. We also
-  report I_top1 / H(y) (how much class information the best single latent
-  holds).
+  concentrated class information is, and binned MI is biased upwards. It
+  treats the class label as the single factor and neither supports nor
+  refutes disentanglement: the real test is ``experiments.disentanglement``
+  (docs/disentanglement.md). We also report I_top1 / H(y) (how much class
+  information the best single latent holds).
 * traversals: for a fixed test image, each of the 4 units with the largest
   posterior-mean variance is moved from mu_j - 3 to mu_j + 3 (prior standard
   deviations) while the others stay at the image's code.
