@@ -26,16 +26,19 @@ error = -E_q log p(x|z) (nats per pooled image) and KL on the same images.
 
 Resumable: each seed writes ``models/seed{S}.json`` (+ traversals ``.npz``) in
 ``--out``; a later call trains only the settings a seed's file lacks (so
-``--methods factor_vae`` adds FactorVAE to a finished run). Writes
-``metrics_vs_beta.png``, ``traversals.png``, ``results.json`` and ``config.json``.
+adding ``factor_vae`` to ``--methods`` adds FactorVAE to a finished run).
+Writes ``metrics_vs_beta.png``, ``traversals.png``, ``results.json`` and
+``config.json`` (``--no-figures``: the JSON files only).
 
 Sizes: ``--quick`` (2 seeds, betas 1 and 4, TC weight 4, gamma 10, 512
-16x16 images, 1 epoch, tiny metric sizes) is what the test suite runs. The run reported in docs/disentanglement.md is
-``--betas 1 4 16 --tc-weights 6 --epochs 4`` (5 seeds, 20 models): about 2.8
-CPU minutes per seed, an hour of wall time on the shared 2-core machine at a
-load average of 24. The default (5 betas, 2 TC weights, 6 epochs) is the
-intended medium size, not run; the papers' protocol (64x64, 300k steps, full
-metric sizes) is out of reach of a 2-core CPU.
+16x16 images, 1 epoch, tiny metric sizes, XLA optimisation level 0 for the
+training epochs) is what the test suite runs. The run reported in
+docs/disentanglement.md is ``--methods beta_vae beta_tcvae --betas 1 4 16
+--tc-weights 6 --epochs 4`` (5 seeds, 20 models): about 2.8 CPU minutes per
+seed, an hour of wall time on the shared 2-core machine at a
+load average of 24. The default (5 betas, 2 TC weights, 2 FactorVAE gammas,
+6 epochs) is the intended medium size, not run; the papers' protocol (64x64,
+300k steps, full metric sizes) is out of reach of a 2-core CPU.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def test_pool_and_bad_arguments(tmp_path):
         study.main(["--quick", "--out", str(tmp_path), "--betas", "2", "4"])  # no beta = 1 to compare with
 
 
-REPORTED = ["--betas", "1", "4", "16", "--tc-weights", "6", "--epochs", "4", "--no-progress"]
+REPORTED = ["--methods", "beta_vae", "beta_tcvae", "--betas", "1", "4", "16", "--tc-weights", "6", "--epochs", "4", "--no-progress"]
 
 
 @pytest.mark.slow
