@@ -5,7 +5,8 @@ evaluations, two per example (``EVALUATIONS``): REINFORCE without and with a
 leave-one-out baseline (k = 2), NVIL (k = 2), VIMCO (k = 2, the 2-sample bound),
 ARM and DisARM (one antithetic pair), Gumbel-softmax (t = 0.5) and
 straight-through Gumbel (t = 1) with 2 draws, REBAR and RELAX (one draw, three
-evaluations of f).
+evaluations of f); and DisARM-IW (two antithetic pairs, four evaluations, the
+2-sample bound like VIMCO).
 
 A. Enumerable model: a linear sigmoid-belief-net VAE with ``--enum-latents``
    (10) binary latents on the 8x8 digits (dynamically binarised) is trained with
@@ -55,12 +56,14 @@ SETTINGS = {  # label -> (estimator, options)
     "vimco": ("vimco", {"num_samples": 2}),
     "arm": ("arm", {}),
     "disarm": ("disarm", {}),
+    "disarm_iw": ("disarm_iw", {"num_samples": 2}),
     "gumbel_softmax": ("gumbel_softmax", {"temperature": 0.5, "num_samples": 2}),
     "straight_through": ("straight_through", {"temperature": 1.0, "num_samples": 2}),
     "rebar": ("rebar", {}),
     "relax": ("relax", {}),
 }
-EVALUATIONS = {label: 3 if label in ("rebar", "relax") else 2 for label in SETTINGS}
+EVALUATIONS = {label: {"rebar": 3, "relax": 3, "disarm_iw": 4}.get(label, 2) for label in SETTINGS}
+BOUND_LABELS = ("vimco", "disarm_iw")  # estimators of the 2-sample bound's gradient
 ESTIMATOR_PARAMS = {"nvil": "baseline", "rebar": "control", "relax": "control"}
 
 
@@ -69,12 +72,15 @@ def estimator(model, label):
     return DE.make_discrete_estimator(name, model, **options)
 
 
-def with_extras(model, params, key, x):
-    """``params`` plus every estimator's initial parameter groups (baseline, REBAR and RELAX controls)."""
-    rebar = DE.init_estimator_params("rebar", model, key, x)["control"]
-    relax = DE.init_estimator_params("relax", model, key, x)["control"]
-    return {"model": params, "baseline": DE.init_estimator_params("nvil", model, key, x)["baseline"],
-            "rebar": rebar, "relax": relax}
+def with_extras(model, params, key, x, labels):
+    """``params`` plus the initial parameter groups of the estimators ``labels`` use (baseline, REBAR and
+    RELAX controls)."""
+    extras = {"model": params}
+    for label in ("nvil", "rebar", "relax"):
+        if label in labels:
+            extras["baseline" if label == "nvil" else label] = DE.init_estimator_params(
+                label, model, key, x)[ESTIMATOR_PARAMS[label]]
+    return extras
 
 
 def make_measure(model, labels, *, num_draws):
@@ -151,22 +157,27 @@ def enumerable_study(args, key):
     batch = jax.random.bernoulli(k_batch, jnp.asarray(digits[:args.enum_batch])).astype(jnp.float32)
     objective = _exact_objective(model)
     exact_elbo = jax.jit(functools.partial(_exact_gradient, objective))
+    exact_value = jax.jit(lambda p, b: jnp.mean(jax.vmap(lambda v: objective(p, None, v)[0])(b)))
     exact_bound = jax.jit(functools.partial(_exact_gradient, _exact_objective(model, 2)))
     labels = args.estimators
     measure = make_measure(model, labels, num_draws=args.draws)
     record = {"epoch": [], "exact_elbo": [], "measure_seconds": [], "estimators": {l: [] for l in labels},
-              "truth": {l: "exact 2-sample bound" if l == "vimco" else "exact ELBO" for l in labels}}
+              "truth": {l: "exact 2-sample bound" if l in BOUND_LABELS else "exact ELBO" for l in labels}}
+
+    compiled = []
 
     def checkpoint(epoch, params):
-        ext = with_extras(model, params, k_extra, digits[0])
+        ext = with_extras(model, params, k_extra, digits[0], labels)
         grad_elbo = exact_elbo(params, batch)
-        exact = {l: exact_bound(params, batch) if l == "vimco" else grad_elbo for l in labels}
-        jax.block_until_ready(measure(ext, k_measure, batch, exact))  # compiled once, then timed
+        grad_bound = exact_bound(params, batch) if set(BOUND_LABELS) & set(labels) else None
+        exact = {l: grad_bound if l in BOUND_LABELS else grad_elbo for l in labels}
+        if not compiled:  # ahead of time, once: the timed call is the computation alone
+            compiled.append(measure.lower(ext, k_measure, batch, exact).compile())
         start = time.perf_counter()
-        stats = jax.block_until_ready(measure(ext, k_measure, batch, exact))
+        stats = jax.block_until_ready(compiled[0](ext, k_measure, batch, exact))
         record["measure_seconds"].append(time.perf_counter() - start)
         record["epoch"].append(epoch)
-        record["exact_elbo"].append(float(jnp.mean(jax.vmap(lambda v: objective(params, None, v)[0])(batch))))
+        record["exact_elbo"].append(float(exact_value(params, batch)))
         for label in labels:
             record["estimators"][label].append(_to_float(stats[label]))
 
@@ -177,8 +188,8 @@ def enumerable_study(args, key):
             checkpoint(epoch, state.params)
 
     step = training.make_train_step(objective, dynamic_binarization=True)
-    training.fit(step, state, digits, k_fit, epochs=args.enum_epochs, batch_size=50, hooks=(hook,),
-                 progress=not args.no_progress, desc="exact-gradient training")
+    training.fit(step, state, digits[:args.enum_train], k_fit, epochs=args.enum_epochs, batch_size=50,
+                 hooks=(hook,), progress=not args.no_progress, desc="exact-gradient training")
     return record
 
 
@@ -201,11 +212,11 @@ def fashion_mnist_study(args, key):
             objective = DE.make_discrete_estimator("vimco", model, num_samples=num_samples)
         return jnp.mean(jax.vmap(lambda kk, v: objective(params, kk, v)[0])(keys, data))
 
-    runs = {label: [] for label in args.estimators}
+    runs = {label: [] for label in args.fm_estimators}
     final = {}
     for seed in range(args.seeds):
         k_init, k_fit, k_eval = jax.random.split(jax.random.fold_in(key, 100 + seed), 3)
-        for label in args.estimators:
+        for label in args.fm_estimators:
             name = SETTINGS[label][0]
             wrapped = DE.with_estimator_params(model, name)
             state = training.create_train_state(wrapped, k_init, train[0], optax.adam(args.learning_rate))
@@ -237,7 +248,7 @@ def fashion_mnist_study(args, key):
                   f"{curve['test_bound_100'][-1]:.2f}, {curve['seconds'][-1]:.1f} s", flush=True)
 
     # Variance of every estimator at the same parameters (initial, and DisARM-trained), one compiled call each.
-    measure = make_measure(model, args.estimators, num_draws=args.fm_draws)
+    measure = make_measure(model, args.fm_estimators, num_draws=args.fm_draws)
     batch = jax.random.bernoulli(jax.random.fold_in(k_data, 2), jnp.asarray(train[:args.fm_batch])).astype(
         jnp.float32)
     init_params = model.init(jax.random.split(jax.random.fold_in(key, 100), 3)[0], train[0])
@@ -246,11 +257,11 @@ def fashion_mnist_study(args, key):
         if params is None:
             continue
         model_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
-        ext = with_extras(model, model_params, k_measure, train[0])
+        ext = with_extras(model, model_params, k_measure, train[0], args.fm_estimators)
         start = time.perf_counter()
         stats = jax.block_until_ready(measure(ext, k_measure, batch, None))
         variance[where] = {"seconds_with_compilation": time.perf_counter() - start,
-                           **{label: _to_float(stats[label]) for label in args.estimators}}
+                           **{label: _to_float(stats[label]) for label in args.fm_estimators}}
     return {"runs": runs, "variance": variance, "summary": summarise_runs(runs)}
 
 
@@ -272,7 +283,7 @@ def summarise_runs(runs):
 
 
 def plot(results, out):
-    colors = dict(zip(SETTINGS, plt.cm.tab10(np.linspace(0, 1, 10))))
+    colors = dict(zip(SETTINGS, plt.cm.tab20(np.linspace(0, 1, len(SETTINGS)))))
     enum = results["enumerable"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, rows in enum["estimators"].items():
@@ -329,6 +340,8 @@ def main(argv=None):
     p = _common.parser(__doc__)
     p.add_argument("--estimators", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
                    help="estimators of both studies (default: all)")
+    p.add_argument("--fm-estimators", nargs="+", default=None, choices=list(SETTINGS),
+                   help="estimators trained in study B (default: --estimators)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per estimator in study B (default 2; 1 quick)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of study B (default 3; 1 quick)")
     p.add_argument("--batch-size", type=int, default=50)
@@ -344,14 +357,15 @@ def main(argv=None):
     p.add_argument("--enum-learning-rate", type=float, default=3e-3)
     args = p.parse_args(argv)
     q = args.quick
+    args.fm_estimators = args.fm_estimators or args.estimators
     args.seeds = args.seeds or (1 if q else 2)
     args.epochs = args.epochs or (1 if q else 3)
     args.draws = args.draws or (100 if q else 2000)
     args.enum_latents = args.enum_latents or (6 if q else 10)
     args.enum_epochs = args.enum_epochs or (1 if q else 20)
     args.enum_checkpoints = args.enum_checkpoints or ([1, 2, 5, 10, 20] if not q else [1])
-    args.enum_batch = 10 if q else 50
-    args.quick_train, args.eval_size = 500, (100 if q else 1000)
+    args.enum_batch, args.enum_train = (10, 500) if q else (50, None)
+    args.quick_train, args.eval_size = 500, (50 if q else 1000)
     args.fm_draws, args.fm_batch = args.fm_draws or (8 if q else 100), (10 if q else 50)
     key = jax.random.key(args.seed)
     start = time.perf_counter()

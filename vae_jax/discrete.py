@@ -258,11 +258,7 @@ class DiscreteVAE:
         """Parameters for one example ``x`` (shapes only); prior logits start at 0 (uniform)."""
         if tuple(jnp.shape(x)) != self.input_shape:
             raise ValueError(f"x has shape {jnp.shape(x)}; this model expects {self.input_shape}.")
-        n_in, n_z = math.prod(self.input_shape), math.prod(self.latent_shape)
-        k_enc, k_dec = jax.random.split(key)
-        return {"encoder": mlp_init(k_enc, (n_in, *self.hidden_sizes, n_z)),
-                "decoder": {"layers": mlp_init(k_dec, (n_z, *self.hidden_sizes[::-1], n_in)),
-                            "prior_logits": jnp.zeros(self.latent_shape)}}
+        return _init_params(self, key)
 
     def encode(self, params: dict[str, Any], x: jax.Array) -> jax.Array:
         """``x -> `` the logits of q(b|x), ``latent_shape``."""
@@ -338,6 +334,16 @@ class DiscreteVAE:
         """Pixel probabilities for ``n`` draws ``b ~ p(b)``: ``[n, *input_shape]``."""
         b = sample(key, self.prior_logits(params), latent=self.latent, num_samples=n)
         return jax.vmap(self.decode_mean, in_axes=(None, 0))(params, b)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(model: DiscreteVAE, key: jax.Array) -> dict[str, Any]:
+    # One compiled call per model: eagerly, every layer shape was a compilation of its own.
+    n_in, n_z = math.prod(model.input_shape), math.prod(model.latent_shape)
+    k_enc, k_dec = jax.random.split(key)
+    return {"encoder": mlp_init(k_enc, (n_in, *model.hidden_sizes, n_z)),
+            "decoder": {"layers": mlp_init(k_dec, (n_z, *model.hidden_sizes[::-1], n_in)),
+                        "prior_logits": jnp.zeros(model.latent_shape)}}
 
 
 def linear_sbn(input_shape: Sequence[int], latent_dim: int = 200) -> DiscreteVAE:
