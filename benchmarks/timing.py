@@ -4,6 +4,7 @@ the machine's load hit every implementation alike."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable
 
@@ -31,13 +32,16 @@ def time_interleaved(runners: dict[str, Runner], *, repeats: int, progress: bool
 
     Returns:
       Per name: ``seconds`` (the list of wall times), ``median_seconds``,
-      ``warm_up_seconds`` and ``last_value`` (what the last ``run()`` returned).
+      ``warm_up_seconds``, ``last_value`` (what the last ``run()`` returned) and
+      ``other_processes_cores`` (cores other processes kept busy during the timed
+      rounds, the same for every name; None where it cannot be measured).
     """
     results = {}
     for name, runner in tqdm(runners.items(), desc="warm-up", disable=not progress, leave=False):
         start = time.perf_counter()
         runner.warm_up()
         results[name] = {"warm_up_seconds": time.perf_counter() - start, "seconds": []}
+    before = cpu_snapshot()
     bar = tqdm(total=repeats * len(runners), desc="timing", disable=not progress, leave=False)
     for _ in range(repeats):
         for name, runner in runners.items():
@@ -47,8 +51,11 @@ def time_interleaved(runners: dict[str, Runner], *, repeats: int, progress: bool
             results[name]["seconds"].append(time.perf_counter() - start)
             bar.update()
     bar.close()
+    after = cpu_snapshot()
+    others = other_processes_cores(before, after) if before and after else None
     for result in results.values():
         result["median_seconds"] = float(np.median(result["seconds"]))
+        result["other_processes_cores"] = others
     return results
 
 
@@ -70,3 +77,29 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, min_seconds: float
             fn()
         times.append((time.perf_counter() - start) / calls)
     return float(np.median(times))
+
+
+def cpu_snapshot() -> dict | None:
+    """Wall clock, the machine's busy CPU seconds and this process's CPU seconds, or None off Linux.
+
+    The difference of two snapshots tells how many cores *other* processes kept busy
+    in between (:func:`other_processes_cores`). The load average cannot: on 2 cores a
+    benchmark's own two threads alone hold it near 2.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    own = os.times()
+    return {"wall": time.monotonic(),
+            "machine_busy_seconds": (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
+            "own_seconds": own.user + own.system}
+
+
+def other_processes_cores(start: dict, end: dict) -> float:
+    """Mean number of cores busy with other processes between two :func:`cpu_snapshot` s."""
+    busy = end["machine_busy_seconds"] - start["machine_busy_seconds"]
+    own = end["own_seconds"] - start["own_seconds"]
+    return max(0.0, busy - own) / max(end["wall"] - start["wall"], 1e-9)

@@ -145,7 +145,11 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
                                 row["examples_per_second"] / fastest["examples_per_second"])
     loads = [s["load_average_1_5_15_min"][0] for s in report["load"]]
     assert len(loads) == 7 and report["max_load_average_1_min"] == max(loads)  # 2 blocks of 1 batch size
-    assert report["timings_valid"] == (max(loads + [report["machine"]["load_average_1_5_15_min_before"][0]]) <= 1.5)
+    others = [r["other_processes_cores"] for r in report["train"] + report["log_marginal"] + [report["sweep"]]]
+    assert all(0 <= c <= report["machine"]["cpu_cores"] + 0.5 for c in others)
+    assert report["max_other_processes_cores"] == max(others)
+    assert report["timings_valid"] == (report["machine"]["load_average_1_5_15_min_before"][0] <= 1.5
+                                       and max(others) <= 0.2)
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
     assert ("TIMINGS NOT VALID" in printed) == (not report["timings_valid"])
@@ -176,6 +180,29 @@ def test_torch_autocast_step_multiplies_in_bf16_and_keeps_float32_parameters():
     loss = step(torch.rand(8, 64).round())
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_other_processes_cores_counts_another_process_and_not_this_one():
+    """A child process's CPU time counts as another process's; this process's own work does not."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.timing import cpu_snapshot, other_processes_cores
+
+    start = cpu_snapshot()
+    cpu_start = time.process_time()
+    while time.process_time() - cpu_start < 0.5:  # 0.5 s of this process's CPU time
+        pass
+    end = cpu_snapshot()
+    assert end["own_seconds"] - start["own_seconds"] >= 0.45
+    busy_child = "import time\nwhile time.process_time() < 0.6: pass\nprint(time.process_time())"
+    start = cpu_snapshot()
+    child_seconds = float(subprocess.run([sys.executable, "-c", busy_child], capture_output=True, text=True,
+                                         check=True).stdout)
+    end = cpu_snapshot()
+    others = other_processes_cores(start, end) * (end["wall"] - start["wall"])
+    assert others >= child_seconds - 0.1  # the child's CPU seconds (and whatever else ran) are counted
 
 
 def test_help_and_bad_arguments(capsys):

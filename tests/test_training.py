@@ -26,7 +26,7 @@ def test_step_is_finite_and_compiles_once(digits):
     train, _ = digits
     model = _model()
     state = vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3))
-    step = vj.make_train_step(model.objective)
+    step = vj.make_train_step(model.objective, grad_norm=True)
     for i in range(3):
         state, metrics = step(state, train[i * 64:(i + 1) * 64], jax.random.key(i))
     assert step._cache_size() == 1
@@ -34,6 +34,11 @@ def test_step_is_finite_and_compiles_once(digits):
     assert all(m.shape == () and jnp.isfinite(m) for m in metrics.values())
     assert int(state.step) == 3
     assert all(jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(state.params))
+    grads = jax.grad(lambda p: -jnp.mean(jax.vmap(lambda k, x: model.objective(p, k, x)[0])(
+        jax.random.split(jax.random.split(jax.random.key(9))[1], 64), train[:64])))(state.params)
+    _, checked = step(state, train[:64], jax.random.key(9))
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(checked["grad_norm"], norm, rtol=1e-4)  # the norm of the step's own gradient
 
 
 def test_objective_gradient_matches_finite_differences(digits):

@@ -51,6 +51,19 @@ def reparameterize(
     return mean[None] + jnp.exp(log_std)[None] * eps
 
 
+def _mean_over_draws(fn: Callable[[jax.Array], jax.Array], z: jax.Array) -> jax.Array:
+    """Mean of ``fn(z_k)`` over the draws ``z [K, d]``.
+
+    One draw is called directly rather than through a size-1 ``vmap``: under the
+    train step's batch ``vmap`` that extra unit axis gave the decoder's backward pass
+    transposed layouts and copies (20% more bytes moved per step, about 20% slower
+    training at batch 128 on a 2-core CPU).
+    """
+    if z.shape[0] == 1:
+        return fn(z[0])
+    return jnp.mean(jax.vmap(fn)(z))
+
+
 def elbo(
     key: jax.Array,
     x: jax.Array,
@@ -102,7 +115,7 @@ def elbo(
         raise ValueError("kl='analytic' needs the standard normal prior (prior=None); use kl='monte_carlo'.")
     mean, log_std = encode(x)
     z = reparameterize(key, mean, log_std, num_samples)
-    reconstruction = jnp.mean(jax.vmap(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)))(z))
+    reconstruction = _mean_over_draws(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)), z)
     if kl in ("auto", "analytic") and prior is None:
         kl_value = distributions.kl_to_standard_normal(mean, log_std)
     else:

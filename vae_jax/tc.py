@@ -155,7 +155,7 @@ def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Cal
 
 
 def make_tc_train_step(model: Any, *, dataset_size: int, estimator: str = "mws",
-                       dynamic_binarization: bool = False) -> Callable:
+                       dynamic_binarization: bool = False, grad_norm: bool = False) -> Callable:
     """``train_step(state, batch, key) -> (state, metrics)`` of beta-TCVAE, jitted, state donated.
 
     Same contract as :func:`vae_jax.training.make_train_step`, so it runs in
@@ -166,32 +166,27 @@ def make_tc_train_step(model: Any, *, dataset_size: int, estimator: str = "mws",
       dataset_size: ``N`` of the training data.
       estimator: see :func:`tc_vae_objective`.
       dynamic_binarization: replace the batch by a Bernoulli draw of its pixels each step.
+      grad_norm: also report the gradient's global norm.
 
     Returns:
-      The compiled step; the TC weight is ``state.hparams["beta"]``. ``metrics`` are batch
-      means of ``loss`` (= -objective) and every aux entry, plus ``grad_norm``.
+      The compiled step (:func:`vae_jax.training.make_loss_step`); the TC weight is
+      ``state.hparams["beta"]``. ``metrics`` are batch means of ``loss`` (= -objective)
+      and every aux entry (and ``grad_norm``).
     """
+    from vae_jax import training  # here, not at the top: this module imports only JAX
+
     _check_sizes(2, dataset_size, estimator)
 
-    def train_step(state, batch, key):
+    def batch_loss(params, state, batch, key):
         if "beta" not in state.hparams:
             raise ValueError("beta-TCVAE needs the TC weight in the state: create_train_state(..., beta=...).")
-        key_data, key_objective = jax.random.split(key)
-        if dynamic_binarization:
-            batch = jax.random.bernoulli(key_data, batch).astype(batch.dtype)
+        values, aux = tc_vae_objective(
+            key, batch, lambda v: model.encode(params, v), lambda z: model.decode(params, z),
+            likelihood=model.likelihood, beta=state.hparams["beta"], dataset_size=dataset_size,
+            estimator=estimator)
+        return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
 
-        def loss_fn(params):
-            values, aux = tc_vae_objective(
-                key_objective, batch, lambda v: model.encode(params, v), lambda z: model.decode(params, z),
-                likelihood=model.likelihood, beta=state.hparams["beta"], dataset_size=dataset_size,
-                estimator=estimator)
-            return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
-        return state.apply_gradients(grads=grads), {"loss": loss, **aux, "grad_norm": grad_norm}
-
-    return jax.jit(train_step, donate_argnums=0)
+    return training.make_loss_step(batch_loss, dynamic_binarization=dynamic_binarization, grad_norm=grad_norm)
 
 
 def _check_sizes(batch_size: int, dataset_size: int, estimator: str) -> None:
