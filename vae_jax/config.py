@@ -230,7 +230,9 @@ class TrainConfig:
 
     def estimator_kwargs(self) -> tuple[dict[str, Any], int | None]:
         """``(options, hidden)``: the estimator's keyword options (with ``num_samples`` where it takes
-        one) and the units of its learned network (``None``: the default)."""
+        one) and the units of its learned network (``None``: the default); ``({}, None)`` without one."""
+        if not self.estimator:
+            return {}, None
         options = parse_options(self.estimator_options)
         hidden = options.pop("hidden", None)
         registry = {**estimators.ESTIMATORS, **discrete_estimators.ESTIMATORS}
@@ -239,13 +241,8 @@ class TrainConfig:
         return options, hidden
 
 
-def inspect_params(fn) -> tuple[str, ...]:
-    """The parameter names of ``fn``."""
-    return tuple(inspect.signature(fn).parameters)
-
-
 def _takes(fn, name: str) -> bool:
-    return name in inspect_params(fn)
+    return name in inspect.signature(fn).parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +290,7 @@ class RunConfig:
         if "num_samples" not in options and train.num_samples != 1:
             raise ValueError(f"estimator {name!r} takes no num_samples (leave --num-samples at 1)"
                              + ("; it averages --estimator-options num_pairs=N antithetic pairs."
-                                if "num_pairs" in inspect_params(family[name]) else "."))
+                                if _takes(family[name], "num_pairs") else "."))
         if (name == "vimco" or options.get("baseline") == "leave_one_out") and train.num_samples < 2:
             raise ValueError(f"estimator {name!r}{' with a leave-one-out baseline' if name != 'vimco' else ''} "
                              f"needs --num-samples 2 or more; got {train.num_samples}.")
