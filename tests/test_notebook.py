@@ -60,7 +60,7 @@ def test_missing_outputs_names_the_problems():
     assert len(problems) == 5 and sum("image/png" in p for p in problems) == 1
 
 
-def test_notebook_reexecutes_with_the_stored_kinds_of_output():
+def test_notebook_reexecutes_with_the_stored_kinds_of_output(optimized_xla):  # it trains: run-bound
     stored = _stored()
     executed = run_notebook.execute(stored)  # raises CellExecutionError, naming the cell, if any cell fails
     assert run_notebook.missing_outputs(executed) == []
