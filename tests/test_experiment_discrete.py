@@ -3,23 +3,9 @@
 import json
 import math
 
-import jax
 import pytest
 
 from experiments import discrete_estimators
-
-
-@pytest.fixture
-def fast_compilation():
-    """XLA with most optimisations off, for this test only: the quick study is compile-bound (about
-    90 compilations; the computations take well under a second), and unoptimised compilation halves
-    its time. The numbers are the same computations, evaluated without fusion."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
 
 
 def test_discrete_estimator_study_quick(tmp_path, fast_compilation):
