@@ -3,7 +3,6 @@
 import json
 import math
 
-import pytest
 
 from experiments import discrete_estimators
 
