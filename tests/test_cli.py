@@ -71,6 +71,17 @@ def test_help_documents_every_option_with_the_dataclass_default(capsys):
         assert f"(default: {f.default!r})" in text, f.name
 
 
+def test_precision_is_another_name_for_compute_dtype():
+    from vae_jax.cli import build_parser
+
+    parse = lambda *a: build_parser().parse_args(["train", "--out", "x", *a])  # noqa: E731
+    assert parse("--precision", "bfloat16").compute_dtype == parse("--compute-dtype", "bfloat16").compute_dtype \
+        == "bfloat16"
+    assert parse().compute_dtype is None  # the dataclass default (float32) applies
+    with pytest.raises(SystemExit):
+        parse("--precision", "float16")
+
+
 def test_default_binarization_follows_the_likelihood():
     bernoulli = RunConfig(ModelConfig(), TrainConfig())
     gaussian = RunConfig(ModelConfig(likelihood="gaussian_learned"), TrainConfig())

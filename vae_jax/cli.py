@@ -31,7 +31,8 @@ from vae_jax.distributions import LIKELIHOODS
 from vae_jax.networks import ACTIVATIONS, COMPUTE_DTYPES
 from vae_jax.priors import PRIORS
 
-_FLAGS = {"kind": "--model", "learning_rate": "--lr", "binarization": "--binarize"}
+_FLAGS = {"kind": ("--model",), "learning_rate": ("--lr",), "binarization": ("--binarize",),
+          "compute_dtype": ("--compute-dtype", "--precision")}
 _CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
             "activation": tuple(dict.fromkeys([*ACTIVATIONS, *DISCRETE_ACTIVATIONS])), "objective": OBJECTIVES,
             "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
@@ -54,7 +55,7 @@ def _add_config_options(group: argparse._ArgumentGroup, cls: type) -> None:
         kind = _int_list if isinstance(f.default, tuple) else type(f.default)
         text = f.metadata.get("help") or f"{cls.__name__}.{f.name}"
         help_text = f"{text} (default: {default!r})".replace("%", "%%")
-        group.add_argument(_FLAGS.get(f.name, "--" + f.name.replace("_", "-")), dest=f.name, type=kind,
+        group.add_argument(*_FLAGS.get(f.name, ("--" + f.name.replace("_", "-"),)), dest=f.name, type=kind,
                            choices=_CHOICES.get(f.name), default=None, help=help_text)
 
 
