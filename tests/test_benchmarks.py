@@ -41,11 +41,16 @@ def test_decoder_and_log_marginal_flops_add_up():
     assert encoder == 2 * (784 * 512 + 512 * 512 + 512 * 64)
 
 
+def _dense_names(flax_params: dict) -> list[str]:
+    """The Flax network's dense layers in order: Dense_0, Dense_1, ..., then the head if any."""
+    names = sorted((k for k in flax_params if k.startswith("Dense")), key=lambda k: int(k.split("_")[1]))
+    return names + (["head"] if "head" in flax_params else [])
+
+
 def _copy_dense(flax_params: dict, linears: list) -> None:
     import torch
 
-    names = sorted((k for k in flax_params if k.startswith("Dense")), key=lambda k: int(k.split("_")[1]))
-    names += ["head"] if "head" in flax_params else []
+    names = _dense_names(flax_params)
     assert len(names) == len(linears)
     with torch.no_grad():
         for name, linear in zip(names, linears):
@@ -90,9 +95,7 @@ def test_handwritten_baseline_computes_the_vae_jax_elbo():
     params = model.init(jax.random.key(0), x[0])
 
     def layers(flax_params):
-        names = sorted((k for k in flax_params if k.startswith("Dense")), key=lambda k: int(k.split("_")[1]))
-        names += ["head"] if "head" in flax_params else []
-        return [(flax_params[n]["kernel"], flax_params[n]["bias"]) for n in names]
+        return [(flax_params[n]["kernel"], flax_params[n]["bias"]) for n in _dense_names(flax_params)]
 
     def jax_elbo(image, e):
         mean, log_std = model.encode(params, image)
