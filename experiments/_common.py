@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,44 @@ def _jsonable(obj: Any) -> Any:
         arr = np.asarray(obj)
         return arr.item() if arr.ndim == 0 else arr.tolist()
     return obj
+
+
+class Parts:
+    """The finished pieces of a long study, one JSON file each in ``folder``, for ``--resume``.
+
+    A run that is stopped (a session's end, a crash) keeps every piece it
+    finished; the same command with ``--resume`` loads them instead of
+    recomputing and computes the rest. Each file records the ``config`` it was
+    made under: loading it under another config is an error, never a silent
+    mix of two runs. Without ``resume``, a folder that already holds pieces is an
+    error too (nothing is overwritten).
+
+    Args:
+      folder: where the pieces live (created on the first ``save``).
+      resume: whether pieces already in ``folder`` may be used.
+    """
+
+    def __init__(self, folder: Path, *, resume: bool):
+        self.folder = Path(folder)
+        held = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
+        if held and not resume:
+            raise SystemExit(f"{self.folder} holds {len(held)} finished pieces of an earlier run; pass --resume "
+                             f"to keep them, or choose another --out.")
+
+    def load(self, name: str, config: dict[str, Any]) -> Any | None:
+        """The value saved under ``name`` with the same ``config``, or None when there is none."""
+        path = self.folder / f"{name}.json"
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        config = _jsonable(config)
+        if saved["config"] != config:
+            diff = sorted(k for k in set(saved["config"]) | set(config) if saved["config"].get(k) != config.get(k))
+            raise SystemExit(f"{path} was made with other options ({', '.join(diff)}); run with the same options "
+                             f"or choose another --out.")
+        return saved["value"]
+
+    def save(self, name: str, config: dict[str, Any], value: Any) -> None:
+        """Saves ``value`` (JSON-able) under ``name`` atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.folder / f"{name}.json", {"config": _jsonable(config), "value": _jsonable(value)})

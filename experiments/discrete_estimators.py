@@ -28,7 +28,11 @@ B. Fashion-MNIST: the DisARM paper's linear model (784-200 binary latents,
    measured in one compiled call.
 
 Writes ``enumerable.png``, ``fashion_mnist_training.png``, ``fashion_mnist_variance.png``,
-``results.json`` and ``config.json`` into ``--out``.
+``results.json`` and ``config.json`` into ``--out``. Resumable: study A and each
+estimator and seed of study B are saved in ``OUT/parts`` when they finish; the
+same command with ``--resume`` computes only what is missing (the PRNG keys
+depend only on the seed, estimator and step, so a resumed run trains exactly
+the models an uninterrupted one would; only its timings differ).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
+import flax.serialization
 import numpy as np
 import optax
 
@@ -148,8 +153,14 @@ def _to_float(tree):
     return jax.tree.map(lambda v: float(v), tree)
 
 
-def enumerable_study(args, key):
+def enumerable_study(args, key, parts):
     """Study A: bias and variance against the exact gradient through exact-gradient training."""
+    config = {k: getattr(args, k) for k in ("seed", "quick", "draws", "enum_latents", "enum_epochs",
+                                            "enum_checkpoints", "enum_learning_rate", "estimators")}
+    done = parts.load("enumerable", config)
+    if done is not None:
+        print(f"study A: loaded from {parts.folder}", flush=True)
+        return done
     digits = vdata.load_digits().images
     model = discrete.DiscreteVAE(digits.shape[1:], args.enum_latents)
     k_init, k_batch, k_fit, k_measure, k_extra = jax.random.split(key, 5)
@@ -190,10 +201,11 @@ def enumerable_study(args, key):
     step = training.make_train_step(objective, dynamic_binarization=True)
     training.fit(step, state, digits[:args.enum_train], k_fit, epochs=args.enum_epochs, batch_size=50,
                  hooks=(hook,), progress=not args.no_progress, desc="exact-gradient training")
+    parts.save("enumerable", config, record)
     return record
 
 
-def fashion_mnist_study(args, key):
+def fashion_mnist_study(args, key, parts):
     """Study B: equal-step training of the DisARM paper's linear model, per estimator and seed."""
     ds = _common.load_data(args, quick_train=args.quick_train, quick_test=500)
     train, test = ds.train.images[:args.train_size], ds.test.images
@@ -214,9 +226,19 @@ def fashion_mnist_study(args, key):
 
     runs = {label: [] for label in args.fm_estimators}
     final = {}
+    run_config = {k: getattr(args, k) for k in ("seed", "quick", "epochs", "batch_size", "learning_rate", "latents",
+                                                "train_size", "eval_size")}
+    trained_params = parts.folder / "disarm_seed0_params.msgpack"  # the variance's second point
     for seed in range(args.seeds):
         k_init, k_fit, k_eval = jax.random.split(jax.random.fold_in(key, 100 + seed), 3)
         for label in args.fm_estimators:
+            done = parts.load(f"{label}_seed{seed}", run_config)
+            if done is not None and ((seed, label) != (0, "disarm") or trained_params.exists()):
+                runs[label].append(done)
+                if (seed, label) == (0, "disarm"):
+                    final = flax.serialization.msgpack_restore(trained_params.read_bytes())
+                print(f"{label} seed {seed}: loaded from {parts.folder}", flush=True)
+                continue
             name = SETTINGS[label][0]
             wrapped = DE.with_estimator_params(model, name)
             state = training.create_train_state(wrapped, k_init, train[0], optax.adam(args.learning_rate))
@@ -243,7 +265,10 @@ def fashion_mnist_study(args, key):
             curve["steps"] = args.epochs * (len(train) // args.batch_size)
             runs[label].append(curve)
             if seed == 0 and label == "disarm":
-                final = result[0].params
+                final = {g: result[0].params[g] for g in ("encoder", "decoder")}
+                parts.folder.mkdir(parents=True, exist_ok=True)
+                trained_params.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(final)))
+            parts.save(f"{label}_seed{seed}", run_config, curve)
             print(f"{label} seed {seed}: train ELBO {curve['train_elbo'][-1]:.2f}, test bound "
                   f"{curve['test_bound_100'][-1]:.2f}, {curve['seconds'][-1]:.1f} s", flush=True)
 
@@ -355,6 +380,9 @@ def main(argv=None):
     p.add_argument("--enum-latents", type=int, default=None, help="latents of study A (default 10; 6 quick)")
     p.add_argument("--enum-epochs", type=int, default=None, help="exact-gradient epochs of study A (default 20)")
     p.add_argument("--enum-learning-rate", type=float, default=3e-3)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished pieces in OUT/parts (study A; each estimator and seed of study B) and "
+                        "compute only the rest; without it, an OUT holding pieces is an error")
     args = p.parse_args(argv)
     q = args.quick
     args.fm_estimators = args.fm_estimators or args.estimators
@@ -369,9 +397,10 @@ def main(argv=None):
     args.fm_draws, args.fm_batch = args.fm_draws or (8 if q else 100), (10 if q else 50)
     key = jax.random.key(args.seed)
     start = time.perf_counter()
-    enum = enumerable_study(args, jax.random.fold_in(key, 0))
+    parts = _common.Parts(args.out / "parts", resume=args.resume)
+    enum = enumerable_study(args, jax.random.fold_in(key, 0), parts)
     enum["latents"] = args.enum_latents
-    results = {"enumerable": enum, "fashion_mnist": fashion_mnist_study(args, jax.random.fold_in(key, 1)),
+    results = {"enumerable": enum, "fashion_mnist": fashion_mnist_study(args, jax.random.fold_in(key, 1), parts),
                "evaluations_per_example": EVALUATIONS, "seconds": time.perf_counter() - start}
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out)

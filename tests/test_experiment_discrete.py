@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 
 from experiments import discrete_estimators
 
@@ -34,3 +35,18 @@ def test_discrete_estimator_study_quick(tmp_path, fast_compilation):
         assert curve["test_bound_100"][1] >= curve["train_elbo"][1] - 30  # a tighter bound, different data
     assert set(fm["variance"]) == {"initial", "disarm_trained"}
     assert fm["summary"]["disarm"]["seconds"] > 0
+
+    # Resumable: the finished pieces are kept; the same command with --resume recomputes none of them and
+    # gives the same curves and study A; without --resume, or with other options, it refuses.
+    argv = ["--out", str(tmp_path), "--quick", "--no-progress", "--estimators", "arm", "disarm", "vimco",
+            "straight_through", "--fm-estimators", "disarm"]
+    with pytest.raises(SystemExit, match="--resume"):
+        discrete_estimators.main(argv)
+    with pytest.raises(SystemExit, match="epochs"):
+        discrete_estimators.main(argv + ["--resume", "--epochs", "2"])
+    again = discrete_estimators.main(argv + ["--resume"])
+    assert again["enumerable"]["estimators"] == rows
+    assert again["fashion_mnist"]["runs"]["disarm"][0]["train_elbo"] == fm["runs"]["disarm"][0]["train_elbo"]
+    # the trained parameters came back from their file: the variance at them is the same computation
+    assert again["fashion_mnist"]["variance"]["disarm_trained"]["disarm"]["encoder"]["total_variance"] == \
+        pytest.approx(fm["variance"]["disarm_trained"]["disarm"]["encoder"]["total_variance"], rel=1e-5)
