@@ -44,6 +44,7 @@ Examples:
   python -m experiments.density_table --out runs/density_protocol --resume    # continue it
   python -m experiments.density_table --out runs/density_protocol --models vamp_warmup iwae5
   python -m experiments.density_table --out runs/q --quick                    # seconds (tests)
+  python -m experiments.density_table --out runs/density_protocol --interim vae   # best so far, while it trains
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=Path, default=None, metavar="DEST", help="train nothing: copy each finished "
                    "model's result.json and, for unfinished ones, a partial status (epochs so far, best validation "
                    "value, history, resume command) from OUT into DEST (e.g. docs/results/density_table)")
+    p.add_argument("--interim", nargs="+", choices=sorted(ROWS), default=None, metavar="NAME",
+                   help="train nothing: evaluate the best checkpoint so far of these unfinished models of OUT "
+                        "(test ELBO and log p(x), with the run's settings; --num-samples / --test-size shrink it) "
+                        "beside the process that trains them, into OUT/models/NAME/interim.json (labelled interim, "
+                        "never a table row; --snapshot copies it)")
     return p
 
 
@@ -302,6 +308,41 @@ def evaluate_row(name, model, params, validation, test, key, cfg, *, progress) -
                 load_average_1min_during_log_px=[load_before, os.getloadavg()[0]])
 
 
+def interim(name: str, cfg: dict, out: Path, args: argparse.Namespace, *, command: str) -> dict:
+    """Evaluates the best checkpoint so far of an unfinished model, beside the process that trains it.
+
+    The checkpoints are read under their shared lock (``read_only``), so training
+    goes on. ``cfg`` is the run's saved configuration; ``--num-samples`` and
+    ``--test-size`` may shrink this evaluation only. Writes
+    ``OUT/models/NAME/interim.json``, labelled as what it is: NOT a row of the
+    table (training had not stopped; a later checkpoint may be better).
+    """
+    folder = out / "models" / name
+    if (folder / "result.json").is_file():
+        raise SystemExit(f"{name} has finished: its test numbers are in {folder / 'result.json'}.")
+    if not (folder / "checkpoints").is_dir():
+        raise SystemExit(f"{name} has no checkpoints under {folder}; train it first.")
+    cfg = dict(cfg, num_samples=args.num_samples or cfg["num_samples"], test_size=args.test_size or cfg["test_size"])
+    train, validation, test = load(cfg, args)
+    label, _, warmup, k = ROWS[name]
+    model = models.build_model(model_config(cfg, name), train.shape[1:])
+    key = jax.random.fold_in(jax.random.key(cfg["seed"]), zlib.crc32(name.encode()) % (2 ** 31))
+    key_init, _, _, key_test = jax.random.split(key, 4)  # the final evaluation's key: the same draws
+    warmup_epochs = cfg["warmup_epochs"] if warmup else 0
+    with checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective", read_only=True) as ckpt:
+        state, history = ckpt.restore(_template(model, key_init, train, cfg, warmup_epochs,
+                                                {"beta": 1.0} if k is None else {}), which="best")
+        best_epoch, latest_epoch = ckpt.best_epoch, ckpt.latest_epoch
+    result = evaluate_row(name, model, state.params, validation, test, key_test, cfg, progress=not args.no_progress)
+    result.update(state="interim", label=label.format(K=cfg["num_components"]), best_epoch=best_epoch,
+                  epochs_when_evaluated=latest_epoch,
+                  best_validation_objective=max(r["validation_objective"] for r in history),
+                  note="NOT a row of the table: training had not stopped; the best checkpoint so far",
+                  command=command, environment=environment(), evaluated=time.ctime())
+    write_json(folder / "interim.json", result)
+    return result
+
+
 def row_label(r: dict) -> str:
     if r.get("protocol"):
         return f"{r['label']}, ours (protocol)"
@@ -361,6 +402,8 @@ def snapshot(out: Path, dest: Path) -> list[str]:
         elif (folder / "status.json").is_file():
             record = dict(json.loads((folder / "status.json").read_text()), state="partial",
                           note="NOT a result: training has not finished; resume with resume_command")
+            if (folder / "interim.json").is_file():
+                record["interim_evaluation"] = json.loads((folder / "interim.json").read_text())
             if (folder / "history.csv").is_file():
                 import csv
                 with open(folder / "history.csv") as f:
@@ -383,11 +426,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.snapshot is not None:
         print("snapshot of", snapshot(args.out, args.snapshot))
         return []
+    out = args.out
+    quoted = " ".join(shlex.quote(a) for a in argv)
+    if args.interim is not None:
+        saved = out / "models" / "config.json"
+        if not saved.is_file():
+            raise SystemExit(f"{out} holds no run ({saved} is missing).")
+        return [interim(name, json.loads(saved.read_text()), out, args,
+                        command=f"python -m experiments.density_table {quoted}") for name in args.interim]
     cfg = make_config(args)
     names = args.models or DEFAULT_MODELS
-    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    quoted = " ".join(shlex.quote(a) for a in argv)
     command = f"python -m experiments.density_table {quoted}"
     resume_command = command if args.resume else f"{command} --resume"
     data = load(cfg, args)

@@ -71,7 +71,17 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     partial = json.loads((tmp_path / "snap" / "vae_warmup.json").read_text())
     assert partial["state"] == "partial" and partial["resume_command"].endswith("--resume")
     assert [row["epoch"] for row in partial["history"]] == [1.0]
+    # the best checkpoint so far, evaluated beside training: labelled interim, carried by the snapshot
+    (early,) = dt.main(["--out", str(tmp_path / "b"), "--interim", "vae_warmup", "--no-progress"])
+    assert early["state"] == "interim" and early["best_epoch"] == early["epochs_when_evaluated"] == 1
+    assert early["test_images"] == 20 and early["num_samples"] == 20  # the run's own settings
+    assert -800 < early["test_elbo"] < early["test_log_px_mean"] < 0
+    dt.snapshot(tmp_path / "b", tmp_path / "snap")
+    partial = json.loads((tmp_path / "snap" / "vae_warmup.json").read_text())
+    assert partial["interim_evaluation"]["test_log_px_mean"] == early["test_log_px_mean"]
     resumed = dt.main(["--out", str(tmp_path / "b"), *args, "--resume"])[0]
+    with pytest.raises(SystemExit, match="has finished"):
+        dt.main(["--out", str(tmp_path / "b"), "--interim", "vae_warmup"])
     assert calls == [1, 2, 3]
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(whole["history"])  # same losses, betas and validation values
