@@ -86,3 +86,22 @@ def test_reported_study(tmp_path):
     comparison = results["comparison_with_beta_1"]
     assert comparison["beta_vae"]["best_weight"] == 16.0
     assert not any(c[m]["non_overlapping"] for c in comparison.values() for m in ("mig", "dci_disentanglement"))
+
+
+def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
+    def setting(method, weight, mig, dci):
+        return {"method": method, "weight": weight, **{
+            name: {"per_seed": v, "mean": float(np.mean(v)), "min": min(v), "max": max(v)}
+            for name, v in (("mig", mig), ("dci_disentanglement", dci))}}
+    vae = setting("beta_vae", 1.0, [0.010, 0.012, 0.011, 0.013, 0.030], [0.04, 0.05, 0.04, 0.05, 0.04])
+    strong = setting("beta_vae", 16.0, [0.10, 0.12, 0.14, 0.11, 0.02], [0.10, 0.11, 0.12, 0.10, 0.11])
+    out = study.compare_to_vae([vae, strong])["beta_vae"]
+    assert out["best_weight"] == 16.0
+    # one bad seed makes the ranges overlap on MIG, but not the intervals of the mean
+    assert not out["mig"]["non_overlapping"] and out["mig"]["ci95"]["non_overlapping"]
+    assert out["dci_disentanglement"]["non_overlapping"] and out["mig"]["welch_p"] < 0.05
+    from scipy import stats
+    v = np.array(strong["mig"]["per_seed"])  # the interval by hand: mean +- t(0.975, 4) s / sqrt(5)
+    half = stats.t.ppf(0.975, 4) * v.std(ddof=1) / np.sqrt(5)
+    np.testing.assert_allclose(out["mig"]["ci95"]["best"], [v.mean() - half, v.mean() + half], rtol=1e-12)
+    assert np.isnan(study.mean_ci95(np.array([0.5]))).all()
