@@ -62,30 +62,39 @@ def test_pool_and_bad_arguments(tmp_path):
         study.main(["--quick", "--out", str(tmp_path), "--betas", "2", "4"])  # no beta = 1 to compare with
 
 
-REPORTED = ["--methods", "beta_vae", "beta_tcvae", "--betas", "1", "4", "16", "--tc-weights", "6", "--epochs", "4", "--no-progress"]
+REPORTED = ["--betas", "1", "4", "16", "--tc-weights", "6", "10", "20", "--gammas", "10", "40", "--epochs", "8",
+            "--no-progress"]
 
 
 @pytest.mark.slow
 def test_reported_study(tmp_path):
-    """The run docs/disentanglement.md reports (about 14 CPU minutes; an hour of wall time on the
-    loaded 2-core machine) and the findings the page states."""
+    """The run docs/disentanglement.md reports (about an hour of wall time on the shared 2-core machine)
+    and the findings the page states."""
     results = study.main(["--out", str(tmp_path), *REPORTED])
-    settings = [("beta_vae", 1.0), ("beta_vae", 4.0), ("beta_vae", 16.0), ("beta_tcvae", 6.0)]
+    settings = [("beta_vae", 1.0), ("beta_vae", 4.0), ("beta_vae", 16.0), ("beta_tcvae", 6.0), ("beta_tcvae", 10.0),
+                ("beta_tcvae", 20.0), ("factor_vae", 10.0), ("factor_vae", 40.0)]
     _check_outputs(tmp_path, results, seeds=[0, 1, 2, 3, 4], settings=settings)
     s = {(x["method"], x["weight"]): x for x in results["summary"]}
     # rate-distortion: more weight on the KL, less KL and more reconstruction error, on every seed
     for low, high in ((("beta_vae", 1.0), ("beta_vae", 4.0)), (("beta_vae", 4.0), ("beta_vae", 16.0))):
         assert s[high]["kl"]["max"] < s[low]["kl"]["min"]
         assert s[high]["reconstruction_error"]["min"] > s[low]["reconstruction_error"]["max"]
-    # the plain VAE's MIG is low on every seed; the weighted settings raise the mean MIG and DCI
-    # disentanglement, but at this budget their seed ranges overlap the VAE's (the target is missed)
+    # the plain VAE's MIG is low on every seed; every weighted setting raises the mean MIG and DCI D
     assert s[("beta_vae", 1.0)]["mig"]["max"] < 0.05
-    for setting in (("beta_vae", 16.0), ("beta_tcvae", 6.0)):
+    for setting in settings[1:]:
         for name in ("mig", "dci_disentanglement"):
-            assert s[setting][name]["mean"] > s[("beta_vae", 1.0)][name]["mean"]
-    comparison = results["comparison_with_beta_1"]
-    assert comparison["beta_vae"]["best_weight"] == 16.0
-    assert not any(c[m]["non_overlapping"] for c in comparison.values() for m in ("mig", "dci_disentanglement"))
+            assert s[setting][name]["mean"] > s[("beta_vae", 1.0)][name]["mean"], (setting, name)
+    # FactorVAE keeps the reconstruction near the VAE's; beta-VAE at 16 does not
+    assert s[("factor_vae", 10.0)]["reconstruction_error"]["mean"] < 1.2 * s[("beta_vae", 1.0)]["reconstruction_error"]["mean"]
+    c = results["comparison_with_beta_1"]
+    assert (c["beta_vae"]["best_weight"], c["beta_tcvae"]["best_weight"], c["factor_vae"]["best_weight"]) == (16, 10, 10)
+    # met in part: beta = 16's DCI D by the 95% intervals of the mean; the rest overlaps (but for beta-TCVAE's
+    # MIG ranges, apart by 0.001: too close to assert either way)
+    assert c["beta_vae"]["dci_disentanglement"]["ci95"]["non_overlapping"]
+    assert c["beta_vae"]["dci_disentanglement"]["welch_p"] < 0.05
+    assert not c["beta_vae"]["mig"]["non_overlapping"] and not c["beta_vae"]["mig"]["ci95"]["non_overlapping"]
+    assert not any(c[m][k]["ci95"]["non_overlapping"] for m in ("beta_tcvae", "factor_vae")
+                   for k in ("mig", "dci_disentanglement"))
 
 
 def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
