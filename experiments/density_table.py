@@ -30,8 +30,9 @@ identical to an uninterrupted one) and skips finished ones. When a model
 finishes it writes ``OUT/models/NAME/result.json`` (per-epoch history, stop
 reason, test numbers, exact command, package versions, machine, load average)
 and the process rewrites ``OUT/table.md`` and ``OUT/results.json`` from every
-finished model. Several processes may share one OUT with disjoint ``--models``
-(each model folder is locked by the process that trains it).
+finished model. Several processes may share one OUT (each model folder is
+locked by the process that trains it; a process that reaches a model another
+process holds skips it, saying so, and goes on with its next row).
 
 A row is labelled "protocol" only when it ran the protocol to the end: the
 full sizes (no --train-size/--test-size/--max-minutes, 5000 samples, at most
@@ -453,8 +454,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_json(saved, cfg)
     rows = []
     for name in names:
-        rows.append(run_model(name, cfg, data, out, resume=args.resume, command=command,
-                              resume_command=resume_command, progress=not args.no_progress))
+        try:
+            rows.append(run_model(name, cfg, data, out, resume=args.resume, command=command,
+                                  resume_command=resume_command, progress=not args.no_progress))
+        except checkpoints.RunLockedError as e:  # another process trains it: go on with the next row
+            print(f"{name}: skipped: {e}", flush=True)
+            continue
         print(write_table(out, cfg["dataset"]), flush=True)
     return rows
 

@@ -184,3 +184,22 @@ def test_reachable_probe_on_loopback():
 def test_bad_sizes_raise(flag, tmp_path):
     with pytest.raises(ValueError, match=">= "):
         dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), *flag]))
+
+
+@needs_fmnist
+def test_a_row_another_process_trains_is_skipped_and_the_next_row_trained(tmp_path):
+    import subprocess
+    import sys
+    folder = tmp_path / "models" / "vae_warmup"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from vae_jax.checkpoints import RunLock\n"
+        f"with RunLock({str(folder)!r}):\n    print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rows = dt.main(["--out", str(tmp_path), *QUICK, "--epochs", "1", "--models", "vae_warmup", "vae"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [r["name"] for r in rows] == ["vae"]
+    assert not (folder / "result.json").exists() and (tmp_path / "models" / "vae" / "result.json").is_file()
