@@ -408,7 +408,9 @@ def snapshot(out: Path, dest: Path) -> list[str]:
             if (folder / "history.csv").is_file():
                 import csv
                 with open(folder / "history.csv") as f:
-                    record["history"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                    # a column that later epochs no longer log (the opt-in gradient norm) is left empty
+                    record["history"] = [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                                         for row in csv.DictReader(f)]
         else:
             continue
         record["snapshot_time"] = time.ctime()

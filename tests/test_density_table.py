@@ -203,3 +203,14 @@ def test_a_row_another_process_trains_is_skipped_and_the_next_row_trained(tmp_pa
         holder.wait()
     assert [r["name"] for r in rows] == ["vae"]
     assert not (folder / "result.json").exists() and (tmp_path / "models" / "vae" / "result.json").is_file()
+
+
+def test_snapshot_reads_a_history_whose_later_rows_leave_a_column_empty(tmp_path):
+    folder = tmp_path / "run" / "models" / "vae"
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"name": "vae", "label": "VAE", "epochs": 2}))
+    (folder / "history.csv").write_text("epoch,train_grad_norm,validation_objective\n1,46.0,-270.5\n2,,-260.25\n")
+    assert dt.snapshot(tmp_path / "run", tmp_path / "snap") == ["vae"]
+    history = json.loads((tmp_path / "snap" / "vae.json").read_text())["history"]
+    assert history == [{"epoch": 1.0, "train_grad_norm": 46.0, "validation_objective": -270.5},
+                       {"epoch": 2.0, "validation_objective": -260.25}]
