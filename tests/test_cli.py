@@ -461,28 +461,3 @@ def test_readme_main_job_reaches_a_stated_validation_elbo(tmp_path):
     out = tmp_path / "fashion_vae"
     assert main(["train", "--dataset", "fashion_mnist", "--epochs", "10", "--no-progress", "--out", str(out)]) == 0
     assert float(_rows(out)[-1]["validation_elbo"]) > -242.0
-
-
-def test_ctrl_c_is_remembered_and_raised_again_after_the_epoch_if_swallowed():
-    from vae_jax.runner import CtrlC
-    ctrl_c = CtrlC()
-    with ctrl_c:
-        assert signal.getsignal(signal.SIGINT) == ctrl_c._handle
-        try:  # a library that swallows the KeyboardInterrupt raised by the real signal
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs here
-        except BaseException:
-            pass
-        assert ctrl_c.seen
-        with pytest.raises(KeyboardInterrupt):  # the fit hook after the epoch's checkpoint
-            ctrl_c(3, None, [])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    fresh = CtrlC()
-    fresh(1, None, [])  # no signal: the hook does nothing
-    custom = lambda s, f: None  # noqa: E731
-    previous = signal.signal(signal.SIGINT, custom)
-    try:
-        with CtrlC():  # an application's own handler is left alone
-            assert signal.getsignal(signal.SIGINT) is custom
-    finally:
-        signal.signal(signal.SIGINT, previous)

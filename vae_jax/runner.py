@@ -18,8 +18,6 @@ import dataclasses
 import functools
 import importlib.metadata
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -222,14 +220,12 @@ def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str
                 seconds = float(read_json(out / "run.json", what="Run metadata").get("seconds", 0.0))
         hooks.write_csv(out / "metrics.csv", history)
         log = _RunLog(out, ckpts, metric, t.epochs, seconds, history)
-        ctrl_c = CtrlC()
         run_hooks = [hooks.Validate(eval_objective, images["validation"], key_eval),
                      hooks.RequireFinite(metric, message=_kept(ckpts)),
-                     hooks.Checkpoint(ckpts), log, ctrl_c]
+                     hooks.Checkpoint(ckpts), log]
         try:
-            with ctrl_c:
-                result = training.fit(step, state, images["train"], key_fit, epochs=t.epochs,
-                                      batch_size=t.batch_size, history=history, hooks=run_hooks, progress=progress)
+            result = training.fit(step, state, images["train"], key_fit, epochs=t.epochs, batch_size=t.batch_size,
+                                  history=history, hooks=run_hooks, progress=progress)
         except KeyboardInterrupt:
             hooks.write_csv(out / "metrics.csv", log.history)
             log.write(log.history, status="interrupted")
@@ -252,42 +248,6 @@ def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str
     print(f"{len(history)} epochs: {metric} {history[-1][metric]:.2f} (best {best[metric]:.2f} at epoch "
           f"{best['epoch']}); outputs in {out}")
     return 0
-
-
-class CtrlC:
-    """Ctrl-C stops a run: at once as usual, and at the latest after the epoch it arrives in.
-
-    Python raises ``KeyboardInterrupt`` wherever the main thread is when SIGINT
-    arrives. Inside library code that catches ``BaseException`` (checkpoint I/O
-    runs asyncio event loops, whose task wrappers do) it can be swallowed, and
-    the run then went on to its last epoch (seen once in the test suite). As a
-    context manager this installs a handler that raises the same way and also
-    remembers the signal, in the main thread and only over Python's default
-    handler (an application's own handler is left alone); as a ``fit`` hook,
-    placed after the checkpoint, it raises again if the first one was lost.
-    """
-
-    def __init__(self):
-        self.seen, self._previous = False, None
-
-    def __enter__(self) -> "CtrlC":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.seen = True
-        raise KeyboardInterrupt
-
-    def __call__(self, epoch: int, state: Any, history: list[dict[str, float]]) -> None:
-        if self.seen:
-            raise KeyboardInterrupt
 
 
 def _keys(seed: int) -> jax.Array:
