@@ -145,7 +145,12 @@ def test_autoencoder_run_ranks_by_reconstruction(tmp_path, capsys):
 
 
 def _start(out, epochs=RESUME_EPOCHS, *extra):
-    cmd = [sys.executable, "-m", "vae_jax", "train", *DIGITS, "--epochs", str(epochs), "--out", str(out), *extra]
+    # Ctrl-C must reach the run even when this test process inherited an ignored SIGINT (a suite started in
+    # the background by a non-interactive shell): an ignored signal stays ignored across exec, so the child
+    # puts Python's own handler back before it runs `python -m vae_jax` (no preexec_fn: a fork of JAX's threads).
+    run_cli = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('vae_jax', run_name='__main__', alter_sys=True)")
+    cmd = [sys.executable, "-c", run_cli, "train", *DIGITS, "--epochs", str(epochs), "--out", str(out), *extra]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
