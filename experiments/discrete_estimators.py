@@ -41,10 +41,10 @@ from __future__ import annotations
 import functools
 import time
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import flax.serialization
 import numpy as np
 import optax
 
