@@ -220,7 +220,7 @@ def objectives_for(model, k: int | None):
 def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, command: str, resume_command: str,
               progress: bool) -> dict:
     """Trains (or resumes) one row, evaluates its best checkpoint and writes ``result.json``."""
-    label, prior, warmup, k = ROWS[name]
+    label, prior, _, k = ROWS[name]
     label = label.format(K=cfg["num_components"])
     folder = out / "models" / name
     result_path = folder / "result.json"
@@ -232,15 +232,10 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
         raise SystemExit(f"{folder} holds checkpoints; pass --resume to continue them, or another --out.")
     folder.mkdir(parents=True, exist_ok=True)
     train, validation, test = data
-    model = models.build_model(model_config(cfg, name), train.shape[1:])
-    key = jax.random.fold_in(jax.random.key(cfg["seed"]), zlib.crc32(name.encode()) % (2 ** 31))
-    key_init, key_fit, key_val, key_test = jax.random.split(key, 4)
+    model, (_, key_fit, key_val, key_test), warmup_epochs, initial = row_setup(name, cfg, train)
     objective, val_objective, val_hparams = objectives_for(model, k)
     steps_per_epoch = len(train) // cfg["batch_size"]
-    warmup_epochs = cfg["warmup_epochs"] if warmup else 0
-    hparams = {"beta": 1.0} if k is None else {}
-    state = training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]),
-                                        kl_warmup_steps=warmup_epochs * steps_per_epoch, **hparams)
+    state = initial
     with checkpoints.RunLock(folder), checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective",
                                                        create=True) as ckpt:
         history = []
@@ -269,8 +264,7 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
         train_seconds = time.perf_counter() - start
         write_json(folder / "status.json", dict(base, state="evaluating", epochs=len(history),
                                                 stop_reason=stop_reason, updated=time.ctime()))
-        best_state, _ = ckpt.restore(_template(model, key_init, train, cfg, warmup_epochs, hparams),
-                                     which="best")
+        best_state, _ = ckpt.restore(initial, which="best")
         best_epoch = ckpt.best_epoch
     result = evaluate_row(name, model, best_state.params, validation, test, key_test, cfg, progress=progress)
     finished = stop_reason.startswith("early stopping") or stop_reason == "max epochs"
@@ -287,9 +281,22 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
     return result
 
 
-def _template(model, key_init, train, cfg, warmup_epochs, hparams):
-    return training.create_train_state(model, key_init, train[0], optax.adam(cfg["learning_rate"]),
-                                       kl_warmup_steps=warmup_epochs * (len(train) // cfg["batch_size"]), **hparams)
+def row_setup(name: str, cfg: dict, train: np.ndarray) -> tuple:
+    """``(model, keys, warmup_epochs, initial state)`` of a row; ``train`` ``[N, 28, 28, 1]``.
+
+    ``keys`` are its four PRNG keys (init, fit, validation, test), the same
+    wherever the row is trained or evaluated (so an interim evaluation uses the
+    final one's draws); the initial state carries the row's warm-up and beta and
+    is also the template its checkpoints are restored into.
+    """
+    _, _, warmup, k = ROWS[name]
+    model = models.build_model(model_config(cfg, name), train.shape[1:])
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg["seed"]), zlib.crc32(name.encode()) % (2 ** 31)), 4)
+    warmup_epochs = cfg["warmup_epochs"] if warmup else 0
+    state = training.create_train_state(model, keys[0], train[0], optax.adam(cfg["learning_rate"]),
+                                        kl_warmup_steps=warmup_epochs * (len(train) // cfg["batch_size"]),
+                                        **({"beta": 1.0} if k is None else {}))
+    return model, keys, warmup_epochs, state
 
 
 def evaluate_row(name, model, params, validation, test, key, cfg, *, progress) -> dict:
@@ -325,17 +332,12 @@ def interim(name: str, cfg: dict, out: Path, args: argparse.Namespace, *, comman
         raise SystemExit(f"{name} has no checkpoints under {folder}; train it first.")
     cfg = dict(cfg, num_samples=args.num_samples or cfg["num_samples"], test_size=args.test_size or cfg["test_size"])
     train, validation, test = load(cfg, args)
-    label, _, warmup, k = ROWS[name]
-    model = models.build_model(model_config(cfg, name), train.shape[1:])
-    key = jax.random.fold_in(jax.random.key(cfg["seed"]), zlib.crc32(name.encode()) % (2 ** 31))
-    key_init, _, _, key_test = jax.random.split(key, 4)  # the final evaluation's key: the same draws
-    warmup_epochs = cfg["warmup_epochs"] if warmup else 0
+    model, (*_, key_test), _, template = row_setup(name, cfg, train)  # the final evaluation's key: same draws
     with checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective", read_only=True) as ckpt:
-        state, history = ckpt.restore(_template(model, key_init, train, cfg, warmup_epochs,
-                                                {"beta": 1.0} if k is None else {}), which="best")
+        state, history = ckpt.restore(template, which="best")
         best_epoch, latest_epoch = ckpt.best_epoch, ckpt.latest_epoch
     result = evaluate_row(name, model, state.params, validation, test, key_test, cfg, progress=not args.no_progress)
-    result.update(state="interim", label=label.format(K=cfg["num_components"]), best_epoch=best_epoch,
+    result.update(state="interim", label=ROWS[name][0].format(K=cfg["num_components"]), best_epoch=best_epoch,
                   epochs_when_evaluated=latest_epoch,
                   best_validation_objective=max(r["validation_objective"] for r in history),
                   note="NOT a row of the table: training had not stopped; the best checkpoint so far",

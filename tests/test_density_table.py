@@ -91,18 +91,11 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     for run in ("a", "b"):
         with checkpoints.RunCheckpoints(tmp_path / run / "models" / "vae_warmup" / "checkpoints",
                                         metric="validation_objective") as ckpt:
-            template = dt._template(*_model_and_key(run_cfg=whole["config"]))
+            template = dt.row_setup("vae_warmup", whole["config"], np.zeros((500, 28, 28, 1), np.float32))[3]
             states.append(ckpt.restore(template, which="latest")[0])
     assert int(states[0].step) == int(states[1].step) == 3 * 5 and int(states[1].kl_warmup_steps) == 2 * 5
     for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _model_and_key(run_cfg):
-    from vae_jax import models
-    train = np.zeros((500, 28, 28, 1), np.float32)
-    model = models.build_model(dt.model_config(run_cfg, "vae_warmup"), train.shape[1:])
-    return model, jax.random.key(0), train, run_cfg, run_cfg["warmup_epochs"], {"beta": 1.0}
 
 
 def test_warmup_early_stopping_counts_patience_after_the_warmup():
