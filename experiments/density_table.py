@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import os
 import platform
 import shlex
@@ -266,7 +267,8 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
                                                 stop_reason=stop_reason, updated=time.ctime()))
         best_state, _ = ckpt.restore(initial, which="best")
         best_epoch = ckpt.best_epoch
-    result = evaluate_row(name, model, best_state.params, validation, test, key_test, cfg, progress=progress)
+    result = evaluate_row(name, model, best_state.params, validation, test, key_test, cfg, progress=progress,
+                          values_path=folder / "test_log_px.npy")
     finished = stop_reason.startswith("early stopping") or stop_reason == "max epochs"
     result.update(label=label, prior=prior, kl_warmup_epochs=warmup_epochs, iwae_k=k, epochs=len(history),
                   best_epoch=best_epoch, stop_reason=stop_reason,
@@ -299,8 +301,14 @@ def row_setup(name: str, cfg: dict, train: np.ndarray) -> tuple:
     return model, keys, warmup_epochs, state
 
 
-def evaluate_row(name, model, params, validation, test, key, cfg, *, progress) -> dict:
-    """Test ELBO, test log p(x) (mean, standard error), active units, seconds."""
+def evaluate_row(name, model, params, validation, test, key, cfg, *, progress, values_path: Path) -> dict:
+    """Test ELBO, test log p(x) (mean, standard error), active units, seconds.
+
+    The per-image log p(x) ``[len(test)]`` go to ``values_path`` (``.npy``): the
+    rows share the test images and their draws of binarisation, so two rows'
+    difference has a paired standard error (:func:`paired_differences`) far
+    below either row's own.
+    """
     start = time.perf_counter()
     key_elbo, key_px = jax.random.split(key)
     test_elbo = evaluation.evaluate(model.objective, params, test, key_elbo)["elbo"]
@@ -309,11 +317,13 @@ def evaluate_row(name, model, params, validation, test, key, cfg, *, progress) -
     log_px = evaluation.log_marginal(model, params, test, key_px, num_samples=cfg["num_samples"],
                                      chunk_size=cfg["chunk_size"], batch_size=cfg["eval_batch_size"],
                                      progress=progress, desc=f"{name} log p(x)")
+    np.save(values_path, log_px.values)
     return dict(name=name, test_elbo=test_elbo, test_log_px_mean=log_px.mean, test_log_px_stderr=log_px.stderr,
                 test_images=len(test), num_samples=cfg["num_samples"],
                 active_units=evaluation.active_units(model, params, test), latent_dim=model.latent_dim,
                 log_px_seconds=time.perf_counter() - px_start, eval_seconds=time.perf_counter() - start,
-                load_average_1min_during_log_px=[load_before, os.getloadavg()[0]])
+                load_average_1min_during_log_px=[load_before, os.getloadavg()[0]],
+                test_log_px_values=values_path.name)
 
 
 def interim(name: str, cfg: dict, out: Path, args: argparse.Namespace, *, command: str) -> dict:
@@ -336,7 +346,8 @@ def interim(name: str, cfg: dict, out: Path, args: argparse.Namespace, *, comman
     with checkpoints.RunCheckpoints(folder / "checkpoints", metric="validation_objective", read_only=True) as ckpt:
         state, history = ckpt.restore(template, which="best")
         best_epoch, latest_epoch = ckpt.best_epoch, ckpt.latest_epoch
-    result = evaluate_row(name, model, state.params, validation, test, key_test, cfg, progress=not args.no_progress)
+    result = evaluate_row(name, model, state.params, validation, test, key_test, cfg, progress=not args.no_progress,
+                          values_path=folder / "interim_test_log_px.npy")
     result.update(state="interim", label=ROWS[name][0].format(K=cfg["num_components"]), best_epoch=best_epoch,
                   epochs_when_evaluated=latest_epoch,
                   best_validation_objective=max(r["validation_objective"] for r in history),
@@ -391,11 +402,43 @@ def write_table(out: Path, dataset: str) -> str:
     return table
 
 
+def paired_differences(out: Path) -> list[dict]:
+    """Every pair of rows with per-image test log p(x), as ``mean(a - b)`` with its paired standard error.
+
+    A row's values are its final evaluation's (``test_log_px.npy``), else its
+    interim one's (``interim_test_log_px.npy``, labelled so with the epoch of
+    that checkpoint). The rows share the test images and their binarisation,
+    so the paired standard error ``std(a_i - b_i, ddof=1) / sqrt(N)`` is the one
+    that says whether two rows differ; ``unpaired_stderr`` (the two rows'
+    standard errors combined as if independent) is given beside it. Pairs
+    evaluated on different numbers of test images are left out.
+    """
+    found = {}
+    for name in ROWS:
+        folder = out / "models" / name
+        for source, values, meta in (("final", "test_log_px.npy", "result.json"),
+                                     ("interim", "interim_test_log_px.npy", "interim.json")):
+            if (folder / values).is_file() and (folder / meta).is_file():
+                found[name] = (source, np.load(folder / values), json.loads((folder / meta).read_text())["best_epoch"])
+                break
+    pairs = []
+    for (a, (source_a, va, epoch_a)), (b, (source_b, vb, epoch_b)) in itertools.combinations(found.items(), 2):
+        if va.shape != vb.shape:
+            continue
+        n, d = len(va), va - vb
+        pairs.append(dict(a=a, b=b, a_evaluation=source_a, a_best_epoch=epoch_a, b_evaluation=source_b,
+                          b_best_epoch=epoch_b, test_images=n, mean_difference=float(d.mean()),
+                          paired_stderr=float(d.std(ddof=1) / np.sqrt(n)),
+                          unpaired_stderr=float(np.sqrt((va.var(ddof=1) + vb.var(ddof=1)) / n))))
+    return pairs
+
+
 def snapshot(out: Path, dest: Path) -> list[str]:
     """Copies the state of every model of ``out`` into ``dest`` (``NAME.json``), labelled
     ``"finished"`` or ``"partial"``; the partial ones carry the per-epoch history so far (from the
     CSV log) and the resume command. Draws every model's validation curve into
-    ``DEST/validation.png``. Returns the names written."""
+    ``DEST/validation.png`` and writes :func:`paired_differences` (if any) to
+    ``DEST/paired_differences.json``. Returns the names written."""
     dest.mkdir(parents=True, exist_ok=True)
     written, curves = [], {}
     for name in ROWS:
@@ -422,6 +465,12 @@ def snapshot(out: Path, dest: Path) -> list[str]:
     if any(curves.values()):
         plotting.save_curves({k: v for k, v in curves.items() if v}, dest / "validation.png",
                              ylabel="validation objective (nats)", title="validation ELBO / IWAE bound per epoch")
+    pairs = paired_differences(out)
+    if pairs:
+        write_json(dest / "paired_differences.json",
+                   dict(note="mean over test images of a's log p(x) minus b's (nats), with the paired standard error; "
+                             "an 'interim' evaluation is a best checkpoint of a model still training",
+                        pairs=pairs, snapshot_time=time.ctime()))
     return written
 
 

@@ -33,6 +33,8 @@ def test_quick_rows_write_results_labelled_as_not_the_protocol(tmp_path):
         assert r["best_validation_objective"] == max(h["validation_objective"] for h in r["history"])
         # 20-sample log p(x) sits above the 1-sample ELBO of the same 20 images
         assert -800 < r["test_elbo"] < r["test_log_px_mean"] < 0 and r["test_log_px_stderr"] > 0
+        values = np.load(tmp_path / "models" / r["name"] / r["test_log_px_values"])  # per image, for paired rows
+        assert values.shape == (20,) and values.mean() == pytest.approx(r["test_log_px_mean"])
     assert rows[0]["label"] == "VampPrior (K=10) + warm-up" and rows[0]["kl_warmup_epochs"] == 1
     table = (tmp_path / "table.md").read_text()
     assert table.count("VampPrior (K=10) + warm-up, ours") == 1 and table.count("IWAE k=5, ours") == 1
@@ -45,6 +47,9 @@ def test_quick_rows_write_results_labelled_as_not_the_protocol(tmp_path):
         {"full_protocol": False}
     with pytest.raises(SystemExit, match="--resume"):  # a finished OUT is not overwritten
         dt.main(["--out", str(tmp_path), *QUICK, "--epochs", "2", "--models", "iwae5"])
+    dt.snapshot(tmp_path, tmp_path / "snap")
+    (pair,) = json.loads((tmp_path / "snap" / "paired_differences.json").read_text())["pairs"]
+    assert pair["mean_difference"] == pytest.approx(rows[0]["test_log_px_mean"] - rows[1]["test_log_px_mean"])
 
 
 @needs_fmnist
@@ -79,6 +84,7 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     dt.snapshot(tmp_path / "b", tmp_path / "snap")
     partial = json.loads((tmp_path / "snap" / "vae_warmup.json").read_text())
     assert partial["interim_evaluation"]["test_log_px_mean"] == early["test_log_px_mean"]
+    assert np.load(tmp_path / "b" / "models" / "vae_warmup" / "interim_test_log_px.npy").shape == (20,)
     resumed = dt.main(["--out", str(tmp_path / "b"), *args, "--resume"])[0]
     with pytest.raises(SystemExit, match="has finished"):
         dt.main(["--out", str(tmp_path / "b"), "--interim", "vae_warmup"])
@@ -207,3 +213,23 @@ def test_snapshot_reads_a_history_whose_later_rows_leave_a_column_empty(tmp_path
     history = json.loads((tmp_path / "snap" / "vae.json").read_text())["history"]
     assert history == [{"epoch": 1.0, "train_grad_norm": 46.0, "validation_objective": -270.5},
                        {"epoch": 2.0, "validation_objective": -260.25}]
+
+
+def test_paired_differences_against_a_hand_computation(tmp_path):
+    models = tmp_path / "run" / "models"
+    rows = {"vae": ("result.json", "test_log_px.npy", [1.0, 2.0, 3.0, 4.0], 7),
+            "vamp_warmup": ("interim.json", "interim_test_log_px.npy", [0.0, 2.0, 2.0, 5.0], 3),
+            "iwae5": ("interim.json", "interim_test_log_px.npy", [0.0, 1.0, 2.0], 5)}  # 3 images: not paired
+    for name, (meta, values, v, best) in rows.items():
+        (models / name).mkdir(parents=True)
+        (models / name / meta).write_text(json.dumps({"best_epoch": best}))
+        np.save(models / name / values, np.asarray(v))
+    (pair,) = dt.paired_differences(tmp_path / "run")
+    # a - b = [1, 0, 1, -1]: mean 1/4, sample variance 11/12, paired s.e. sqrt(11/12) / 2
+    assert (pair["a"], pair["b"], pair["a_evaluation"], pair["b_evaluation"]) == ("vae", "vamp_warmup", "final",
+                                                                                  "interim")
+    assert (pair["a_best_epoch"], pair["b_best_epoch"], pair["test_images"]) == (7, 3, 4)
+    assert pair["mean_difference"] == pytest.approx(0.25)
+    assert pair["paired_stderr"] == pytest.approx(np.sqrt(11 / 12) / 2)
+    # unpaired: variances 5/3 and 17/4 over 4 images
+    assert pair["unpaired_stderr"] == pytest.approx(np.sqrt((5 / 3 + 17 / 4) / 4))
