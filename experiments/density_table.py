@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=Path, default=None, metavar="DEST", help="train nothing: copy each finished "
                    "model's result.json and, for unfinished ones, a partial status (epochs so far, best validation "
                    "value, history, resume command) from OUT into DEST (e.g. docs/results/density_table)")
+    p.add_argument("--page", type=Path, default=None, help="with --snapshot: rewrite the '<!-- state -->' table "
+                   "(and the '<!-- pairs -->' table of paired differences, if any) of this Markdown page, e.g. "
+                   "docs/density_table.md")
     p.add_argument("--interim", nargs="+", choices=sorted(ROWS), default=None, metavar="NAME",
                    help="train nothing: evaluate the best checkpoint so far of these unfinished models of OUT "
                         "(test ELBO and log p(x), with the run's settings; --num-samples / --test-size shrink it) "
@@ -446,7 +449,8 @@ def snapshot(out: Path, dest: Path) -> list[str]:
         if (folder / "result.json").is_file():
             record = dict(json.loads((folder / "result.json").read_text()), state="finished")
         elif (folder / "status.json").is_file():
-            record = dict(json.loads((folder / "status.json").read_text()), state="partial",
+            status = json.loads((folder / "status.json").read_text())
+            record = dict(status, state="partial", stage=status.get("state"),
                           note="NOT a result: training has not finished; resume with resume_command")
             if (folder / "interim.json").is_file():
                 record["interim_evaluation"] = json.loads((folder / "interim.json").read_text())
@@ -474,11 +478,73 @@ def snapshot(out: Path, dest: Path) -> list[str]:
     return written
 
 
+def _bound_name(record: dict) -> str:
+    k = ROWS[record["name"]][3]
+    return f" (the {k}-sample bound)" if k else ""
+
+
+def state_table(records: list[dict]) -> str:
+    """Markdown table of snapshot records (finished and partial rows), one line per model."""
+    lines = ["| model | state | epochs so far | best validation objective (epoch) | last epoch (s) | "
+             "test log p(x) (best checkpoint) | resume command |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        history = r.get("history") or [{}]
+        best = max(history, key=lambda h: h.get("validation_objective", -np.inf))
+        best_text = (f"{best['validation_objective']:.2f} ({int(best['epoch'])}){_bound_name(r)}"
+                     if "validation_objective" in best else "none yet")
+        seconds = f"{history[-1]['seconds']:.0f}" if "seconds" in history[-1] else ""
+        if r["state"] == "finished":
+            state, evaluation, resume = f"**finished** ({r['stop_reason'].split(':')[0]})", r, "none (finished)"
+            test_text = "final: "
+        else:
+            state, evaluation = f"**partial** ({r.get('stage', 'training')})", r.get("interim_evaluation")
+            resume, test_text = f"`{r['resume_command']}`", "interim: "
+        if evaluation is None:
+            test_text = "none yet"
+        else:
+            test_text += (f"{evaluation['test_log_px_mean']:.2f} ± {evaluation['test_log_px_stderr']:.2f}, test ELBO "
+                          f"{evaluation['test_elbo']:.2f}, {evaluation['active_units']}/{evaluation['latent_dim']} "
+                          f"active units (epoch {evaluation['best_epoch']})")
+        lines.append(f"| {r['label']} | {state} | {r['epochs']} | {best_text} | {seconds} | {test_text} | {resume} |")
+    return "\n".join(lines) + "\n"
+
+
+def pairs_table(pairs: list[dict], labels: dict[str, str]) -> str:
+    """Markdown table of :func:`paired_differences`."""
+    lines = ["| a − b | mean difference (nats) | paired s.e. | unpaired s.e. | evaluations (best epoch) |",
+             "| --- | --- | --- | --- | --- |"]
+    for p in pairs:
+        lines.append(f"| {labels[p['a']]} − {labels[p['b']]} | {p['mean_difference']:+.2f} | {p['paired_stderr']:.2f} "
+                     f"| {p['unpaired_stderr']:.2f} | {p['a_evaluation']} ({p['a_best_epoch']}), "
+                     f"{p['b_evaluation']} ({p['b_best_epoch']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def update_page(page: Path, blocks: dict[str, str]) -> None:
+    """Replaces the text between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in ``page`` with ``blocks[NAME]``."""
+    text = page.read_text()
+    for name, block in blocks.items():
+        start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+        if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+            raise SystemExit(f"{page} needs one '{start.strip()}' ... '{end}' block to update.")
+        head, rest = text.split(start)
+        text = head + start + block + end + rest.split(end, 1)[1]
+    page.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.snapshot is not None:
-        print("snapshot of", snapshot(args.out, args.snapshot))
+        written = snapshot(args.out, args.snapshot)
+        print("snapshot of", written)
+        if args.page is not None:
+            records = [json.loads((args.snapshot / f"{name}.json").read_text()) for name in written]
+            pairs = paired_differences(args.out)
+            labels = {r["name"]: r["label"] for r in records}
+            taken = f"At the snapshot of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n"
+            update_page(args.page, {"state": taken + state_table(records)} |
+                        ({"pairs": pairs_table(pairs, labels)} if pairs else {}))
         return []
     out = args.out
     quoted = " ".join(shlex.quote(a) for a in argv)

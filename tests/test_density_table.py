@@ -233,3 +233,38 @@ def test_paired_differences_against_a_hand_computation(tmp_path):
     assert pair["paired_stderr"] == pytest.approx(np.sqrt(11 / 12) / 2)
     # unpaired: variances 5/3 and 17/4 over 4 images
     assert pair["unpaired_stderr"] == pytest.approx(np.sqrt((5 / 3 + 17 / 4) / 4))
+
+
+def test_snapshot_rewrites_the_pages_state_and_pairs_tables(tmp_path):
+    models = tmp_path / "run" / "models"
+    history = [{"epoch": 1, "validation_objective": -240.0, "seconds": 7.0},
+               {"epoch": 2, "validation_objective": -235.5, "seconds": 8.0}]
+    evaluation = dict(test_log_px_mean=-230.0, test_log_px_stderr=0.75, test_elbo=-233.0, active_units=12,
+                      latent_dim=40, best_epoch=2)
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "result.json").write_text(json.dumps(dict(
+        evaluation, name="vae", label="VAE", epochs=2, stop_reason="early stopping: no better value",
+        history=history)))
+    np.save(models / "vae" / "test_log_px.npy", np.array([-229.0, -231.0]))
+    (models / "iwae5").mkdir()
+    (models / "iwae5" / "status.json").write_text(json.dumps(dict(
+        name="iwae5", label="IWAE k=5", epochs=1, state="training", resume_command="python -m x --resume")))
+    (models / "iwae5" / "history.csv").write_text("epoch,validation_objective,seconds\n1,-236.25,40.0\n")
+    (models / "iwae5" / "interim.json").write_text(json.dumps(dict(evaluation, test_log_px_mean=-229.5, best_epoch=1)))
+    np.save(models / "iwae5" / "interim_test_log_px.npy", np.array([-228.0, -231.0]))
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- state -->\nold\n<!-- /state -->\nmiddle\n<!-- pairs -->\n<!-- /pairs -->\nafter\n")
+    dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page", str(page)])
+    text = page.read_text()
+    assert text.startswith("before\n<!-- state -->\nAt the snapshot of 20") and "old" not in text
+    assert "UTC:\n\n| model |" in text
+    assert "| VAE | **finished** (early stopping) | 2 | -235.50 (2) | 8 | final: -230.00 ± 0.75, test ELBO -233.00, " \
+           "12/40 active units (epoch 2) | none (finished) |" in text
+    assert "| IWAE k=5 | **partial** (training) | 1 | -236.25 (1) (the 5-sample bound) | 40 | interim: -229.50 ± 0.75" \
+           in text and "`python -m x --resume` |" in text
+    # pairs: a - b = [-1, 0]: mean -0.5, paired s.e. sqrt(0.5) / sqrt(2) = 0.5
+    assert "\nmiddle\n<!-- pairs -->\n| a − b |" in text and text.endswith("<!-- /pairs -->\nafter\n")
+    assert "| VAE − IWAE k=5 | -0.50 | 0.50 |" in text and "final (2), interim (1) |" in text
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="state"):
+        dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page", str(page)])
