@@ -46,6 +46,12 @@ Examples:
   python -m experiments.density_table --out runs/density_protocol --models vamp_warmup iwae5
   python -m experiments.density_table --out runs/q --quick                    # seconds (tests)
   python -m experiments.density_table --out runs/density_protocol --interim vae   # best so far, while it trains
+  python -m experiments.density_table --out runs/density_protocol --snapshot docs/results/density_table \
+      --page docs/density_table.md     # state of every row into the docs, finished or not
+
+Each test evaluation (final or interim) also saves its per-image log p(x);
+the snapshot pairs the rows over the shared test images (mean difference and
+its paired standard error, ``paired_differences``).
 """
 
 from __future__ import annotations
