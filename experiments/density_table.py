@@ -57,8 +57,9 @@ its paired standard error, ``paired_differences``).
 from __future__ import annotations
 
 import argparse
-import json
+import csv
 import itertools
+import json
 import os
 import platform
 import shlex
@@ -461,7 +462,6 @@ def snapshot(out: Path, dest: Path) -> list[str]:
             if (folder / "interim.json").is_file():
                 record["interim_evaluation"] = json.loads((folder / "interim.json").read_text())
             if (folder / "history.csv").is_file():
-                import csv
                 with open(folder / "history.csv") as f:
                     # a column that later epochs no longer log (the opt-in gradient norm) is left empty
                     record["history"] = [{k: float(v) for k, v in row.items() if v not in ("", None)}
