@@ -443,11 +443,38 @@ def paired_differences(out: Path) -> list[dict]:
     return pairs
 
 
+def table_figure(records: list[dict], references: dict[str, float], path: Path) -> None:
+    """Dot plot of test log p(x): our finished rows (filled, ± standard error), interim numbers of rows
+    still training (hollow, with the checkpoint's epoch) and the published rows (grey diamonds)."""
+    import matplotlib.pyplot as plt  # after vae_jax.plotting chose the backend
+
+    points = []
+    for r in records:
+        if r["state"] == "finished":
+            points.append((f"{r['label']}, ours", r["test_log_px_mean"], r["test_log_px_stderr"], "ours"))
+        elif r.get("interim_evaluation"):
+            e = r["interim_evaluation"]
+            points.append((f"{r['label']}, ours: interim, epoch {e['best_epoch']}", e["test_log_px_mean"],
+                           e["test_log_px_stderr"], "interim"))
+    points += [(name, value, None, "published") for name, value in references.items()]
+    points.sort(key=lambda point: point[1])
+    style = {"ours": dict(fmt="o", color="C0"), "interim": dict(fmt="o", color="C0", mfc="white"),
+             "published": dict(fmt="D", color="0.45")}
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(points) + 1.2))
+    for i, (_, value, stderr, kind) in enumerate(points):
+        ax.errorbar(value, i, xerr=stderr, capsize=3, **style[kind])
+    ax.set_yticks(range(len(points)), [point[0] for point in points])
+    ax.set_xlabel("test log p(x), nats (higher is better; bars: ± standard error over test images)")
+    ax.grid(axis="x", alpha=0.3)
+    plotting.save_figure(fig, path)
+
+
 def snapshot(out: Path, dest: Path) -> list[str]:
     """Copies the state of every model of ``out`` into ``dest`` (``NAME.json``), labelled
     ``"finished"`` or ``"partial"``; the partial ones carry the per-epoch history so far (from the
     CSV log) and the resume command. Draws every model's validation curve into
-    ``DEST/validation.png`` and writes :func:`paired_differences` (if any) to
+    ``DEST/validation.png``, the test log p(x) so far beside the published rows into
+    ``DEST/table.png``, and writes :func:`paired_differences` (if any) to
     ``DEST/paired_differences.json``. Returns the names written."""
     dest.mkdir(parents=True, exist_ok=True)
     written, curves = [], {}
@@ -475,6 +502,10 @@ def snapshot(out: Path, dest: Path) -> list[str]:
     if any(curves.values()):
         plotting.save_curves({k: v for k, v in curves.items() if v}, dest / "validation.png",
                              ylabel="validation objective (nats)", title="validation ELBO / IWAE bound per epoch")
+    records = [json.loads((dest / f"{name}.json").read_text()) for name in written]
+    saved = out / "models" / "config.json"
+    dataset = json.loads(saved.read_text())["dataset"] if saved.is_file() else "fashion_mnist"
+    table_figure(records, REFERENCES[dataset], dest / "table.png")
     pairs = paired_differences(out)
     if pairs:
         write_json(dest / "paired_differences.json",
