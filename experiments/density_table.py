@@ -571,7 +571,10 @@ def update_page(page: Path, blocks: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.page is not None and args.snapshot is None:
+        parser.error("--page rewrites a page from a snapshot: give --snapshot DEST too")
     if args.snapshot is not None:
         written = snapshot(args.out, args.snapshot)
         print("snapshot of", written)

@@ -266,6 +266,8 @@ def test_snapshot_rewrites_the_pages_state_and_pairs_tables(tmp_path):
     assert "\nmiddle\n<!-- pairs -->\n| a − b |" in text and text.endswith("<!-- /pairs -->\nafter\n")
     assert "| VAE − IWAE k=5 | -0.50 | 0.50 |" in text and "final (2), interim (1) |" in text
     assert (tmp_path / "snap" / "table.png").stat().st_size > 10_000  # the dot plot beside the published rows
+    with pytest.raises(SystemExit):  # --page alone: an argparse error, not a silent no-op
+        dt.main(["--out", str(tmp_path / "run"), "--page", str(page)])
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="state"):
         dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page", str(page)])
