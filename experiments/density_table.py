@@ -469,15 +469,16 @@ def table_figure(records: list[dict], references: dict[str, float], path: Path) 
     plotting.save_figure(fig, path)
 
 
-def snapshot(out: Path, dest: Path) -> list[str]:
+def snapshot(out: Path, dest: Path, page: Path | None = None) -> list[str]:
     """Copies the state of every model of ``out`` into ``dest`` (``NAME.json``), labelled
     ``"finished"`` or ``"partial"``; the partial ones carry the per-epoch history so far (from the
     CSV log) and the resume command. Draws every model's validation curve into
     ``DEST/validation.png``, the test log p(x) so far beside the published rows into
     ``DEST/table.png``, and writes :func:`paired_differences` (if any) to
-    ``DEST/paired_differences.json``. Returns the names written."""
+    ``DEST/paired_differences.json``; with ``page``, rewrites its state table and paired
+    differences (:func:`update_page`). Returns the names written."""
     dest.mkdir(parents=True, exist_ok=True)
-    written, curves = [], {}
+    records, curves = [], {}
     for name in ROWS:
         folder = out / "models" / name
         if (folder / "result.json").is_file():
@@ -497,12 +498,11 @@ def snapshot(out: Path, dest: Path) -> list[str]:
             continue
         record["snapshot_time"] = time.ctime()
         write_json(dest / f"{name}.json", record)
-        written.append(name)
+        records.append(record)
         curves[f"{record['label']} ({record['state']})"] = [h["validation_objective"] for h in record.get("history", [])]
     if any(curves.values()):
         plotting.save_curves({k: v for k, v in curves.items() if v}, dest / "validation.png",
                              ylabel="validation objective (nats)", title="validation ELBO / IWAE bound per epoch")
-    records = [json.loads((dest / f"{name}.json").read_text()) for name in written]
     saved = out / "models" / "config.json"
     dataset = json.loads(saved.read_text())["dataset"] if saved.is_file() else "fashion_mnist"
     table_figure(records, REFERENCES[dataset], dest / "table.png")
@@ -512,7 +512,12 @@ def snapshot(out: Path, dest: Path) -> list[str]:
                    dict(note="mean over test images of a's log p(x) minus b's (nats), with the paired standard error; "
                              "an 'interim' evaluation is a best checkpoint of a model still training",
                         pairs=pairs, snapshot_time=time.ctime()))
-    return written
+    if page is not None:
+        taken = f"At the snapshot of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n"
+        labels = {r["name"]: r["label"] for r in records}
+        update_page(page, {"state": taken + state_table(records)} | ({"pairs": pairs_table(pairs, labels)} if pairs
+                                                                      else {}))
+    return [r["name"] for r in records]
 
 
 def _bound_name(record: dict) -> str:
@@ -559,6 +564,8 @@ def pairs_table(pairs: list[dict], labels: dict[str, str]) -> str:
 
 def update_page(page: Path, blocks: dict[str, str]) -> None:
     """Replaces the text between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in ``page`` with ``blocks[NAME]``."""
+    if not page.is_file():
+        raise SystemExit(f"--page {page}: no such file.")
     text = page.read_text()
     for name, block in blocks.items():
         start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
@@ -576,15 +583,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.page is not None and args.snapshot is None:
         parser.error("--page rewrites a page from a snapshot: give --snapshot DEST too")
     if args.snapshot is not None:
-        written = snapshot(args.out, args.snapshot)
-        print("snapshot of", written)
-        if args.page is not None:
-            records = [json.loads((args.snapshot / f"{name}.json").read_text()) for name in written]
-            pairs = paired_differences(args.out)
-            labels = {r["name"]: r["label"] for r in records}
-            taken = f"At the snapshot of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n"
-            update_page(args.page, {"state": taken + state_table(records)} |
-                        ({"pairs": pairs_table(pairs, labels)} if pairs else {}))
+        print("snapshot of", snapshot(args.out, args.snapshot, args.page))
         return []
     out = args.out
     quoted = " ".join(shlex.quote(a) for a in argv)

@@ -268,6 +268,9 @@ def test_snapshot_rewrites_the_pages_state_and_pairs_tables(tmp_path):
     assert (tmp_path / "snap" / "table.png").stat().st_size > 10_000  # the dot plot beside the published rows
     with pytest.raises(SystemExit):  # --page alone: an argparse error, not a silent no-op
         dt.main(["--out", str(tmp_path / "run"), "--page", str(page)])
+    with pytest.raises(SystemExit, match="no such file"):
+        dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page",
+                 str(tmp_path / "missing.md")])
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="state"):
         dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page", str(page)])
