@@ -263,8 +263,9 @@ def run_model(name: str, cfg: dict, data: tuple, out: Path, *, resume: bool, com
         if stop_reason is None:
             fit_hooks = [EpochTimer(), hooks.Validate(val_objective, validation, key_val, hparams=val_hparams,
                                                       same_draws=True),
-                         hooks.RequireFinite("validation_objective"), hooks.Checkpoint(ckpt),
-                         hooks.CSVLog(folder / "history.csv"), Status(folder / "status.json", base), stop_hook]
+                         hooks.RequireFinite("validation_objective"), hooks.Uninterrupted(
+                             hooks.Checkpoint(ckpt), hooks.CSVLog(folder / "history.csv"),
+                             Status(folder / "status.json", base)), stop_hook]
             if cfg["max_minutes"] is not None:
                 fit_hooks.append(hooks.TimeLimit(cfg["max_minutes"]) if cfg["max_minutes"] > 0 else
                                  (lambda epoch, state, history: "time limit: 0 minutes"))

@@ -262,3 +262,34 @@ def test_create_train_state_rejects_bad_hyperparameters(digits):
             vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3), **bad)
     with pytest.raises(ValueError, match="ONE input of shape"):
         vj.create_train_state(model, jax.random.key(0), train[:4], optax.adam(1e-3))
+
+
+def test_uninterrupted_holds_ctrl_c_until_its_hooks_are_done():
+    # CI once caught a Ctrl-C between the checkpoint's write and the log that records it: the
+    # run said "no checkpoint was written" beside a checkpoint on disk.
+    import os
+    import signal
+
+    from vae_jax import hooks
+
+    ran = []
+
+    def checkpoint(epoch, state, history):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is written
+        ran.append("checkpoint")
+
+    group = hooks.Uninterrupted(checkpoint, lambda e, s, h: ran.append("log"))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a test worker may ignore SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt):  # delivered, but only after both hooks ran
+            group(1, None, [])
+        assert ran == ["checkpoint", "log"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+        with pytest.raises(KeyboardInterrupt):  # unwrapped, the same Ctrl-C stops the checkpoint hook itself
+            checkpoint(1, None, [])
+        assert ran == ["checkpoint", "log"]
+    finally:
+        signal.signal(signal.SIGINT, before)
+    # no signal: every hook runs, and the last stop reason wins, as in fit
+    assert hooks.Uninterrupted(lambda e, s, h: "a", lambda e, s, h: None, lambda e, s, h: "b")(1, None, []) == "b"
+    assert hooks.Uninterrupted(lambda e, s, h: None)(1, None, []) is None

@@ -14,6 +14,9 @@ uninterrupted one would (:class:`TimeLimit` counts this process's time only).
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -118,6 +121,41 @@ class Checkpoint:
 
     def __call__(self, epoch: int, state: Any, history: list[dict]) -> None:
         self.checkpoints.save(epoch, state, history=history)
+
+
+class Uninterrupted:
+    """Runs ``hooks`` in order with Ctrl-C held back until the last has returned.
+
+    Wrap the hooks that must agree with each other, e.g. the checkpoint and the
+    logs that record it: a SIGINT that arrives while they run is delivered right
+    after them, so an interrupted run never has a checkpoint its logs do not know
+    about (nor the reverse). Returns the last stop reason any of them gave, as
+    :func:`vae_jax.training.fit` keeps the last.
+    Outside the main thread, where Python cannot hold back signals, the hooks
+    simply run.
+    """
+
+    def __init__(self, *hooks: Callable[..., str | None]):
+        self.hooks = hooks
+
+    def __call__(self, epoch: int, state: Any, history: list[dict]) -> str | None:
+        if threading.current_thread() is not threading.main_thread():
+            return self._run(epoch, state, history)
+        held: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+        try:
+            return self._run(epoch, state, history)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if held:  # deliver it now, to whatever handled SIGINT before
+                if callable(previous):
+                    previous(signal.SIGINT, None)
+                elif previous != signal.SIG_IGN:
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    def _run(self, epoch: int, state: Any, history: list[dict]) -> str | None:
+        reasons = [hook(epoch, state, history) for hook in self.hooks]
+        return next((r for r in reversed(reasons) if r), None)
 
 
 class CSVLog:

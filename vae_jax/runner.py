@@ -222,7 +222,7 @@ def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str
         log = _RunLog(out, ckpts, metric, t.epochs, seconds, history)
         run_hooks = [hooks.Validate(eval_objective, images["validation"], key_eval),
                      hooks.RequireFinite(metric, message=_kept(ckpts)),
-                     hooks.Checkpoint(ckpts), log]
+                     hooks.Uninterrupted(hooks.Checkpoint(ckpts), log)]
         try:
             result = training.fit(step, state, images["train"], key_fit, epochs=t.epochs, batch_size=t.batch_size,
                                   history=history, hooks=run_hooks, progress=progress)
