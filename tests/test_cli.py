@@ -251,6 +251,12 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
         for i in (len(content) // 3, len(content) // 2, 2 * len(content) // 3):
             content[i] ^= 0xFF
         path.write_bytes(bytes(content))
+    elif how == "damaged":  # bytes flipped all over every array file: reading them fails
+        for path in copy.glob("checkpoints/4/state/**/d/*"):
+            content = bytearray(path.read_bytes())
+            for i in range(len(content) // 4, len(content), max(1, len(content) // 50)):
+                content[i] ^= 0xFF
+            path.write_bytes(bytes(content))
     elif how == "empty":
         for path in (copy / "checkpoints").iterdir():
             shutil.rmtree(path)
@@ -326,18 +332,22 @@ def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, ca
 
 
 def test_no_noise_after_an_error_in_a_real_process(run, tmp_path):
-    # Orbax's threads used to print asyncio tracebacks (up to 2,089 lines) after the one-line error,
-    # during the failed read or at interpreter exit: one real process, two failing commands.
-    folders = [str(_corrupt_copy(run, tmp_path, how)) for how in ("empty", "flipped")]
-    script = ("import sys; from vae_jax.cli import main; "
-              "codes = [main(['evaluate', '--run', r, '--no-progress']) for r in sys.argv[1:]]; print(codes)")
+    # Orbax's threads used to print asyncio tracebacks (up to 2,089 lines) after the one-line error:
+    # during the failed read, at interpreter exit, or whenever the garbage collector finalised the
+    # abandoned reads (CI once caught them in the next command). One real process, three failing
+    # commands, each followed by a collection.
+    folders = [str(_corrupt_copy(run, tmp_path, how)) for how in ("empty", "flipped", "damaged")]
+    script = ("import gc, sys; from vae_jax.cli import main; "
+              "codes = [(main(['evaluate', '--run', r, '--no-progress']), gc.collect())[0] for r in sys.argv[1:]]; "
+              "print(codes)")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-c", script, *folders], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 1]", proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", script, *folders, folders[-1]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 1, 1, 1]", proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 2 and all(line.startswith("vae-jax evaluate: error: ") for line in lines), proc.stderr
+    assert len(lines) == 4 and all(line.startswith("vae-jax evaluate: error: ") for line in lines), proc.stderr
     assert "No checkpoint in" in lines[0] and "Corrupt checkpoint 4" in lines[1]
+    assert all("Corrupt checkpoint 4" in line and "is damaged" in line for line in lines[2:])  # a failed read
 
 
 def test_resume_from_the_latest_intact_checkpoint(run, tmp_path, capsys):

@@ -30,14 +30,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import jax
 import numpy as np
@@ -149,33 +151,55 @@ def _flock(path: Path, mode: int, *, required: bool) -> Iterator[None]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _stderr_dropped_on_error() -> Iterator[None]:
-    """Captures file descriptor 2; replays it on success, drops it on an exception.
+def _call_quietly(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    """``(fn(), None)``, or ``(None, the first line of its exception)``, with file descriptor 2 captured.
 
-    When a damaged checkpoint aborts an Orbax read, TensorStore's pending reads
-    call back into a closed asyncio loop and print tracebacks: noise after a
-    clear error, which this keeps off the terminal.
+    What ``fn`` printed to file descriptor 2 is replayed when it succeeds and
+    dropped when it fails. When a damaged checkpoint aborts an Orbax read,
+    TensorStore's pending reads call back into a closed asyncio loop and print
+    tracebacks, in TensorStore's threads after Orbax has raised and again when
+    the garbage collector finalises the abandoned reads, at a random later
+    moment (CI caught both in the next command): noise after a clear error. So
+    on an error the exception is let go (it holds the abandoned reads), they
+    are collected, and the capture must be quiet for a moment (at most 2 s)
+    before file descriptor 2 is given back. Hence an error string here, not
+    an exception chained to Orbax's.
     """
     try:
         saved = os.dup(2)
     except OSError:  # no stderr to capture
-        yield
-        return
+        saved = None
+    error = None
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        failed = True
+        if saved is not None:
+            os.dup2(capture.fileno(), 2)
         try:
-            yield
-            failed = False
+            try:
+                return fn(), None
+            except Exception as e:  # Orbax raises many types for damaged files
+                error = _first_line(e)
+            _settle(capture)  # `e` and its traceback are gone: the abandoned reads can be collected
+            return None, error
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if not failed:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
                 capture.seek(0)
                 text = capture.read()
-                if text:
+                if error is None and text:
                     os.write(2, text)
+
+
+def _settle(capture: Any, quiet: float = 0.25, limit: float = 2.0) -> None:
+    """Collects garbage until nothing new reaches the file ``capture`` for ``quiet`` s (at most ``limit`` s)."""
+    deadline, size = time.monotonic() + limit, -1
+    while time.monotonic() < deadline:
+        gc.collect()
+        now = os.fstat(capture.fileno()).st_size
+        if now == size:
+            return
+        size = now
+        time.sleep(quiet)
 
 
 def checksum(state: Any, history: list[dict[str, float]]) -> str:
@@ -345,14 +369,14 @@ class RunCheckpoints:
         verified = (self.directory / str(epoch) / "integrity").is_dir()
         if verified:
             items["integrity"] = ocp.args.JsonRestore()
-        try:
-            with _stderr_dropped_on_error():
-                restored = self._manager.restore(epoch, args=ocp.args.Composite(**items))
+        restored, error = _call_quietly(lambda: self._manager.restore(epoch, args=ocp.args.Composite(**items)))
+        if error is None:
             state, history = restored.state, list(restored.history)
-            _check_same_structure(state, template)
-        except Exception as e:  # Orbax raises many types for damaged files
+            if not _same_structure(state, template):
+                error = "the restored arrays have another structure or shape"
+        if error is not None:
             raise CheckpointError(f"Corrupt checkpoint {epoch}: {where} is damaged or does not match this "
-                                  f"model ({_first_line(e)}).") from e
+                                  f"model ({error}).")
         if not verified:
             warnings.warn(f"checkpoint {where} has no checksum (written before checksums existed); "
                           "it is not verified.", CheckpointWarning, stacklevel=3)
@@ -397,7 +421,6 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
-def _check_same_structure(state: Any, template: Any) -> None:
+def _same_structure(state: Any, template: Any) -> bool:
     shapes = lambda tree: [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]  # noqa: E731
-    if jax.tree.structure(state) != jax.tree.structure(template) or shapes(state) != shapes(template):
-        raise ValueError("the restored arrays have another structure or shape")
+    return jax.tree.structure(state) == jax.tree.structure(template) and shapes(state) == shapes(template)
