@@ -131,15 +131,16 @@ class Uninterrupted:
     after them, so an interrupted run never has a checkpoint its logs do not know
     about (nor the reverse). Returns the last stop reason any of them gave, as
     :func:`vae_jax.training.fit` keeps the last.
-    Outside the main thread, where Python cannot hold back signals, the hooks
-    simply run.
+    Outside the main thread, where Python cannot hold back signals, or where
+    SIGINT's handler was not set from Python (it could not be put back), the
+    hooks simply run.
     """
 
     def __init__(self, *hooks: Callable[..., str | None]):
         self.hooks = hooks
 
     def __call__(self, epoch: int, state: Any, history: list[dict]) -> str | None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
             return self._run(epoch, state, history)
         held: list[int] = []
         previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
