@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine: Debian's Fashion-MNIST files (where apt-get exists)
 # and a .venv in the repo root with vae_jax and every extra (tests, TFDS, the
-# PyTorch baseline, MLflow). Safe to run again: it only installs what is missing.
+# PyTorch baseline, MLflow, Grain). Safe to run again: it only installs what is missing.
 #
 # It prints a few "setup:" lines. pip runs quietly with its output in a log file
 # (.venv/setup-pip.log): a failing install prints the whole log and stops the
@@ -39,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
   quiet_pip install -q --upgrade pip
 fi
-extras="test,tfds,bench,mlflow"
+extras="test,tfds,bench,mlflow,streaming"
 echo "setup: installing vae_jax with extras [$extras] into .venv (minutes the first time)"
 quiet_pip install -q -e ".[$extras]"
 echo "setup: done (.venv ready; log of pip in .venv/setup-pip.log)"

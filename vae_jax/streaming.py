@@ -25,11 +25,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.lib import format as npy_format
+
+try:
+    import grain
+except ImportError as e:  # an extra: the in-memory path needs none of it
+    raise ImportError("streaming needs Grain: pip install 'vae_jax[streaming]'") from e
 
 _LEVELS = {"binary": 1.0, "8bit": 255.0}
 
