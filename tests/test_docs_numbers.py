@@ -37,6 +37,12 @@ def _sci(x, digits=2):
     return f"{mantissa}e{int(exponent)}"
 
 
+def _lr(x):
+    """A learning rate as the pages write it: ``1e-3``."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
 def _g3(x):
     return f"{x:.3g}"
 
@@ -57,7 +63,15 @@ def beta_vae():
     by_beta = {m["beta"]: m for m in models}
     fractions = [m["top_mi_fraction"] for m in models]
     bias = (20 - 1) * (10 - 1) / (2 * r["test_size"])
+    cfg = _json("docs/figures/beta_vae/config.json")
+    betas = [f"{b:g}" for b in cfg["betas"]]
+    mig_claim = "Here MIG stays below 0.1 at every beta" if max(m["mig"] for m in models) < 0.1 else "MIG >= 0.1"
     return rows + [
+        mig_claim,
+        f"Five VAEs are trained, with beta = {', '.join(betas[:-1])} and {betas[-1]}",
+        f"MLP 784-{'-'.join(map(str, cfg['model']['hidden_sizes']))}-{cfg['latent_dim']} with a Bernoulli decoder",
+        f"trained on {cfg['train_size']} training images for {cfg['epochs']} epochs with Adam "
+        f"{_lr(cfg['learning_rate'])} and batches of {cfg['batch_size']}",
         f"At beta = 1 the tenth unit has variance {by_beta[1.0]['posterior_mean_variance'][0]:.4f}",
         f"at beta = 8 the fifth has {sorted(by_beta[8.0]['posterior_mean_variance'], reverse=True)[4]:.4f}",
         f"holds {_pct(min(fractions))} to {_pct(max(fractions))} of H(y) = {models[0]['label_entropy']:.2f} nats",
@@ -100,6 +114,8 @@ def likelihoods():
         f"from {run['load_average_1_5_15_min_at_start'][0]:.1f} (start) to "
         f"{run['load_average_1_5_15_min_at_end'][0]:.1f} (end)",
         f"{r['num_importance']} samples on {r['eval_size']} test images",
+        f"{r['train_size']} training images, {_json('docs/figures/likelihoods/config.json')['epochs']} epochs each",
+        f"m = -log(256 sqrt(2 pi)) = {-math.log(256 * math.sqrt(2 * math.pi)):.2f}",
     ]
 
 
@@ -148,8 +164,24 @@ def gradient_estimators():
         f"{elbo['pathwise'] - elbo['iwae']:.1f} and {elbo['pathwise'] - elbo['dreg']:.1f} nats lower ELBO",
         f"test ELBO {min(train['score']['test_elbo']):.0f} at epoch {int(np.argmin(train['score']['test_elbo'])) + 1}",
         f"({r['seconds']:.0f} s in `results.json`'s `seconds`",
+        f"STL starts above pathwise ({enc['stl'][0]:.0f} vs {enc['pathwise'][0]:.0f}) and ends "
+        f"{_pct(1 - enc['stl'][-1] / enc['pathwise'][-1])} below it ({enc['stl'][-1]:.0f} vs "
+        f"{enc['pathwise'][-1]:.0f})",
+        "at epochs " + ", ".join(map(str, var["epoch"][:-1])) + f", {var['epoch'][-1]} each estimator's",
     ]
-    return texts + _snr_texts(r)
+    return texts + _snr_texts(r) + _gradient_setup()
+
+
+def _gradient_setup():
+    cfg = _json("docs/figures/gradient_estimators/config.json")
+    return [f"MLP VAE 784-{'-'.join(map(str, cfg['model']['hidden_sizes']))}-{cfg['latent_dim']}, Bernoulli decoder, "
+            f"{cfg['train_size']} Fashion-MNIST training images (dynamically binarised), {cfg['test_size']} statically "
+            f"binarised test images, Adam {_lr(cfg['learning_rate'])}, batch {cfg['batch_size']}, {cfg['epochs']} "
+            f"epochs, k = {cfg['samples']} draws per example",
+            f"fixed batch of {cfg['stat_batch']} images is drawn {cfg['draws']} times",
+            f"on {cfg['snr_batch']} fixed images, {cfg['snr_draws']} draws per k",
+            f"one observation, {cfg['reference_draws']} draws)",
+            f"importance sampling with {cfg['marginal_samples']} draws"]
 
 
 def _snr(x):
@@ -182,6 +214,9 @@ def _snr_texts(r):
     ratio = np.asarray(vae["dreg"]["encoder"]["norm_snr"]) / np.asarray(vae["iwae"]["encoder"]["norm_snr"])
     texts.append(f"DReG's staying {ratio.min():.1f} to {ratio.max():.2f} times IWAE's")
     texts.append(f"(1/sqrt(k) predicts {w[0] / math.sqrt(64):.3f})")
+    texts.append(f"falls from {w[0]:.2f} to {w[3]:.3f} at k = 64")
+    texts.append(f"sqrt(k) rise ({wide['dreg']['encoder']['norm_snr_tail_slope']:+.2f} over k = 256 .. 4096)")
+    texts.append(f"grows only like k^{vae['iwae']['decoder']['norm_snr_slope']:.2f}")
     return texts
 
 
@@ -243,7 +278,7 @@ def discrete_estimators():
     for r in (quick, medium, full):
         e = r["enumerable"]
         texts.append(f"exact ELBO: {[round(x, 2) for x in e['exact_elbo']]}")
-    return texts + _discrete_readings(quick, medium, full)
+    return texts + _discrete_readings(quick, medium, full) + _medium_reading(medium) + _full_reading(full)
 
 
 def _gap(r, when, a, b):
@@ -280,6 +315,69 @@ def _discrete_readings(quick, medium, full):
         f"{_sci(_encoder_variance(full, 'initial', 'vimco_k4'), 3)} at "
         f"initialisation and {_sci(_encoder_variance(full, 'disarm_trained', 'disarm_iw'), 3)} vs "
         f"{_sci(_encoder_variance(full, 'disarm_trained', 'vimco_k4'), 3)} after training",
+    ]
+
+
+def _last_encoder(r, name, key):
+    return r["enumerable"]["estimators"][name][-1]["encoder"][key]
+
+
+def _medium_reading(medium):
+    unbiased = ("reinforce", "reinforce_loo", "nvil", "vimco", "arm", "disarm", "rebar", "relax")
+    z = [_last_encoder(medium, n, "max_z") for n in unbiased]
+    var = lambda name: _last_encoder(medium, name, "total_variance")  # noqa: E731
+    v = lambda when, name: _sci(_encoder_variance(medium, when, name), 3)  # noqa: E731
+    elbo = {n: medium["fashion_mnist"]["summary"][n]["train_elbo"] for n in medium["fashion_mnist"]["runs"]}
+    return [
+        f"largest z-score stays at {min(z):.1f}-{max(z):.1f} over the 650 encoder parameters",
+        f"Gumbel-softmax ({_last_encoder(medium, 'gumbel_softmax', 'max_z'):.1f}, relative bias "
+        f"{_last_encoder(medium, 'gumbel_softmax', 'relative_bias'):.2f}) and straight-through "
+        f"({_last_encoder(medium, 'straight_through', 'max_z'):.1f}, relative bias "
+        f"{_last_encoder(medium, 'straight_through', 'relative_bias'):.2f})",
+        f"DisARM {var('disarm'):.3f} < ARM {var('arm'):.3f} < REINFORCE-LOO {var('reinforce_loo'):.3f}; REBAR/RELAX "
+        f"(3 evaluations) {var('rebar'):.2f}/{var('relax'):.2f}",
+        f"({v('initial', 'disarm')} vs {v('initial', 'arm')} initial, {v('disarm_trained', 'disarm')} vs "
+        f"{v('disarm_trained', 'arm')} trained",
+        f"DisARM's train ELBO ({elbo['disarm']:.1f}) is above ARM's ({elbo['arm']:.1f}) and LOO's "
+        f"({elbo['reinforce_loo']:.1f}), REBAR/RELAX {elbo['rebar']:.1f}/{elbo['relax']:.1f}",
+        f"ahead this early ({elbo['gumbel_softmax']:.1f}, {elbo['straight_through']:.1f})",
+    ]
+
+
+def _full_reading(full):
+    e, summary = full["enumerable"], full["fashion_mnist"]["summary"]
+    var = lambda name: [c["encoder"]["total_variance"] for c in e["estimators"][name]]  # noqa: E731
+    below_all = all(d < a and d < l for d, a, l in zip(var("disarm"), var("arm"), var("reinforce_loo")))
+    v = lambda when, name: _sci(_encoder_variance(full, when, name), 3)  # noqa: E731
+    pm = lambda name, col: _mean_sd(_seed_finals(full, name, col))  # noqa: E731
+    ranges = {n: (min(_seed_finals(full, n, "train_elbo")), max(_seed_finals(full, n, "train_elbo")))
+              for n in ("disarm", "arm")}
+    behind = [summary["disarm"]["train_elbo"] - summary[n]["train_elbo"] for n in ("reinforce", "nvil")]
+    calls = {k: round(full["fashion_mnist"]["variance"][k]["seconds_with_compilation"], 1)
+             for k in ("initial", "disarm_trained")}
+    measure = e["measure_seconds"]
+    return [
+        "`measure seconds` (one compiled call, all estimators, 2000 draws): ["
+        + ", ".join(f"{x:.1f}" for x in measure) + "]",
+        f"(`measure seconds`: {min(measure):.0f}-{max(measure):.0f} s for eleven estimators",
+        f"REBAR and RELAX reach {_last_encoder(full, 'rebar', 'max_z'):.1f} and "
+        f"{_last_encoder(full, 'relax', 'max_z'):.1f} at epoch 20",
+        ("below REINFORCE-LOO at every one" if below_all else "not below ARM and LOO at every checkpoint")
+        + f" ({var('disarm')[-1]:.3f} vs {var('reinforce_loo')[-1]:.3f})",
+        f"DisARM {v('initial', 'disarm')} vs ARM {v('initial', 'arm')} vs REINFORCE-LOO "
+        f"{v('initial', 'reinforce_loo')}",
+        f"{v('disarm_trained', 'disarm')} vs {v('disarm_trained', 'arm')} vs {v('disarm_trained', 'reinforce_loo')} "
+        f"after DisARM's training",
+        f"best train ELBO ({pm('disarm', 'train_elbo')}) and test bound ({pm('disarm', 'test_bound_100')}), then "
+        f"REINFORCE-LOO ({pm('reinforce_loo', 'train_elbo')}), ARM ({pm('arm', 'train_elbo')}) and VIMCO "
+        f"({pm('vimco', 'train_elbo')})",
+        "the seed spreads do not overlap" if ranges["disarm"][0] > ranges["arm"][1] else "seed spreads overlap",
+        f"are higher still ({summary['rebar']['train_elbo']:.1f}, {summary['relax']['train_elbo']:.1f})",
+        f"highest after 3,600 steps ({summary['gumbel_softmax']['train_elbo']:.2f})",
+        f"are {math.floor(min(behind) / 10) * 10}-{math.ceil(max(behind) / 10) * 10} nats behind",
+        f"test 100-sample bound {pm('disarm_iw', 'test_bound_100')} vs {pm('vimco_k4', 'test_bound_100')}",
+        f"train ELBO {summary['disarm_iw']['train_elbo']:.2f} vs {summary['vimco_k4']['train_elbo']:.2f}",
+        f"The two variance calls took {calls}",
     ]
 
 
@@ -327,6 +425,7 @@ def ae_vs_vae():
         f"{runs['latent_2d']['wall_seconds']:.0f} s (latent_2d)",
         f"with {min(train_seconds):.0f} to {max(train_seconds):.0f} s of training per model",
         f"between {min(loads):.0f} and {max(loads):.0f}",
+        f"(5-NN accuracy {ae['knn5_test_accuracy']:.3f} vs {vae['knn5_test_accuracy']:.3f})",
         f"took {ps['wall_seconds']:.0f} s ({prior['ae']['train_seconds']:.0f} s of training for the AE, "
         f"{prior['vae']['train_seconds']:.0f} s for the VAE) as the load fell from "
         f"{ps['load_average_1_5_15_min_at_start'][0]:.1f} to {ps['load_average_1_5_15_min_at_end'][0]:.1f}",
@@ -396,6 +495,17 @@ def density_text():
         f"the final ones took {min(seconds) / 60:.0f}-{max(seconds) / 60:.0f} minutes ({min(seconds):.0f} to "
         f"{max(seconds):.0f} s",
     ]
+    pm = {n: _pm(r["test_log_px_mean"], r["test_log_px_stderr"]) for n, r in rows.items()}
+    vw, vp = rows["vae_warmup"], rows["vamp_warmup"]
+    texts += [f"(with warm-up {pm['vae_warmup']}, meeting the target; without {pm['vae']})",
+              f"(K = 500) + warm-up ({pm['vamp_warmup']}, meeting its target", f"IWAE k = 5 ({pm['iwae5']})",
+              f"It early-stopped at epoch {vw['epochs']} (best {vw['best_epoch']}), and its final row is "
+              f"**{pm['vae_warmup']}**",
+              f"with {vp['active_units']} of {vp['latent_dim']} units active, early-stopped at epoch {vp['epochs']} "
+              f"(best {vp['best_epoch']})",
+              f"only {rows['vae']['active_units']} of its {rows['vae']['latent_dim']} latent units are active (with "
+              f"warm-up: {vw['active_units']} of {vw['latent_dim']}; the VampPrior + warm-up row: "
+              f"{vp['active_units']})"]
     for name, label in (("vae", "the VAE"), ("vae_warmup", "VAE + warm-up"), ("vamp_warmup", "the VampPrior"),
                         ("iwae5", "IWAE k = 5")):
         s = [h["seconds"] for h in rows[name]["history"]]
