@@ -620,7 +620,21 @@ def benchmarks():
         f"(best vae_jax {r['best_vae_jax_over_fastest_pytorch_at_128']['value']:.2f}x the fastest PyTorch at batch "
         f"128, "
         f"{r['best_vae_jax_over_fastest_pytorch_at_1024']['value']:.2f}x at 1024)",
-    ] + _profile()
+    ] + _profile() + _bench_setup(cpu)
+
+
+def _bench_setup(cpu):
+    c, v, sweep = cpu["config"], cpu["machine"]["versions"], cpu["sweep"]
+    betas = ", ".join(f"{b:g}" for b in sweep["betas"])
+    return [f"That run ({cpu['started'][:10]})", f"epochs of {c['examples']:,} Fashion-MNIST images",
+            f"(MLP 784-{'-'.join(map(str, c['hidden_sizes']))}, {c['latent_dim']} latents) at batch "
+            f"{c['batch_sizes'][0]} and {c['batch_sizes'][1]}",
+            f"(784-{'-'.join(map(str, c['density_hidden_sizes']))}, {c['density_latent_dim']} latents, plain ReLU "
+            f"layers) at batch {c['density_batch_size']}",
+            f"Each time is the median of {c['repeats']} epochs",
+            f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, torch {v['torch']}",
+            f"{sweep['models']} models (beta in {{{betas}}} x {len(sweep['seeds'])} seeds, batch {sweep['batch_size']})",
+            f"log p(x) with {c['log_marginal_samples']} importance samples"]
 
 
 def _profile():
@@ -630,6 +644,12 @@ def _profile():
     return [f"matmuls at {profile['matmul_gflops']:.0f} GFLOP/s (that machine's best matmul probe: "
             f"{earlier['matmul_rate_gflops']:.0f} GFLOP/s", f"taking {_pct(f['matmuls'])} of the time, Adam "
             f"({_pct(f['adam'])}) and element-wise work and XLA:CPU's per-operation overhead ({_pct(f['rest'])})"]
+
+
+def marginal_likelihood():
+    lm = {x["compiler"]: x for x in _json("benchmarks/results/cpu.json")["log_marginal"]}
+    speedup = lm["default XLA"]["seconds_per_1000_images"] / lm["Eigen matmuls"]["seconds_per_1000_images"]
+    return [f"how to make it {speedup:.1f}x faster there"]
 
 
 # ------------------------------------------------------------------------------------------ README
@@ -719,6 +739,7 @@ PAGES = {
     "docs/ae_vs_vae.md": ae_vs_vae,
     "docs/density_table.md": lambda: density_tables() + density_text(),
     "docs/benchmarks.md": benchmarks,
+    "docs/marginal_likelihood.md": marginal_likelihood,
 }
 
 
