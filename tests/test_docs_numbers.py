@@ -633,7 +633,8 @@ def _bench_setup(cpu):
             f"layers) at batch {c['density_batch_size']}",
             f"Each time is the median of {c['repeats']} epochs",
             f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, torch {v['torch']}",
-            f"{sweep['models']} models (beta in {{{betas}}} x {len(sweep['seeds'])} seeds, batch {sweep['batch_size']})",
+            f"{sweep['models']} models (beta in {{{betas}}} x {len(sweep['seeds'])} seeds, batch "
+            f"{sweep['batch_size']})",
             f"log p(x) with {c['log_marginal_samples']} importance samples"]
 
 
