@@ -253,15 +253,15 @@ def _reference_iwae_gradient_draws(model, x, q, key, draws, num_samples):
 
 
 def test_k_sample_bound_gradient_matches_a_float64_closed_form_reference():
-    # The gradient of iwae_bound for k = 5 (float32, 4000 draws) against an independent float64 reference
-    # (100,000 draws of a bound written from the exact log p(x) and posterior): every parameter of the
+    # The gradient of iwae_bound for k = 5 (float32, 2000 draws) against an independent float64 reference
+    # (30,000 draws of a bound written from the exact log p(x) and posterior): every parameter of the
     # model and of q within 5 standard errors; the exact ELBO gradient (k = 1) is > 20 away (power).
     model, k = _model(), 5
     x = _data(model)
     means, stds = zip(*[_proposal(model, xb, scale=1.2, shift=0.3)[1:] for xb in x])
     q = {"mean": jnp.stack(means), "log_std": jnp.stack(stds)}
-    ours = _iwae_gradient_draws(model, x, q, jax.random.split(jax.random.key(11), 4000), k)
-    reference = _reference_iwae_gradient_draws(model, x, q, jax.random.key(12), 100_000, k)
+    ours = _iwae_gradient_draws(model, x, q, jax.random.split(jax.random.key(11), 2000), k)
+    reference = _reference_iwae_gradient_draws(model, x, q, jax.random.key(12), 30_000, k)
     stderr = np.sqrt(ours.var(0, ddof=1) / len(ours) + reference.var(0, ddof=1) / len(reference))
     z = np.abs(ours.mean(0) - reference.mean(0)) / stderr
     assert ours.shape[1] == 6 * 3 + 6 + 1 + 2 * 4 * 3 and z.max() < 5.0, (z.max(), z.argmax())
