@@ -235,3 +235,35 @@ def test_run_lock_refuses_a_file(tmp_path):
         RunLock(tmp_path / "file" / "run").acquire()
     with pytest.raises(FileNotFoundError):
         RunLock(tmp_path / "missing", create=False).acquire()
+
+
+def _flip_one_byte(array, index, byte=1):
+    """``array`` with byte ``byte`` of element ``index`` inverted (all 8 bits): a one-byte disk error."""
+    raw = np.array(array).copy()
+    raw.view(np.uint8).reshape(raw.shape + (raw.itemsize,))[index + (byte,)] ^= 0xFF
+    return jnp.asarray(raw)
+
+
+def test_one_flipped_byte_in_one_adam_moment_is_a_corrupt_checkpoint(saved, tmp_path):
+    # The state saved as epoch 4 and the one put in its place differ in ONE byte of ONE leaf: the
+    # second Adam moment of the encoder's first kernel (not the step, not the first leaf, not the
+    # parameters), so a checksum that covers only some leaves passes this state as intact.
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(saved, directory)
+    state = _state_at(4)
+    nu = state.opt_state[0].nu
+    kernel = nu["encoder"]["Dense_0"]["kernel"]
+    flipped = _flip_one_byte(kernel, (3, 5))
+    assert int(np.sum(np.asarray(flipped) != np.asarray(kernel))) == 1
+    damaged_nu = {**nu, "encoder": {**nu["encoder"], "Dense_0": {**nu["encoder"]["Dense_0"], "kernel": flipped}}}
+    damaged = state.replace(opt_state=(state.opt_state[0]._replace(nu=damaged_nu),) + tuple(state.opt_state[1:]))
+    changed = [a for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(damaged))
+               if not np.array_equal(np.asarray(a), np.asarray(b))]
+    assert len(changed) == 1
+    with RunCheckpoints(tmp_path / "other", metric=METRIC, create=True) as other:
+        other.save(4, damaged, history=_history(4))
+    shutil.rmtree(directory / "4" / "state")
+    shutil.copytree(tmp_path / "other" / "4" / "state", directory / "4" / "state")
+    with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+        with pytest.raises(CheckpointError, match="Corrupt checkpoint 4: the arrays in .* do not match the checksum"):
+            ckpts.restore(_state())

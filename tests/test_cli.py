@@ -472,7 +472,11 @@ def test_short_fashion_mnist_run_reaches_a_stated_validation_elbo(tmp_path):
 
 @pytest.mark.slow
 def test_readme_main_job_reaches_a_stated_validation_elbo(tmp_path):
-    # The README command (10 epochs, all defaults). Measured -238.96; about 3.5 minutes on a loaded 2-core CPU.
+    # The README command (10 epochs, all defaults). Measured -238.96 (docs/cli.md); about 3.5 minutes on a
+    # loaded 2-core CPU. The threshold is that value minus its seed spread: the seed also draws the 5000
+    # validation images, whose per-image spread is about 77 nats (docs/cli.md: standard error 3.43 over 500
+    # test images; docs/results/density_table: 0.76 over 10,000), so 77 / sqrt(5000) = 1.1 nats. No spread
+    # over training seeds is committed.
     out = tmp_path / "fashion_vae"
     assert main(["train", "--dataset", "fashion_mnist", "--epochs", "10", "--no-progress", "--out", str(out)]) == 0
-    assert float(_rows(out)[-1]["validation_elbo"]) > -242.0
+    assert float(_rows(out)[-1]["validation_elbo"]) > -238.96 - 1.1

@@ -1,0 +1,761 @@
+"""Every number the docs pages and the README quote from a committed results file, recomputed from it.
+
+Each page has a function that reads the page's results files and returns the texts the page must contain,
+formatted from the data (table rows, and the numbers of the sentences around them). A page that drifts
+from its data, or data rerun without the page, fails here and names the missing text. JSON reads only.
+Not covered: docs/disentanglement.md and the README's disentanglement paragraph (recomputed elsewhere),
+docs/cli.md (its main job's run folder was not committed).
+"""
+
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "docs" / "figures"
+DENSITY = ROOT / "docs" / "results" / "density_table"
+DENSITY_ROWS = ("vae", "vae_warmup", "vamp_warmup", "iwae5")
+
+
+def _json(path):
+    return json.loads((ROOT / path).read_text())
+
+
+def _page(path):
+    """The page's text with every run of whitespace made one space (so that wrapped lines match)."""
+    return " ".join((ROOT / path).read_text().split())
+
+
+def _sci(x, digits=2):
+    """``4.9e3``-style: ``digits`` significant digits, no ``+`` or leading zeros in the exponent."""
+    mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _lr(x):
+    """A learning rate as the pages write it: ``1e-3``."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _g3(x):
+    return f"{x:.3g}"
+
+
+def _pct(x):
+    return f"{100 * x:.0f}%"
+
+
+# ----------------------------------------------------------------------------------------- beta-VAE
+
+
+def beta_vae():
+    r = _json("docs/figures/beta_vae/results.json")
+    run = _json("docs/figures/beta_vae/run.json")
+    models = r["models"]
+    rows = [f"| {m['beta']:g} | {m['rate']:.2f} | {m['distortion']:.2f} | {m['elbo']:.2f} | {m['active_units']} | "
+            f"{m['mig']:.3f} | {m['top_mi_fraction']:.3f} |" for m in models]
+    by_beta = {m["beta"]: m for m in models}
+    fractions = [m["top_mi_fraction"] for m in models]
+    bias = (20 - 1) * (10 - 1) / (2 * r["test_size"])
+    cfg = _json("docs/figures/beta_vae/config.json")
+    betas = [f"{b:g}" for b in cfg["betas"]]
+    mig_claim = "Here MIG stays below 0.1 at every beta" if max(m["mig"] for m in models) < 0.1 else "MIG >= 0.1"
+    return rows + [
+        mig_claim,
+        f"Five VAEs are trained, with beta = {', '.join(betas[:-1])} and {betas[-1]}",
+        f"MLP 784-{'-'.join(map(str, cfg['model']['hidden_sizes']))}-{cfg['latent_dim']} with a Bernoulli decoder",
+        f"trained on {cfg['train_size']} training images for {cfg['epochs']} epochs with Adam "
+        f"{_lr(cfg['learning_rate'])} and batches of {cfg['batch_size']}",
+        f"At beta = 1 the tenth unit has variance {by_beta[1.0]['posterior_mean_variance'][0]:.4f}",
+        f"at beta = 8 the fifth has {sorted(by_beta[8.0]['posterior_mean_variance'], reverse=True)[4]:.4f}",
+        f"holds {_pct(min(fractions))} to {_pct(max(fractions))} of H(y) = {models[0]['label_entropy']:.2f} nats",
+        f"(bins - 1)(classes - 1) / 2N = {bias:.3f} nats",
+        f"took {r['train_seconds']:.0f} s of wall-clock time",
+        f"The whole command took {run['wall_seconds'] / 60:.0f} minutes ({run['wall_seconds']:.0f} s",
+        f"from {run['load_average_1_5_15_min_at_start'][0]:.1f} to {run['load_average_1_5_15_min_at_end'][0]:.1f}",
+    ]
+
+
+# -------------------------------------------------------------------------------------- likelihoods
+
+
+def likelihoods():
+    r = _json("docs/figures/likelihoods/results.json")
+    run = _json("docs/figures/likelihoods/run.json")
+    m = r["models"]
+    g, gl, b = m["gaussian"], m["gaussian_learned"], m["bernoulli"]
+
+    def row(label, data, x, bpd):
+        return (f"| {label} | {data} | {x['log_likelihood']:.1f} +- {x['log_likelihood_stderr']:.1f} | {bpd} | "
+                f"{x['elbo']:.1f} | {x['kl']:.1f} |")
+    q = gl["log_sigma_quantiles"]
+    return [
+        row("Gaussian, sigma = 1", "8-bit", g, f"{g['bits_per_dim']:.3f}"),
+        row("Gaussian, learned sigma", "8-bit", gl, f"**{gl['bits_per_dim']:.3f}**"),
+        row("Bernoulli", "binarised", b, f"{b['bits_per_dim']:.3f}"),
+        f"| uniform over 256 levels | 8-bit | {-r['dims'] * math.log(256):.1f} | "
+        f"{r['uniform_bits_per_dim']['8-bit']:g} |",
+        f"no decoder can beat {r['gaussian_sigma1_bound_bits_per_dim']:.2f} bits/dim",
+        f"sits {g['bits_per_dim'] - r['gaussian_sigma1_bound_bits_per_dim']:.2f} bits/dim above that bound",
+        f"carries only {g['kl']:.1f} nats",
+        f"Learning sigma gains {g['bits_per_dim'] - gl['bits_per_dim']:.1f} bits/dim and makes the code carry "
+        f"{gl['kl']:.0f} nats",
+        f"log sigma ranged over [{q['min']:.2f}, {q['max']:.2f}] on the test images (median {q['median']:.2f})",
+        f"{100 * gl['fraction_at_floor']:.3f}% of the pixels",
+        f"Training took {b['train_seconds']:.0f} s (Bernoulli), {g['train_seconds']:.0f} s (sigma = 1) and "
+        f"{gl['train_seconds']:.0f} s (learned sigma)",
+        f"took {run['wall_seconds'] / 60:.1f} minutes ({run['wall_seconds']:.0f} s",
+        f"from {run['load_average_1_5_15_min_at_start'][0]:.1f} (start) to "
+        f"{run['load_average_1_5_15_min_at_end'][0]:.1f} (end)",
+        f"{r['num_importance']} samples on {r['eval_size']} test images",
+        f"{r['train_size']} training images, {_json('docs/figures/likelihoods/config.json')['epochs']} epochs each",
+        f"m = -log(256 sqrt(2 pi)) = {-math.log(256 * math.sqrt(2 * math.pi)):.2f}",
+    ]
+
+
+# ------------------------------------------------------------------------------ gradient estimators
+
+GRAD_ROWS = [("pathwise", "pathwise"), ("score", "score function, no baseline"),
+             ("score_running_mean", "score function, running mean"),
+             ("score_leave_one_out", "score function, leave-one-out"), ("stl", "STL"), ("iwae", "IWAE"),
+             ("dreg", "DReG")]
+
+
+def _variance_cell(x):
+    """The variance table's cells: 3 significant digits below 2000 (``83.9``, ``480``, ``1150``), else ``4.9e3``."""
+    if x < 100:
+        return f"{x:.3g}"
+    return f"{round(x, 2 - int(math.floor(math.log10(x)))):.0f}" if x < 2000 else _sci(x)
+
+
+def gradient_estimators():
+    r = _json("docs/figures/gradient_estimators/results.json")
+    var, train = r["variance_through_training"], r["training"]
+    texts = []
+    for key, label in GRAD_ROWS:
+        v = var[key]
+        texts.append(f"| {label} | {_variance_cell(v['encoder'][0])} | {_variance_cell(v['encoder'][-1])} | "
+                     f"{_variance_cell(v['decoder'][0])} | {_variance_cell(v['decoder'][-1])} |")
+        t = train[key]
+        texts.append(f"| {label} | {t['test_elbo'][-1]:.1f} | {t['test_log_px'][-1]:.1f} | {t['seconds']:.0f} |")
+    enc = {k: np.asarray(var[k]["encoder"]) for k, _ in GRAD_ROWS}
+    orders = np.log10(enc["score"] / enc["pathwise"])
+    loo = enc["score_leave_one_out"] / enc["pathwise"]
+    dreg = enc["dreg"] / enc["iwae"]
+    elbo = {k: train[k]["test_elbo"][-1] for k, _ in GRAD_ROWS}
+    log_px = {k: train[k]["test_log_px"][-1] for k, _ in GRAD_ROWS}
+    texts += [
+        f"{orders.min():.1f} to {orders.max():.1f} orders of magnitude",
+        f"divides it by {round(enc['score'][0] / enc['score_running_mean'][0], -1):.0f} at initialisation",
+        f"only by {enc['score'][-1] / enc['score_running_mean'][-1]:.0f} at epoch 20",
+        f"brings it to {loo.min():.0f}-{loo.max():.0f} times the pathwise variance",
+        f"ends {_pct(1 - enc['stl'][-1] / enc['pathwise'][-1])} below it",
+        f"DReG's encoder variance is {dreg.min():.2f}-{dreg.max():.2f} times IWAE's",
+        f"ends {log_px['pathwise'] - log_px['score']:.0f} nats behind pathwise in log p(x) "
+        f"({elbo['pathwise'] - elbo['score']:.0f} in ELBO)",
+        f"closes all but {log_px['pathwise'] - log_px['score_leave_one_out']:.1f}-"
+        f"{elbo['pathwise'] - elbo['score_leave_one_out']:.0f} nats",
+        f"{elbo['pathwise'] - elbo['iwae']:.1f} and {elbo['pathwise'] - elbo['dreg']:.1f} nats lower ELBO",
+        f"test ELBO {min(train['score']['test_elbo']):.0f} at epoch {int(np.argmin(train['score']['test_elbo'])) + 1}",
+        f"({r['seconds']:.0f} s in `results.json`'s `seconds`",
+        f"STL starts above pathwise ({enc['stl'][0]:.0f} vs {enc['pathwise'][0]:.0f}) and ends "
+        f"{_pct(1 - enc['stl'][-1] / enc['pathwise'][-1])} below it ({enc['stl'][-1]:.0f} vs "
+        f"{enc['pathwise'][-1]:.0f})",
+        "at epochs " + ", ".join(map(str, var["epoch"][:-1])) + f", {var['epoch'][-1]} each estimator's",
+    ]
+    return texts + _snr_texts(r) + _gradient_setup()
+
+
+def _gradient_setup():
+    cfg = _json("docs/figures/gradient_estimators/config.json")
+    return [f"MLP VAE 784-{'-'.join(map(str, cfg['model']['hidden_sizes']))}-{cfg['latent_dim']}, Bernoulli decoder, "
+            f"{cfg['train_size']} Fashion-MNIST training images (dynamically binarised), {cfg['test_size']} statically "
+            f"binarised test images, Adam {_lr(cfg['learning_rate'])}, batch {cfg['batch_size']}, {cfg['epochs']} "
+            f"epochs, k = {cfg['samples']} draws per example",
+            f"fixed batch of {cfg['stat_batch']} images is drawn {cfg['draws']} times",
+            f"on {cfg['snr_batch']} fixed images, {cfg['snr_draws']} draws per k",
+            f"one observation, {cfg['reference_draws']} draws)",
+            f"importance sampling with {cfg['marginal_samples']} draws"]
+
+
+def _snr(x):
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _snr_texts(r):
+    vae, lg = r["snr_against_k"], r["snr_against_k_linear_gaussian"]
+    texts = []
+    for est in ("iwae", "dreg"):
+        e = vae[est]["encoder"]
+        texts.append(f"{_snr(e['norm_snr'][0])} -> {_snr(e['norm_snr'][-1])}, slope {e['norm_snr_slope']:+.2f} "
+                     f"({e['norm_snr_tail_slope']:+.2f})")
+    d = vae["iwae"]["decoder"]
+    texts.append(f"{_snr(d['norm_snr'][0])} -> {_snr(d['norm_snr'][-1])}, slope {d['norm_snr_slope']:+.2f} "
+                 f"({d['norm_snr_tail_slope']:+.2f})")
+    wide, narrow = lg["wide_q"], lg["narrow_q"]
+    w = wide["iwae"]["encoder"]["norm_snr"]
+    texts.append(f"{w[0]:.2f} -> {w[2]:.3f} (k = 16) -> {w[3]:.3f} (k = 64)")
+    texts.append(f"({w[4]:.3f}, {w[5]:.0f}, {w[6]:.3f}); slope {wide['iwae']['encoder']['norm_snr_slope']:.2f}")
+    for q, groups in ((wide, ("dreg",)), (narrow, ("iwae", "dreg"))):
+        for est in groups:
+            e = q[est]["encoder"]
+            texts.append(f"{_snr(e['norm_snr'][0])} -> {_snr(e['norm_snr'][-1])}, slope {e['norm_snr_slope']:+.2f} "
+                         f"({e['norm_snr_tail_slope']:+.2f})")
+    for q in (wide, narrow):
+        d = q["iwae"]["decoder"]
+        texts.append(f"{_snr(d['norm_snr'][0])} -> {_snr(d['norm_snr'][-1])}, slope {d['norm_snr_slope']:+.2f} "
+                     f"({d['norm_snr_tail_slope']:+.2f})")
+    ratio = np.asarray(vae["dreg"]["encoder"]["norm_snr"]) / np.asarray(vae["iwae"]["encoder"]["norm_snr"])
+    texts.append(f"DReG's staying {ratio.min():.1f} to {ratio.max():.2f} times IWAE's")
+    texts.append(f"(1/sqrt(k) predicts {w[0] / math.sqrt(64):.3f})")
+    texts.append(f"falls from {w[0]:.2f} to {w[3]:.3f} at k = 64")
+    texts.append(f"sqrt(k) rise ({wide['dreg']['encoder']['norm_snr_tail_slope']:+.2f} over k = 256 .. 4096)")
+    texts.append(f"grows only like k^{vae['iwae']['decoder']['norm_snr_slope']:.2f}")
+    return texts
+
+
+# ------------------------------------------------------------------------------ discrete estimators
+
+
+def _study_a_rows(r, *, any_epoch):
+    """Rows ``| name | f-evals | var per checkpoint ... | rel. bias (last) | max z (last) [| max z (any)] |``."""
+    rows = []
+    for name, checkpoints in r["enumerable"]["estimators"].items():
+        enc = [c["encoder"] for c in checkpoints]
+        cells = [str(r["evaluations_per_example"][name])] + [_g3(e["total_variance"]) for e in enc]
+        cells += [f"{enc[-1]['relative_bias']:.3f}", f"{enc[-1]['max_z']:.1f}"]
+        if any_epoch:
+            cells.append(f"{max(e['max_z'] for e in enc):.1f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _seed_finals(r, name, column):
+    """Final values over seeds of ``column`` in the Fashion-MNIST runs of estimator ``name``."""
+    runs = r["fashion_mnist"]["runs"][name]
+    return [run[column][-1] for run in (runs if isinstance(runs, list) else [runs])]
+
+
+def _mean_sd(values):
+    """``mean ± sd`` with the sample standard deviation (ddof = 1), the page's stated convention."""
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _encoder_variance(r, when, name):
+    return r["fashion_mnist"]["variance"][when][name]["encoder"]["total_variance"]
+
+
+def _study_b_rows(r, *, seeds, seconds_format):
+    s, rows = r["fashion_mnist"]["summary"], []
+    for name in r["fashion_mnist"]["runs"]:
+        if seeds:
+            cells = [str(r["evaluations_per_example"][name]), _mean_sd(_seed_finals(r, name, "train_elbo")),
+                     _mean_sd(_seed_finals(r, name, "test_bound_100"))]
+        else:
+            cells = [f"{s[name]['train_elbo']:.2f}", f"{s[name]['test_bound_100']:.2f}"]
+        cells += [f"{s[name]['train_elbo_at_equal_wall_clock']:.2f}", format(s[name]["seconds"], seconds_format),
+                  _g3(_encoder_variance(r, "initial", name)), _g3(_encoder_variance(r, "disarm_trained", name))]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def discrete_estimators():
+    quick = _json("docs/figures/discrete_estimators/results.json")
+    medium = _json("docs/figures/discrete_estimators/medium/results.json")
+    full = _json("docs/figures/discrete_estimators/full/results.json")
+    texts = (_study_a_rows(quick, any_epoch=False) + _study_a_rows(medium, any_epoch=False)
+             + _study_a_rows(full, any_epoch=True) + _study_b_rows(quick, seeds=False, seconds_format=".1f")
+             + _study_b_rows(medium, seeds=False, seconds_format=".1f")
+             + _study_b_rows(full, seeds=True, seconds_format=".0f"))
+    equal_seconds = full["fashion_mnist"]["summary"]["equal_wall_clock_seconds"]
+    texts.append(f"train ELBO at equal wall-clock ({equal_seconds:.0f} s)")
+    for r in (quick, medium, full):
+        e = r["enumerable"]
+        texts.append(f"exact ELBO: {[round(x, 2) for x in e['exact_elbo']]}")
+    return texts + _discrete_readings(quick, medium, full) + _medium_reading(medium) + _full_reading(full)
+
+
+def _gap(r, when, a, b):
+    return 1 - _encoder_variance(r, when, a) / _encoder_variance(r, when, b)
+
+
+def _discrete_readings(quick, medium, full):
+    v = lambda r, when, name: _sci(_encoder_variance(r, when, name))  # noqa: E731
+    est = full["enumerable"]["estimators"]
+    unbiased = ("reinforce", "reinforce_loo", "nvil", "vimco", "arm", "disarm", "disarm_iw", "rebar", "relax")
+    max_z = lambda name: max(c["encoder"]["max_z"] for c in est[name])  # noqa: E731
+    init_m, init_l = _encoder_variance(medium, "initial", "disarm"), _encoder_variance(medium, "initial",
+                                                                                       "reinforce_loo")
+    return [
+        f"not at initialisation ({v(quick, 'initial', 'disarm')} vs {v(quick, 'initial', 'reinforce_loo')})",
+        f"({v(quick, 'initial', 'disarm')} vs {v(quick, 'initial', 'arm')}, "
+        f"{v(quick, 'disarm_trained', 'disarm')} vs {v(quick, 'disarm_trained', 'arm')})",
+        f"{100 * _gap(medium, 'initial', 'disarm', 'arm'):.1f}% and "
+        f"{100 * _gap(medium, 'disarm_trained', 'disarm', 'arm'):.1f}% lower",
+        f"({_sci(_encoder_variance(medium, 'disarm_trained', 'disarm'), 3)} vs "
+        f"{_sci(_encoder_variance(medium, 'disarm_trained', 'reinforce_loo'), 3)}: "
+        f"{100 * _gap(medium, 'disarm_trained', 'disarm', 'reinforce_loo'):.1f}% lower)",
+        f"{100 * (init_m / init_l - 1):.2f}% above it ({init_m:.0f} vs {init_l:.0f})",
+        f"by {100 * _gap(full, 'initial', 'disarm', 'reinforce_loo'):.1f}% against LOO",
+        f"(DisARM lowest, by {_pct(_gap(full, 'disarm_trained', 'disarm', 'reinforce_loo'))} against LOO)",
+        f"stays within z = {max(max_z(n) for n in unbiased):.1f} of the exact gradient",
+        f"Gumbel-softmax (z up to {max_z('gumbel_softmax'):.1f}, relative bias "
+        f"{est['gumbel_softmax'][-1]['encoder']['relative_bias']:.2f} at epoch 20)",
+        f"straight-through (z up to {max_z('straight_through'):.1f}, relative bias "
+        f"{est['straight_through'][-1]['encoder']['relative_bias']:.2f})",
+        f"({est['disarm'][-1]['encoder']['total_variance']:.3f} vs {est['arm'][-1]['encoder']['total_variance']:.3f} "
+        f"at epoch 20)",
+        f"encoder-gradient variance {_sci(_encoder_variance(full, 'initial', 'disarm_iw'), 3)} vs "
+        f"{_sci(_encoder_variance(full, 'initial', 'vimco_k4'), 3)} at "
+        f"initialisation and {_sci(_encoder_variance(full, 'disarm_trained', 'disarm_iw'), 3)} vs "
+        f"{_sci(_encoder_variance(full, 'disarm_trained', 'vimco_k4'), 3)} after training",
+    ]
+
+
+def _last_encoder(r, name, key):
+    return r["enumerable"]["estimators"][name][-1]["encoder"][key]
+
+
+def _medium_reading(medium):
+    unbiased = ("reinforce", "reinforce_loo", "nvil", "vimco", "arm", "disarm", "rebar", "relax")
+    z = [_last_encoder(medium, n, "max_z") for n in unbiased]
+    var = lambda name: _last_encoder(medium, name, "total_variance")  # noqa: E731
+    v = lambda when, name: _sci(_encoder_variance(medium, when, name), 3)  # noqa: E731
+    elbo = {n: medium["fashion_mnist"]["summary"][n]["train_elbo"] for n in medium["fashion_mnist"]["runs"]}
+    return [
+        f"largest z-score stays at {min(z):.1f}-{max(z):.1f} over the 650 encoder parameters",
+        f"Gumbel-softmax ({_last_encoder(medium, 'gumbel_softmax', 'max_z'):.1f}, relative bias "
+        f"{_last_encoder(medium, 'gumbel_softmax', 'relative_bias'):.2f}) and straight-through "
+        f"({_last_encoder(medium, 'straight_through', 'max_z'):.1f}, relative bias "
+        f"{_last_encoder(medium, 'straight_through', 'relative_bias'):.2f})",
+        f"DisARM {var('disarm'):.3f} < ARM {var('arm'):.3f} < REINFORCE-LOO {var('reinforce_loo'):.3f}; REBAR/RELAX "
+        f"(3 evaluations) {var('rebar'):.2f}/{var('relax'):.2f}",
+        f"({v('initial', 'disarm')} vs {v('initial', 'arm')} initial, {v('disarm_trained', 'disarm')} vs "
+        f"{v('disarm_trained', 'arm')} trained",
+        f"DisARM's train ELBO ({elbo['disarm']:.1f}) is above ARM's ({elbo['arm']:.1f}) and LOO's "
+        f"({elbo['reinforce_loo']:.1f}), REBAR/RELAX {elbo['rebar']:.1f}/{elbo['relax']:.1f}",
+        f"ahead this early ({elbo['gumbel_softmax']:.1f}, {elbo['straight_through']:.1f})",
+    ]
+
+
+def _full_reading(full):
+    e, summary = full["enumerable"], full["fashion_mnist"]["summary"]
+    var = lambda name: [c["encoder"]["total_variance"] for c in e["estimators"][name]]  # noqa: E731
+    below_all = all(d < a and d < l for d, a, l in zip(var("disarm"), var("arm"), var("reinforce_loo")))
+    v = lambda when, name: _sci(_encoder_variance(full, when, name), 3)  # noqa: E731
+    pm = lambda name, col: _mean_sd(_seed_finals(full, name, col))  # noqa: E731
+    ranges = {n: (min(_seed_finals(full, n, "train_elbo")), max(_seed_finals(full, n, "train_elbo")))
+              for n in ("disarm", "arm")}
+    behind = [summary["disarm"]["train_elbo"] - summary[n]["train_elbo"] for n in ("reinforce", "nvil")]
+    calls = {k: round(full["fashion_mnist"]["variance"][k]["seconds_with_compilation"], 1)
+             for k in ("initial", "disarm_trained")}
+    measure = e["measure_seconds"]
+    return [
+        "`measure seconds` (one compiled call, all estimators, 2000 draws): ["
+        + ", ".join(f"{x:.1f}" for x in measure) + "]",
+        f"(`measure seconds`: {min(measure):.0f}-{max(measure):.0f} s for eleven estimators",
+        f"REBAR and RELAX reach {_last_encoder(full, 'rebar', 'max_z'):.1f} and "
+        f"{_last_encoder(full, 'relax', 'max_z'):.1f} at epoch 20",
+        ("below REINFORCE-LOO at every one" if below_all else "not below ARM and LOO at every checkpoint")
+        + f" ({var('disarm')[-1]:.3f} vs {var('reinforce_loo')[-1]:.3f})",
+        f"DisARM {v('initial', 'disarm')} vs ARM {v('initial', 'arm')} vs REINFORCE-LOO "
+        f"{v('initial', 'reinforce_loo')}",
+        f"{v('disarm_trained', 'disarm')} vs {v('disarm_trained', 'arm')} vs {v('disarm_trained', 'reinforce_loo')} "
+        f"after DisARM's training",
+        f"best train ELBO ({pm('disarm', 'train_elbo')}) and test bound ({pm('disarm', 'test_bound_100')}), then "
+        f"REINFORCE-LOO ({pm('reinforce_loo', 'train_elbo')}), ARM ({pm('arm', 'train_elbo')}) and VIMCO "
+        f"({pm('vimco', 'train_elbo')})",
+        "the seed spreads do not overlap" if ranges["disarm"][0] > ranges["arm"][1] else "seed spreads overlap",
+        f"are higher still ({summary['rebar']['train_elbo']:.1f}, {summary['relax']['train_elbo']:.1f})",
+        f"highest after 3,600 steps ({summary['gumbel_softmax']['train_elbo']:.2f})",
+        f"are {math.floor(min(behind) / 10) * 10}-{math.ceil(max(behind) / 10) * 10} nats behind",
+        f"test 100-sample bound {pm('disarm_iw', 'test_bound_100')} vs {pm('vimco_k4', 'test_bound_100')}",
+        f"train ELBO {summary['disarm_iw']['train_elbo']:.2f} vs {summary['vimco_k4']['train_elbo']:.2f}",
+        f"The two variance calls took {calls}",
+    ]
+
+
+# --------------------------------------------------------------------------------------- AE vs VAE
+
+
+def ae_vs_vae():
+    rec = _json("docs/figures/ae_vs_vae/reconstructions/results.json")
+    l2d = _json("docs/figures/ae_vs_vae/latent_2d/results.json")
+    prior = _json("docs/figures/ae_vs_vae/prior_samples/results.json")
+    runs = {n: _json(f"docs/figures/ae_vs_vae/{n}/run.json") for n in ("reconstructions", "latent_2d", "prior_samples")}
+    err, floor = rec["per_image_errors"], rec["cross_entropy_floor"]
+
+    def rec_row(label, e):
+        return f"| {label} | {e['squared_error']:.2f} | {e['cross_entropy']:.1f} | {e['cross_entropy'] - floor:.1f} |"
+
+    def pair(v, digits=2):
+        return "(" + ", ".join(f"{x:.{digits}f}" for x in v) + ")"
+    ae, vae = l2d["ae"], l2d["vae"]
+    vae_sd = sorted(prior["vae"]["code_sd"])
+    inactive = [sd for sd in vae_sd if sd ** 2 <= 0.01]
+    loads = [x for n in ("reconstructions", "latent_2d") for x in (runs[n]["load_average_1_5_15_min_at_start"][0],
+                                                                   runs[n]["load_average_1_5_15_min_at_end"][0])]
+    train_seconds = [rec["train_seconds"]["ae"], rec["train_seconds"]["vae"], ae["train_seconds"], vae["train_seconds"]]
+    ps = runs["prior_samples"]
+    return [
+        rec_row("AE", err["ae"]), rec_row("VAE (decoded posterior mean)", err["vae"]),
+        rec_row("constant: mean training image", err["mean_image"]),
+        f"sum_j H(x_j) = {floor:.1f} nats",
+        f"test ELBO is {rec['vae_test']['elbo']:.1f} nats (`vae_test`: expected reconstruction term "
+        f"{rec['vae_test']['reconstruction_log_likelihood']:.1f} with z ~ q, KL {rec['vae_test']['kl']:.1f})",
+        f"| AE codes | {pair(ae['mean'])} | {pair(ae['sd'])} | {ae['fitted_gaussian_kl']:.3f} | "
+        f"{ae['knn5_test_accuracy']:.3f} |",
+        f"| VAE posterior means | {pair(vae['mean'])} | {pair(vae['sd'])} | {vae['fitted_gaussian_kl']:.3f} (one z ~ "
+        f"q(z\\|x) per image: {vae['fitted_gaussian_kl_q_samples']:.3f}) | {vae['knn5_test_accuracy']:.3f} |",
+        f"z1 in [{ae['percentile_1'][0]:.2f}, {ae['percentile_99'][0]:.2f}], z2 in [{ae['percentile_1'][1]:.2f}, "
+        f"{ae['percentile_99'][1]:.2f}]",
+        f"| AE codes | {prior['ae']['fitted_gaussian_kl_codes']:.1f} |",
+        f"per image (aggregate posterior) | **{prior['vae']['fitted_gaussian_kl_q_samples']:.3f}** |",
+        f"| VAE posterior means | {prior['vae']['fitted_gaussian_kl_codes']:.1f} |",
+        f"Only {prior['vae']['active_units']} of the 32 means have variance above 0.01",
+        f"the other {len(inactive)} have sds of {min(inactive):.3f} to {max(inactive):.3f}",
+        f"code sds range from {min(prior['ae']['code_sd']):.2f} to {max(prior['ae']['code_sd']):.2f}",
+        f"took {runs['reconstructions']['wall_seconds']:.0f} s (reconstructions) and "
+        f"{runs['latent_2d']['wall_seconds']:.0f} s (latent_2d)",
+        f"with {min(train_seconds):.0f} to {max(train_seconds):.0f} s of training per model",
+        f"between {min(loads):.0f} and {max(loads):.0f}",
+        f"(5-NN accuracy {ae['knn5_test_accuracy']:.3f} vs {vae['knn5_test_accuracy']:.3f})",
+        f"took {ps['wall_seconds']:.0f} s ({prior['ae']['train_seconds']:.0f} s of training for the AE, "
+        f"{prior['vae']['train_seconds']:.0f} s for the VAE) as the load fell from "
+        f"{ps['load_average_1_5_15_min_at_start'][0]:.1f} to {ps['load_average_1_5_15_min_at_end'][0]:.1f}",
+    ]
+
+
+# ---------------------------------------------------------------------------------- density table
+
+
+def _density_rows():
+    return {name: _json(f"docs/results/density_table/{name}.json") for name in DENSITY_ROWS}
+
+
+def _pairs():
+    return {(p["a"], p["b"]): p for p in _json("docs/results/density_table/paired_differences.json")["pairs"]}
+
+
+def _pm(mean, se):
+    return f"{mean:.2f} ± {se:.2f}"
+
+
+def density_tables():
+    """The state table, the pairs table and the table of rows (what ``--snapshot --page`` and hand wrote)."""
+    rows, texts = _density_rows(), []
+    for name, r in rows.items():
+        texts.append(f"| {r['label']} | **finished** (early stopping) | {r['epochs']} | "
+                     f"{r['best_validation_objective']:.2f} ({r['best_epoch']})")
+        texts.append(f"| {r['history'][-1]['seconds']:.0f} | final: "
+                     f"{_pm(r['test_log_px_mean'], r['test_log_px_stderr'])}, test ELBO {r['test_elbo']:.2f}, "
+                     f"{r['active_units']}/{r['latent_dim']} active units (epoch {r['best_epoch']}) | "
+                     "none (finished) |")
+        texts.append(f"**{_pm(r['test_log_px_mean'], r['test_log_px_stderr'])}** (test ELBO {r['test_elbo']:.2f}, "
+                     f"{r['active_units']}/{r['latent_dim']} active units; early-stopped at epoch {r['epochs']}, "
+                     f"best {r['best_epoch']};")
+        texts.append(f"log p(x) {r['log_px_seconds'] / 60:.0f} min")
+        if name != "vae_warmup":
+            texts.append(f"{r['train_seconds_total'] / 60:.0f} min of training")
+    for (a, b), p in _pairs().items():
+        texts.append(f"| {rows[a]['label']} − {rows[b]['label']} | {p['mean_difference']:+.2f} | "
+                     f"{p['paired_stderr']:.2f} | {p['unpaired_stderr']:.2f} | final ({p['a_best_epoch']}), "
+                     f"final ({p['b_best_epoch']}) |")
+    return texts
+
+
+def density_text():
+    rows, pairs = _density_rows(), _pairs()
+    lp = {n: r["test_log_px_mean"] for n, r in rows.items()}
+    gain = lambda a, b: f"{-pairs[(a, b)]['mean_difference']:.2f} ± {pairs[(a, b)]['paired_stderr']:.2f}"  # noqa: E731
+    seconds = [rows[n]["log_px_seconds"] for n in DENSITY_ROWS]
+    texts = [
+        f"misses its target by {-229.2 - lp['vae']:.2f} nats** ({lp['vae']:.2f} against >= -229.2; "
+        f"{-228.70 - lp['vae']:.2f} below the published -228.70)",
+        f"{gain('vae', 'vae_warmup')} nats (paired) above the VAE without warm-up",
+        f"The margin, {lp['vamp_warmup'] + 227.35:.2f} nats",
+        f"+{gain('vae_warmup', 'vamp_warmup')} nats (paired) over VAE + warm-up",
+        f"is {-226.75 - lp['vamp_warmup']:.2f} nats away",
+        f"spread is about {rows['vae']['test_log_px_stderr'] * math.sqrt(rows['vae']['test_images']):.0f} nats",
+        f"The VampPrior's gain over the VAE, {-pairs[('vae', 'vamp_warmup')]['mean_difference']:.2f} nats",
+        f"warm-up's, {-pairs[('vae', 'vae_warmup')]['mean_difference']:.2f} nats",
+        f"normal prior is {gain('vae_warmup', 'vamp_warmup')} nats (final rows)",
+        f"is {gain('vae', 'iwae5')} nats above the VAE without warm-up and {gain('vae_warmup', 'iwae5')} above the "
+        f"VAE with it, with {rows['iwae5']['active_units']} active units against {rows['vae']['active_units']} and "
+        f"{rows['vae_warmup']['active_units']}",
+        f"({rows['vae_warmup']['best_validation_objective']:.2f} at its best epoch, "
+        f"{rows['vae_warmup']['best_epoch']}, "
+        f"against the VAE without warm-up's best, {rows['vae']['best_validation_objective']:.2f})",
+        f"the final ones took {min(seconds) / 60:.0f}-{max(seconds) / 60:.0f} minutes ({min(seconds):.0f} to "
+        f"{max(seconds):.0f} s",
+    ]
+    pm = {n: _pm(r["test_log_px_mean"], r["test_log_px_stderr"]) for n, r in rows.items()}
+    vw, vp = rows["vae_warmup"], rows["vamp_warmup"]
+    texts += [f"(with warm-up {pm['vae_warmup']}, meeting the target; without {pm['vae']})",
+              f"(K = 500) + warm-up ({pm['vamp_warmup']}, meeting its target", f"IWAE k = 5 ({pm['iwae5']})",
+              f"It early-stopped at epoch {vw['epochs']} (best {vw['best_epoch']}), and its final row is "
+              f"**{pm['vae_warmup']}**",
+              f"with {vp['active_units']} of {vp['latent_dim']} units active, early-stopped at epoch {vp['epochs']} "
+              f"(best {vp['best_epoch']})",
+              f"only {rows['vae']['active_units']} of its {rows['vae']['latent_dim']} latent units are active (with "
+              f"warm-up: {vw['active_units']} of {vw['latent_dim']}; the VampPrior + warm-up row: "
+              f"{vp['active_units']})"]
+    for name, label in (("vae", "the VAE"), ("vae_warmup", "VAE + warm-up"), ("vamp_warmup", "the VampPrior"),
+                        ("iwae5", "IWAE k = 5")):
+        s = [h["seconds"] for h in rows[name]["history"]]
+        texts.append(f"{statistics.median(s):.0f} s for {label} ({min(s):.0f} to {max(s):.0f} s)")
+    iwae = {h["epoch"]: h["seconds"] for h in rows["iwae5"]["history"]}
+    texts.append(f"median epoch was {statistics.median(iwae[e] for e in range(475, 622)):.0f} s on one thread "
+                 f"(epochs 475-621, core 0 alone) and {statistics.median(iwae[e] for e in range(625, 924)):.0f} s")
+    return texts + density_cost()
+
+
+def density_cost():
+    load = _json("benchmarks/results/density_cost.json")
+    idle = _json("benchmarks/results/density_cost_idle.json")
+    second = _json("benchmarks/results/density_cost_2.json")
+    ratios = {n: _json(f"benchmarks/results/density_step_ratios{s}.json")
+              for n, s in (("load", ""), ("idle", "_idle"), ("1", "_1thread"), ("2", "_2threads"))}
+    texts = [f"{ratios['2']['ms_per_step']['iwae5']:.1f} against {ratios['1']['ms_per_step']['iwae5']:.1f} ms a step",
+             f"same-run matmul rate ({load['matmul_gflops']:.2f} GFLOP/s)",
+             f"{load['matmul_gflops']:.2f} GFLOP/s, is {idle['matmul_gflops'] / load['matmul_gflops']:.0f}x below",
+             f"load average was {load['load_average_1_5_15_before'][0]:.0f} before and "
+             f"{load['load_average_1_5_15_after'][0]:.0f} after",
+             f"same-run matmul rate {second['matmul_gflops']:.1f} GFLOP/s; epoch {second['epoch']['seconds']:.2f} s",
+             f"{second['epoch']['gflops']:.1f} GFLOP/s ({_pct(second['epoch']['fraction_of_matmul_rate'])}); log p(x) "
+             f"{second['log_marginal']['seconds']:.1f} s",
+             f"{second['log_marginal']['gflops']:.1f} GFLOP/s "
+             f"(**{_pct(second['log_marginal']['fraction_of_matmul_rate'])}**)",
+             f"| {load['epoch']['seconds']:.1f} | {load['epoch']['gflops']:.2f} | "
+             f"{_pct(load['epoch']['fraction_of_matmul_rate'])} |",
+             f"| {load['log_marginal']['seconds']:.0f} | {load['log_marginal']['gflops']:.2f} | "
+             f"**{_pct(load['log_marginal']['fraction_of_matmul_rate'])}** |",
+             f"| {idle['epoch']['seconds']:.2f} | {idle['epoch']['projected_seconds_50000']:.1f} s per 50000-image "
+             f"epoch | "
+             f"{idle['epoch']['gflops']:.1f} | {_pct(idle['epoch']['fraction_of_matmul_rate'])} |",
+             f"| {idle['log_marginal']['seconds']:.1f} | **{idle['log_marginal']['projected_seconds_10000']:.0f} s** "
+             f"for 10000 images | {idle['log_marginal']['gflops']:.1f} | "
+             f"**{_pct(idle['log_marginal']['fraction_of_matmul_rate'])}** |",
+             f"was {idle['matmul_rates'][0]['gflops']:.1f} GFLOP/s in the same run",
+             f"({idle['flops_per_example']['decode'] / 1e5:.1f}e5 per decoded z",
+             f"fell to {idle['load_average_1_5_15_before'][0]:.2f}; {idle['load_average_1_5_15_after'][0]:.2f} after"]
+    ms = {k: r["ms_per_step"] for k, r in ratios.items()}
+    for row in ("vae", "vamp", "iwae5", "iwae50"):
+        relative = [format(ms[k][row] / ms[k]["vae"], ".1f") if row != "vae" else "1" for k in ("load", "idle")]
+        epoch = 500 * ms["idle"][row] / 1000  # seconds for 500 steps
+        epoch_text = f"{epoch:.1f}" if epoch < 100 else f"{epoch:.0f}"
+        texts.append(f"| {ms['load'][row]:.0f} | {relative[0]} | {ms['idle'][row]:.1f} | {relative[1]} | "
+                     f"{epoch_text} s |")
+    texts.append(f"the load average fell to {ratios['idle']['load_average_1min'][0]:.2f}; "
+                 f"{ratios['idle']['load_average_1min'][1]:.2f} after")
+    return texts
+
+
+# -------------------------------------------------------------------------------------- benchmarks
+
+BENCH_LABELS = {"vae_jax epoch scan": "vae_jax epoch scan", "vae_jax per-step loop": "vae_jax per-step loop",
+                "hand-written jax step": "hand-written JAX step", "pytorch eager": "PyTorch eager",
+                "pytorch compile": "PyTorch `torch.compile`", "vae_jax epoch scan bf16": "vae_jax epoch scan, bf16",
+                "pytorch eager bf16 autocast": "PyTorch eager, bf16 autocast",
+                "pytorch compile bf16 autocast": "PyTorch compile, bf16 autocast"}
+
+
+def _bench():
+    cpu = _json("benchmarks/results/cpu.json")
+    return cpu, {(t["implementation"], t["batch_size"]): t for t in cpu["train"]}
+
+
+def benchmarks():
+    cpu, t = _bench()
+    texts = []
+    for (impl, batch), row in t.items():
+        if (impl, batch) in {("pytorch eager bf16 autocast", 1024), ("pytorch compile bf16 autocast", 1024),
+                             ("pytorch eager bf16 autocast", 100), ("pytorch compile bf16 autocast", 100)}:
+            continue  # these share a row: checked below
+        bold = "**" if impl == "vae_jax epoch scan" else ""
+        texts.append(f"| {BENCH_LABELS[impl]} | {row['model']} | {batch} | "
+                     f"{bold}{row['examples_per_second']:,.0f}{bold} | {_pct(row['fraction_of_matmul_rate'])} | "
+                     f"{bold}{row['ratio_to_fastest_pytorch']:.2f}{bold} |")
+    for batch, model in ((1024, "784-512-512-32"), (100, "784-300-300-40")):
+        e, c = t[("pytorch eager bf16 autocast", batch)], t[("pytorch compile bf16 autocast", batch)]
+        texts.append(f"| PyTorch eager / compile, bf16 autocast | {model} | {batch} | "
+                     f"{e['examples_per_second']:,.0f} / {c['examples_per_second']:,.0f} | "
+                     f"{_pct(c['fraction_of_matmul_rate'])} | {c['ratio_to_fastest_pytorch']:.2f} |")
+    r = cpu["ratios"]
+    lm = {x["compiler"]: x for x in cpu["log_marginal"]}
+    speed = lambda impl, batch: t[(impl, batch)]["examples_per_second"]  # noqa: E731
+    bf16 = [speed("vae_jax epoch scan bf16", b) / speed("vae_jax epoch scan", b) for b in (128, 1024, 100)]
+    autocast = [speed(f"pytorch {m}", b) / speed(f"pytorch {m} bf16 autocast", b)
+                for m in ("eager", "compile") for b in (128, 1024, 100)]
+    by_hand = [speed("vae_jax epoch scan", b) / speed("hand-written jax step", b) for b in (1024, 100)]
+    sweep = cpu["sweep"]
+    return texts + [
+        f"the matmul rate is the best of 15 float32 probes ({cpu['matmul_rate_gflops']:.0f} GFLOP/s)",
+        f"load average {cpu['machine']['load_average_1_5_15_min_before'][0]:.2f} before it started, and other "
+        f"processes used at most {cpu['max_other_processes_cores']:.2f} cores",
+        f"| {r['scan_over_handwritten_at_128']['value']:.2f} ({r['scan_over_handwritten_at_128']['value']:.3f}); "
+        f"{by_hand[0]:.2f} at 1024; {by_hand[1]:.2f} on the density model |",
+        f"| {r['scan_over_torch_compile_at_128']['value']:.2f}x | met |",
+        f"| {r['scan_over_torch_eager_at_128']['value']:.2f}x | **missed by "
+        f"{_pct(1 - r['scan_over_torch_eager_at_128']['value'] / 1.5)}** |",
+        f"| {r['best_vae_jax_over_fastest_pytorch_at_128']['value']:.2f}x / "
+        f"{r['best_vae_jax_over_fastest_pytorch_at_1024']['value']:.2f}x |",
+        f"| {_pct(r['scan_fraction_of_matmul_rate_at_1024']['value'])} | met |",
+        f"took {sweep['stacked_seconds']:.1f} s, one after the other {sweep['sequential_seconds']:.1f} s "
+        f"({sweep['sequential_over_stacked']:.2f}x)",
+        f"{lm['default XLA']['seconds_per_1000_images']:.0f} s per 1000 test images "
+        f"({_pct(lm['default XLA']['fraction_of_matmul_rate'])} of the matmul rate)",
+        f"**{lm['Eigen matmuls']['seconds_per_1000_images']:.1f} s** "
+        f"({_pct(lm['Eigen matmuls']['fraction_of_matmul_rate'])})",
+        f"In bf16: {lm['bf16']['seconds_per_1000_images']:.0f} s per 1000 images, mean log p(x) "
+        f"{-lm['bf16']['difference_to_float32_nats']:.3f} nats below float32",
+        f"runs at {min(bf16):.2f}-{max(bf16):.2f}x its float32 speed",
+        f"({min(autocast):.0f}-{max(autocast):.0f}x slower than its float32)",
+        f"(best vae_jax {r['best_vae_jax_over_fastest_pytorch_at_128']['value']:.2f}x the fastest PyTorch at batch "
+        f"128, "
+        f"{r['best_vae_jax_over_fastest_pytorch_at_1024']['value']:.2f}x at 1024)",
+    ] + _profile() + _bench_setup(cpu)
+
+
+def _bench_setup(cpu):
+    c, v, sweep = cpu["config"], cpu["machine"]["versions"], cpu["sweep"]
+    betas = ", ".join(f"{b:g}" for b in sweep["betas"])
+    return [f"That run ({cpu['started'][:10]})", f"epochs of {c['examples']:,} Fashion-MNIST images",
+            f"(MLP 784-{'-'.join(map(str, c['hidden_sizes']))}, {c['latent_dim']} latents) at batch "
+            f"{c['batch_sizes'][0]} and {c['batch_sizes'][1]}",
+            f"(784-{'-'.join(map(str, c['density_hidden_sizes']))}, {c['density_latent_dim']} latents, plain ReLU "
+            f"layers) at batch {c['density_batch_size']}",
+            f"Each time is the median of {c['repeats']} epochs",
+            f"jax {v['jax']}, flax {v['flax']}, optax {v['optax']}, torch {v['torch']}",
+            f"{sweep['models']} models (beta in {{{betas}}} x {len(sweep['seeds'])} seeds, batch "
+            f"{sweep['batch_size']})",
+            f"log p(x) with {c['log_marginal_samples']} importance samples"]
+
+
+def _profile():
+    profile = {p["batch_size"]: p for p in _json("benchmarks/results/cpu_profile.json")["results"]}[128]
+    earlier = _json("benchmarks/results/cpu_earlier_run.json")
+    f = profile["fraction_of_step"]
+    return [f"matmuls at {profile['matmul_gflops']:.0f} GFLOP/s (that machine's best matmul probe: "
+            f"{earlier['matmul_rate_gflops']:.0f} GFLOP/s", f"taking {_pct(f['matmuls'])} of the time, Adam "
+            f"({_pct(f['adam'])}) and element-wise work and XLA:CPU's per-operation overhead ({_pct(f['rest'])})"]
+
+
+def marginal_likelihood():
+    lm = {x["compiler"]: x for x in _json("benchmarks/results/cpu.json")["log_marginal"]}
+    speedup = lm["default XLA"]["seconds_per_1000_images"] / lm["Eigen matmuls"]["seconds_per_1000_images"]
+    return [f"how to make it {speedup:.1f}x faster there"]
+
+
+# ------------------------------------------------------------------------------------------ README
+
+
+def readme():
+    texts = []
+    beta = _json("docs/figures/beta_vae/results.json")["models"]
+    for label, key, fmt in (("rate: KL", "rate", ".2f"), ("distortion", "distortion", ".2f"),
+                            ("active units / 10", "active_units", "d")):
+        texts.append(f"| {label} | " + " | ".join(format(m[key], fmt) for m in beta) + " |")
+    best = max(m["elbo"] for m in beta)
+    texts.append("| ELBO | " + " | ".join(f"**{m['elbo']:.2f}**" if m["elbo"] == best else f"{m['elbo']:.2f}"
+                                         for m in beta) + " |")
+    lik = _json("docs/figures/likelihoods/results.json")["models"]
+    texts += [f"| Gaussian, sigma = 1 | {lik['gaussian']['bits_per_dim']:.3f} |",
+              f"| Gaussian, learned sigma | **{lik['gaussian_learned']['bits_per_dim']:.3f}** |",
+              f"| Bernoulli (binarised images, not comparable) | {lik['bernoulli']['bits_per_dim']:.3f} |"]
+    grad = _json("docs/figures/gradient_estimators/results.json")
+    for key, label in GRAD_ROWS:
+        if key in ("score_running_mean", "iwae"):
+            continue
+        texts.append(f"| {label} | {_variance_cell(grad['variance_through_training'][key]['encoder'][-1])} | "
+                     f"{grad['training'][key]['test_log_px'][-1]:.1f} |")
+    rec = _json("docs/figures/ae_vs_vae/reconstructions/results.json")["per_image_errors"]
+    l2d = _json("docs/figures/ae_vs_vae/latent_2d/results.json")
+    prior = _json("docs/figures/ae_vs_vae/prior_samples/results.json")
+    texts += [f"| squared error per image, d = 32 | {rec['ae']['squared_error']:.2f} | "
+              f"{rec['vae']['squared_error']:.2f} |",
+              f"| {prior['ae']['fitted_gaussian_kl_codes']:.1f} | "
+              f"**{prior['vae']['fitted_gaussian_kl_q_samples']:.3f}** (one",
+              f"| 5-NN class accuracy of the 2-D codes | {l2d['ae']['knn5_test_accuracy']:.3f} | "
+              f"{l2d['vae']['knn5_test_accuracy']:.3f} |"]
+    return texts + _readme_discrete() + _readme_density() + _readme_speed()
+
+
+def _readme_discrete():
+    full = _json("docs/figures/discrete_estimators/full/results.json")
+    est = full["enumerable"]["estimators"]
+    max_z = lambda name: max(c["encoder"]["max_z"] for c in est[name])  # noqa: E731
+    unbiased = ("reinforce", "nvil", "vimco", "arm", "disarm", "disarm_iw", "rebar", "relax", "reinforce_loo")
+    v = lambda name: _sci(_encoder_variance(full, "disarm_trained", name))  # noqa: E731
+    finals = lambda name: _seed_finals(full, name, "train_elbo")  # noqa: E731
+    mean_sd = lambda name: f"{statistics.mean(finals(name)):.1f} ± {statistics.stdev(finals(name)):.1f}"  # noqa: E731
+    return [f"stay within {max(max_z(n) for n in unbiased):.1f} standard errors of the exact gradient",
+            f"Gumbel-softmax and straight-through reach {max_z('gumbel_softmax'):.1f} and "
+            f"{max_z('straight_through'):.1f}",
+            f"({v('disarm')} vs {v('arm')} and {v('reinforce_loo')} after training)",
+            f"train ELBO ({mean_sd('disarm')})", f"(ARM {mean_sd('arm')};"]
+
+
+def _readme_density():
+    rows, pairs = _density_rows(), _pairs()
+    pm = lambda n: _pm(rows[n]["test_log_px_mean"], rows[n]["test_log_px_stderr"])  # noqa: E731
+    gain = lambda a, b: f"{-pairs[(a, b)]['mean_difference']:.2f} ± {pairs[(a, b)]['paired_stderr']:.2f}"  # noqa: E731
+    return [f"VampPrior (K = 500) + warm-up **{pm('vamp_warmup')}**",
+            f"early-stopped at epoch {rows['vamp_warmup']['epochs']})",
+            f"VAE + warm-up **{pm('vae_warmup')}**", f"epoch {rows['vae_warmup']['epochs']}), IWAE k = 5 {pm('iwae5')} "
+            f"(epoch {rows['iwae5']['epochs']}) and VAE without warm-up {pm('vae')}.",
+            f"warm-up adds {gain('vae', 'vae_warmup')} nats to the VAE, the VampPrior "
+            f"{gain('vae_warmup', 'vamp_warmup')} to the VAE with warm-up, and the 5-sample bound "
+            f"{gain('vae', 'iwae5')} to the VAE without it"]
+
+
+def _readme_speed():
+    cpu, t = _bench()
+    texts = []
+    for batch, model in ((128, "784-512-512-32"), (1024, "784-512-512-32"), (100, "784-300-300-40")):
+        eps = lambda impl: f"{t[(impl, batch)]['examples_per_second']:,.0f}"  # noqa: E731
+        torch_bf16 = max(t[(f"pytorch {m} bf16 autocast", batch)]["examples_per_second"] for m in ("eager", "compile"))
+        texts.append(f"| {model}, {batch} | **{eps('vae_jax epoch scan')}** | {eps('hand-written jax step')} | "
+                     f"{eps('pytorch eager')} | {eps('pytorch compile')} | {eps('vae_jax epoch scan bf16')} / "
+                     f"{torch_bf16:,.0f} |")
+    r = cpu["ratios"]
+    eager = r["scan_over_torch_eager_at_128"]["value"]
+    return texts + [f"as fast as the same model written by hand ({r['scan_over_handwritten_at_128']['value']:.2f}x), "
+                    f"{r['scan_over_torch_compile_at_128']['value']:.2f}x `torch.compile` and {eager:.2f}x eager at "
+                    f"batch 128 (target 1.5x: missed by {_pct(1 - eager / 1.5)})"]
+
+
+PAGES = {
+    "README.md": readme,
+    "docs/beta_vae.md": beta_vae,
+    "docs/likelihoods.md": likelihoods,
+    "docs/gradient_estimators.md": gradient_estimators,
+    "docs/discrete_estimators.md": discrete_estimators,
+    "docs/ae_vs_vae.md": ae_vs_vae,
+    "docs/density_table.md": lambda: density_tables() + density_text(),
+    "docs/benchmarks.md": benchmarks,
+    "docs/marginal_likelihood.md": marginal_likelihood,
+}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_quoted_number_is_recomputed_from_its_results_file(page):
+    text = _page(page)
+    expected = [" ".join(t.split()) for t in PAGES[page]()]
+    missing = [t for t in expected if t not in text]
+    assert not missing, f"{page} does not say what its results files give:\n" + "\n".join(missing)
+
+
+def test_the_checks_have_power():
+    # A drifted number is caught: the beta-VAE page with one rate changed by 0.01 fails its check.
+    text = _page("docs/beta_vae.md")
+    first = beta_vae()[0]
+    rate = re.search(r"\| (\d+\.\d\d) \|", first).group(1)
+    drifted = first.replace(rate, f"{float(rate) + 0.01:.2f}", 1)
+    assert first in text and drifted not in text
