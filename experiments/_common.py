@@ -217,7 +217,7 @@ def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
 def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int) -> None:
     """Adds ``--epochs``, ``--batch-size``, ``--learning-rate``, ``--hidden-sizes`` to ``p``.
 
-    ``--epochs`` defaults to None: :func:`training_epochs` resolves it to ``epochs``
+    ``--epochs`` defaults to None: :func:`parse_training_study` resolves it to ``epochs``
     (``quick_epochs`` with ``--quick``).
     """
     p.add_argument("--epochs", type=positive_int, default=None,
@@ -228,10 +228,28 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: 
                    help="MLP encoder widths, reversed for the decoder (default 512 256)")
 
 
-def training_options(args: argparse.Namespace, *, epochs: int, quick_epochs: int) -> dict[str, Any]:
-    """The resolved :class:`TrainingConfig` fields of :func:`add_training_args`'s options."""
-    return {"epochs": args.epochs if args.epochs is not None else (quick_epochs if args.quick else epochs),
-            "hidden_sizes": tuple(args.hidden_sizes)}
+def parse_training_study(cls: type, p: argparse.ArgumentParser, argv: list[str] | None, *, epochs: int,
+                         quick_epochs: int):
+    """Adds :func:`add_training_args` to ``p``, parses ``argv`` and returns the frozen ``cls`` (a
+    :class:`TrainingConfig`) with ``--epochs`` resolved to ``epochs`` (``quick_epochs`` with ``--quick``)."""
+    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs)
+    args = p.parse_args(argv)
+    return cls.from_args(args, hidden_sizes=tuple(args.hidden_sizes),
+                         **resolve_defaults(args, {"epochs": (quick_epochs, epochs)}))
+
+
+def resolve_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
+    """Each option named in ``defaults`` (``name: (quick, full)``) as given, or its default when not given.
+
+    "Not given" is None: an explicit value, 0 included, is never replaced by a default (as
+    ``args.x or default`` would). Lists become tuples, as frozen configs hold them.
+    """
+    out = {}
+    for name, (quick, full) in defaults.items():
+        value = getattr(args, name)
+        value = (quick if args.quick else full) if value is None else value
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: TrainingConfig

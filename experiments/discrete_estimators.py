@@ -518,25 +518,20 @@ def _arguments():
     return p
 
 
-def _given(value, default):
-    """``value`` unless it was not given (None): an explicit 0 is never replaced by a default."""
-    return default if value is None else value
-
-
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
     args = _arguments().parse_args(argv)
     q = args.quick
-    enumerable = EnumerableConfig(
-        latents=_given(args.enum_latents, 6 if q else 10), epochs=_given(args.enum_epochs, 1 if q else 20),
-        checkpoints=tuple(_given(args.enum_checkpoints, [1] if q else [1, 2, 5, 10, 20])),
-        learning_rate=args.enum_learning_rate, draws=_given(args.draws, 100 if q else 2000),
-        batch=10 if q else 50, train=500 if q else None)
-    fashion = FashionConfig(
-        estimators=tuple(args.fm_estimators or args.estimators), seeds=_given(args.seeds, 1 if q else 2),
-        epochs=_given(args.epochs, 1 if q else 3), batch_size=args.batch_size, learning_rate=args.learning_rate,
-        latents=args.latents, train_size=args.train_size, quick_train=500, eval_size=50 if q else 1000,
-        draws=_given(args.fm_draws, 8 if q else 100), batch=10 if q else 50)
+    r = _common.resolve_defaults(args, dict(
+        enum_latents=(6, 10), enum_epochs=(1, 20), enum_checkpoints=([1], [1, 2, 5, 10, 20]), draws=(100, 2000),
+        fm_estimators=(args.estimators, args.estimators), seeds=(1, 2), epochs=(1, 3), fm_draws=(8, 100)))
+    enumerable = EnumerableConfig(latents=r["enum_latents"], epochs=r["enum_epochs"],
+                                  checkpoints=r["enum_checkpoints"], learning_rate=args.enum_learning_rate,
+                                  draws=r["draws"], batch=10 if q else 50, train=500 if q else None)
+    fashion = FashionConfig(estimators=r["fm_estimators"], seeds=r["seeds"], epochs=r["epochs"],
+                            batch_size=args.batch_size, learning_rate=args.learning_rate, latents=args.latents,
+                            train_size=args.train_size, quick_train=500, eval_size=50 if q else 1000,
+                            draws=r["fm_draws"], batch=10 if q else 50)
     return Config.from_args(args, estimators=tuple(args.estimators), enumerable=enumerable, fashion=fashion)
 
 

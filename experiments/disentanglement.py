@@ -543,22 +543,19 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--latent-dim", type=_common.positive_int, default=10)
     p.add_argument("--batch-size", type=_common.positive_int, default=64)
     p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3)
-    p.add_argument("--data-seed", type=_common.nonnegative_int, default=0, help="which grid points are the training set")
+    p.add_argument("--data-seed", type=_common.nonnegative_int, default=0,
+                   help="which grid points are the training set")
     p.add_argument("--dci-trees", type=_common.positive_int, default=None,
                    help="boosting rounds of DCI's trees (default 100 as disentanglement_lib; quick 1)")
     p.add_argument("--no-figures", action="store_true",
                    help="write results.json only (e.g. one process per seed; a later call draws the figures)")
     args = p.parse_args(argv)
     q = args.quick
-    defaults = dict(betas=[1.0, 4.0] if q else [1.0, 2.0, 4.0, 8.0, 16.0], tc_weights=[4.0] if q else [4.0, 8.0],
-                    gammas=[10.0] if q else [10.0, 40.0], seeds=[0, 1] if q else [0, 1, 2, 3, 4],
-                    epochs=1 if q else 6, train_size=512 if q else 20000, image_size=16 if q else 32,
-                    hidden_sizes=[32] if q else [256, 128], discriminator_sizes=[32] if q else [256, 256, 256],
-                    dci_trees=1 if q else 100)
-    given = {name: getattr(args, name) if getattr(args, name) is not None else value
-             for name, value in defaults.items()}
-    return Config.from_args(args, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()},
-                            methods=tuple(args.methods), sizes=QUICK_SIZES if q else FULL_SIZES,
+    given = _common.resolve_defaults(args, dict(
+        betas=([1.0, 4.0], [1.0, 2.0, 4.0, 8.0, 16.0]), tc_weights=([4.0], [4.0, 8.0]), gammas=([10.0], [10.0, 40.0]),
+        seeds=([0, 1], [0, 1, 2, 3, 4]), epochs=(1, 6), train_size=(512, 20000), image_size=(16, 32),
+        hidden_sizes=([32], [256, 128]), discriminator_sizes=([32], [256, 256, 256]), dci_trees=(1, 100)))
+    return Config.from_args(args, **given, methods=tuple(args.methods), sizes=QUICK_SIZES if q else FULL_SIZES,
                             figures=not args.no_figures, dpi=40 if q else 110)
 
 
