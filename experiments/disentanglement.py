@@ -51,8 +51,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -65,6 +67,7 @@ import scipy.stats
 from experiments import _common
 from vae_jax import disentanglement as metrics
 from vae_jax import dsprites, evaluation, models, plotting, tc, training
+from vae_jax.config import write_json
 
 PROG = "experiments.disentanglement"
 TRAVERSAL_STEPS = 9
@@ -436,6 +439,20 @@ def _best_against_vae(best: dict, base: dict, tests: list[dict]) -> dict:
                   "ci95": {"best": ci_ours, "vae": ci_vae, "non_overlapping": ci_ours[0] > ci_vae[1]},
                   "welch_p": test["welch_p"], "holm_p": test["holm_p"], "conclusion": test["conclusion"]}
     return out
+
+
+def recompare(folder: Path) -> dict:
+    """Rewrites ``comparison_with_beta_1`` of ``folder/results.json`` from the summary stored in it.
+
+    The comparisons are a function of the per-seed values alone, so a results file written
+    before a change of :func:`compare_to_vae` is brought up to date without the seed files.
+    Also records the DCI rounds of ``folder/config.json`` as ``dci_trees``. Returns the results.
+    """
+    results = json.loads((folder / "results.json").read_text())
+    results["comparison_with_beta_1"] = compare_to_vae(results["summary"])
+    results["dci_trees"] = json.loads((folder / "config.json").read_text())["dci_trees"]
+    write_json(folder / "results.json", _common._jsonable(results))
+    return results
 
 
 def mean_ci95(values: np.ndarray) -> list[float]:

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from experiments import _common
 from experiments import disentanglement as study
 from vae_jax import dsprites
 
@@ -173,3 +175,18 @@ def test_holm_against_hand_computed_values():
     got = study.holm([np.nan, 0.2, 0.6])  # a NaN (one seed) is left out of the family: n = 2
     assert np.isnan(got[0]) and got[1:].tolist() == pytest.approx([0.4, 0.6])
     assert study.conclusion(0.03, 0.3, 14).startswith("suggestive only")
+
+
+def test_committed_comparisons_follow_from_the_committed_summary():
+    """docs/figures/disentanglement/results.json: its Holm-corrected comparisons are what the code computes
+    from its own per-seed values (``recompare``), and the page's conclusion follows from them."""
+    results = json.loads((Path(__file__).parents[1] / "docs/figures/disentanglement/results.json").read_text())
+    expected = json.loads(json.dumps(_common._jsonable(study.compare_to_vae(results["summary"]))))
+    assert results["comparison_with_beta_1"] == expected
+    assert results["dci_trees"] == 20  # the reported run's DCI rounds (the default is now 100)
+    tests = results["comparison_with_beta_1"]["tests"]
+    assert len(tests) == 14 and not any(t["holm_p"] < 0.05 for t in tests)
+    closest = min(tests, key=lambda t: t["holm_p"])
+    assert (closest["method"], closest["weight"], closest["metric"]) == ("beta_vae", 16.0, "dci_disentanglement")
+    assert round(closest["welch_p"], 3) == 0.004 and round(closest["holm_p"], 3) == 0.057
+    assert sum(t["welch_p"] < 0.05 for t in tests) == 4
