@@ -15,10 +15,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -152,9 +151,11 @@ class StudyConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **resolved: Any):
-        """The config from parsed arguments: each field from ``resolved`` if given there, else from ``args``."""
+        """The config from parsed arguments: each field from ``resolved`` if given there, else from ``args``
+        (lists become tuples: the config is frozen)."""
         values = {**vars(args), "progress": not args.no_progress, **resolved}
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name]
+                      for f in dataclasses.fields(cls)})
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON values (tuples as lists, paths as strings)."""
@@ -163,12 +164,11 @@ class StudyConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingConfig(StudyConfig):
-    """A study that trains MLP models with Adam (the options of :func:`add_training_args`)."""
+    """A study that trains models with Adam (the options of :func:`add_training_args`)."""
 
     epochs: int
     batch_size: int
     learning_rate: float
-    hidden_sizes: tuple[int, ...]
 
 
 def load_data(study: StudyConfig, *, quick_train: int = 2000, quick_test: int = 500,
@@ -181,15 +181,19 @@ def load_data(study: StudyConfig, *, quick_train: int = 2000, quick_test: int = 
     return ds
 
 
-def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any
-                ) -> tuple[Any, training.TrainState, list[dict[str, float]], float]:
-    """Builds ``config``'s model and trains it with :func:`train` (``kwargs`` go there).
+class Trained(NamedTuple):
+    """A trained model: the model, its final train state, the per-epoch history and the training seconds."""
 
-    Returns:
-      ``(model, state, history, seconds)``.
-    """
+    model: Any
+    state: training.TrainState
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any) -> Trained:
+    """Builds ``config``'s model and trains it with :func:`train` (``kwargs`` go there)."""
     model = models.build_model(config, images.shape[1:])
-    return (model, *train(model, images, **kwargs))
+    return Trained(model, *train(model, images, **kwargs))
 
 
 def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
@@ -214,28 +218,51 @@ def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))
 
 
-def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int) -> None:
-    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate``, ``--hidden-sizes`` to ``p``.
+class Option(NamedTuple):
+    """One of a study's own options: ``p.add_argument(flag, type=type, default=default, help=help, nargs=nargs)``."""
 
-    ``--epochs`` defaults to None: :func:`parse_training_study` resolves it to ``epochs``
+    flag: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    nargs: str | None = None
+
+
+def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int,
+                      hidden_sizes: list[int] | None = None) -> None:
+    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (and ``--hidden-sizes``, when given) to ``p``.
+
+    ``--epochs`` defaults to None: :func:`parse_study` resolves it to ``epochs``
     (``quick_epochs`` with ``--quick``).
     """
     p.add_argument("--epochs", type=positive_int, default=None,
                    help=f"training epochs of each model (default {epochs}; {quick_epochs} with --quick)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="examples per Adam step (default 128)")
     p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam step size (default 1e-3)")
-    p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=[512, 256],
-                   help="MLP encoder widths, reversed for the decoder (default 512 256)")
+    if hidden_sizes is not None:
+        widths = " ".join(map(str, hidden_sizes))
+        p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=hidden_sizes,
+                       help=f"MLP encoder widths, reversed for the decoder (default {widths})")
 
 
-def parse_training_study(cls: type, p: argparse.ArgumentParser, argv: list[str] | None, *, epochs: int,
-                         quick_epochs: int):
-    """Adds :func:`add_training_args` to ``p``, parses ``argv`` and returns the frozen ``cls`` (a
-    :class:`TrainingConfig`) with ``--epochs`` resolved to ``epochs`` (``quick_epochs`` with ``--quick``)."""
-    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs)
+def parse_study(cls: type, doc: str, prog: str, argv: list[str] | None, *, options: tuple[Option, ...] = (),
+                epochs: int, quick_epochs: int, hidden_sizes: list[int] | None = None,
+                defaults: dict[str, tuple[Any, Any]] | None = None):
+    """Parses a training study's command line into its frozen config ``cls`` (a :class:`TrainingConfig`).
+
+    Args:
+      cls, doc, prog: the config class, the module docstring and name.
+      argv: the arguments (None: ``sys.argv``).
+      options: the study's own options, besides :func:`parser`'s and :func:`add_training_args`'.
+      epochs, quick_epochs, hidden_sizes: as :func:`add_training_args` takes them.
+      defaults: ``name: (quick, full)`` defaults of options given as None (see :func:`resolve_defaults`).
+    """
+    p = parser(doc, prog)
+    for option in options:
+        p.add_argument(option.flag, type=option.type, default=option.default, help=option.help, nargs=option.nargs)
+    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes)
     args = p.parse_args(argv)
-    return cls.from_args(args, hidden_sizes=tuple(args.hidden_sizes),
-                         **resolve_defaults(args, {"epochs": (quick_epochs, epochs)}))
+    return cls.from_args(args, **resolve_defaults(args, {"epochs": (quick_epochs, epochs), **(defaults or {})}))
 
 
 def resolve_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -252,8 +279,7 @@ def resolve_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, An
     return out
 
 
-def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: TrainingConfig
-                     ) -> dict[str, tuple[Any, training.TrainState, list[dict[str, float]], float]]:
+def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: TrainingConfig) -> dict[str, Trained]:
     """Trains an AE and a VAE that differ only in ``kind``: same networks, data, seed and budget.
 
     Args:
@@ -262,7 +288,7 @@ def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: Trai
       study: epochs, batch size, learning rate, seed and progress of both trainings.
 
     Returns:
-      ``{"ae": (model, state, history, seconds), "vae": (...)}`` as :func:`train_model` returns.
+      ``{"ae": Trained(...), "vae": Trained(...)}`` as :func:`train_model` returns.
     """
     return {kind: train_model(dataclasses.replace(config, kind=kind), images, epochs=study.epochs,
                               batch_size=study.batch_size, learning_rate=study.learning_rate, seed=study.seed,
@@ -327,14 +353,9 @@ def _jsonable(obj: Any) -> Any:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file and a rename: never a truncated file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    partial = path.with_name(f".{path.name}.partial")  # one writer per part file: a fixed name suffices
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

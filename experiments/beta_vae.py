@@ -65,15 +65,12 @@ TRAVERSAL_STEPS = 9
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(_common.StudyConfig):
+class Config(_common.TrainingConfig):
     """The sweep's options, resolved and checked."""
 
     betas: tuple[float, ...]
     latent_dim: int
-    epochs: int
     train_size: int
-    batch_size: int
-    learning_rate: float
 
     def __post_init__(self):
         if len(self.betas) < 2:
@@ -179,19 +176,14 @@ def save_active_units(betas, variances, path) -> None:
     plotting.save_figure(fig, path)
 
 
+OPTIONS = (_common.Option("--betas", _common.nonnegative_float, [0.5, 1.0, 2.0, 4.0, 8.0], "KL weights", "+"),
+           _common.Option("--latent-dim", _common.positive_int, 10, "size of z (default 10)"),
+           _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"))
+
+
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config`."""
-    p = _common.parser(__doc__, PROG)
-    p.add_argument("--betas", type=_common.nonnegative_float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0],
-                   help="KL weights")
-    p.add_argument("--latent-dim", type=_common.positive_int, default=10, help="size of z (default 10)")
-    p.add_argument("--epochs", type=_common.positive_int, default=None, help="epochs (default 20, quick 2)")
-    p.add_argument("--train-size", type=_common.positive_int, default=20000,
-                   help="training images used (default 20000)")
-    p.add_argument("--batch-size", type=_common.positive_int, default=128)
-    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3)
-    args = p.parse_args(argv)
-    return Config.from_args(args, betas=tuple(args.betas), **_common.resolve_defaults(args, {"epochs": (2, 20)}))
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2)
 
 
 def score_models(model, states, cfg: Config, test, labels) -> tuple[list[dict], dict, list]:

@@ -45,8 +45,15 @@ EPOCHS, QUICK_EPOCHS = 20, 3
 class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
+    hidden_sizes: tuple[int, ...]
     grid_size: int
     grid_extent: float
+
+
+OPTIONS = (
+    _common.Option("--grid-size", _common.positive_int, 15, "decoded manifold is grid-size^2 images (default 15)"),
+    _common.Option("--grid-extent", _common.positive_float, 3.0,
+                   "VAE manifold covers [-E, E]^2 of the latent plane (default 3: the prior's 3 sd)"))
 
 
 def box_grid(lower: np.ndarray, upper: np.ndarray, n: int) -> np.ndarray:
@@ -68,7 +75,7 @@ def code_stats(codes: np.ndarray) -> dict:
 def run(cfg: Config) -> dict:
     ds = _common.load_data(cfg)
     n = cfg.grid_size
-    config = models.ModelConfig(latent_dim=2, hidden_sizes=tuple(cfg.hidden_sizes))
+    config = models.ModelConfig(latent_dim=2, hidden_sizes=cfg.hidden_sizes)
     trained = _common.train_ae_and_vae(config, ds.train.images, cfg)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 11), layout="constrained")
@@ -112,12 +119,8 @@ def run(cfg: Config) -> dict:
 
 @_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__, PROG)
-    p.add_argument("--grid-size", type=_common.positive_int, default=15,
-                   help="decoded manifold is grid-size^2 images (default 15)")
-    p.add_argument("--grid-extent", type=_common.positive_float, default=3.0,
-                   help="VAE manifold covers [-E, E]^2 of the latent plane (default 3: the prior's 3 sd)")
-    return run(_common.parse_training_study(Config, p, argv, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":

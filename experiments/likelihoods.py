@@ -67,14 +67,11 @@ MIN_LOG_STD = -math.log(LEVELS * math.sqrt(2 * math.pi))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(_common.StudyConfig):
+class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
     latent_dim: int
-    epochs: int
     train_size: int
-    batch_size: int
-    learning_rate: float
     eval_size: int
     num_importance: int
     min_log_std: float
@@ -142,24 +139,20 @@ def draws(model: models.VAE, params, key: jax.Array, n: int) -> tuple[jax.Array,
     return jnp.clip(mean, 0, 1), jnp.clip(x, 0, 1)
 
 
+OPTIONS = (
+    _common.Option("--latent-dim", _common.positive_int, 16, "size of z (default 16)"),
+    _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"),
+    _common.Option("--eval-size", _common.positive_int, None, "test images for log-likelihoods (1000, quick 50)"),
+    _common.Option("--num-importance", _common.positive_int, None,
+                   "importance samples per test image (default 500, quick 32)"),
+    _common.Option("--min-log-std", _common.finite_float, MIN_LOG_STD,
+                   f"floor of the learned log sigma (default -log(256 sqrt(2 pi)) = {MIN_LOG_STD:.3f})"))
+
+
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a :class:`Config` (``--quick`` and the defaults resolved)."""
-    p = _common.parser(__doc__, PROG)
-    p.add_argument("--latent-dim", type=_common.positive_int, default=16, help="size of z (default 16)")
-    p.add_argument("--epochs", type=_common.positive_int, default=None, help="epochs per model (default 20, quick 2)")
-    p.add_argument("--train-size", type=_common.positive_int, default=20000,
-                   help="training images used (default 20000)")
-    p.add_argument("--batch-size", type=_common.positive_int, default=128)
-    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3)
-    p.add_argument("--eval-size", type=_common.positive_int, default=None,
-                   help="test images for log-likelihoods (1000, quick 50)")
-    p.add_argument("--num-importance", type=_common.positive_int, default=None,
-                   help="importance samples per test image (default 500, quick 32)")
-    p.add_argument("--min-log-std", type=_common.finite_float, default=MIN_LOG_STD,
-                   help=f"floor of the learned log sigma (default -log(256 sqrt(2 pi)) = {MIN_LOG_STD:.3f})")
-    args = p.parse_args(argv)
-    return Config.from_args(args, **_common.resolve_defaults(
-        args, {"epochs": (2, 20), "eval_size": (50, 1000), "num_importance": (32, 500)}))
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2,
+                               defaults={"eval_size": (50, 1000), "num_importance": (32, 500)})
 
 
 def train_and_score(likelihood: str, index: int, cfg: Config, train_images, test, test_binary) -> tuple:

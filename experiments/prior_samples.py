@@ -44,14 +44,19 @@ EPOCHS, QUICK_EPOCHS = 20, 3
 class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
+    hidden_sizes: tuple[int, ...]
     latent_dim: int
     num_samples: int
+
+
+OPTIONS = (_common.Option("--latent-dim", _common.positive_int, 32, "latent size d of both models (default 32)"),
+           _common.Option("--num-samples", _common.positive_int, 64, "prior draws decoded per model (default 64)"))
 
 
 def run(cfg: Config) -> dict:
     ds = _common.load_data(cfg)
     x_test = ds.test.images
-    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=tuple(cfg.hidden_sizes))
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=cfg.hidden_sizes)
     trained = _common.train_ae_and_vae(config, ds.train.images, cfg)
     key_prior, key_q = jax.random.split(jax.random.key(cfg.seed + 1))
 
@@ -84,12 +89,8 @@ def run(cfg: Config) -> dict:
 
 @_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__, PROG)
-    p.add_argument("--latent-dim", type=_common.positive_int, default=32,
-                   help="latent size d of both models (default 32)")
-    p.add_argument("--num-samples", type=_common.positive_int, default=64,
-                   help="prior draws decoded per model (default 64)")
-    return run(_common.parse_training_study(Config, p, argv, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ EPOCHS, QUICK_EPOCHS = 20, 3
 class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
+    hidden_sizes: tuple[int, ...]
     latent_dim: int
+
+
+OPTIONS = (_common.Option("--latent-dim", _common.positive_int, 32, "latent size d of both models (default 32)"),)
 
 
 def reconstruction_errors(logits: np.ndarray, x: np.ndarray) -> dict[str, float]:
@@ -84,7 +88,7 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
 def run(cfg: Config) -> dict:
     ds = _common.load_data(cfg)
     x_train, x_test = ds.train.images, ds.test.images
-    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=tuple(cfg.hidden_sizes))
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=cfg.hidden_sizes)
     trained = _common.train_ae_and_vae(config, x_train, cfg)
 
     errors, logits = {}, {}
@@ -93,8 +97,8 @@ def run(cfg: Config) -> dict:
         errors[kind] = reconstruction_errors(logits[kind], x_test)
     p_mean = np.clip(x_train.mean(axis=0), 1e-4, 1 - 1e-4)
     errors["mean_image"] = reconstruction_errors(np.log(p_mean) - np.log1p(-p_mean), x_test)
-    vae, vae_state = trained["vae"][0], trained["vae"][1]
-    vae_test = evaluation.evaluate(vae.objective, vae_state.params, x_test, jax.random.key(cfg.seed + 1))
+    vae = trained["vae"]
+    vae_test = evaluation.evaluate(vae.model.objective, vae.state.params, x_test, jax.random.key(cfg.seed + 1))
 
     shown = one_per_class(ds.test.labels)
     labels = {k: f"{k.upper()}\nSE {e['squared_error']:.1f}\nCE {e['cross_entropy']:.1f}" for k, e in errors.items()}
@@ -110,8 +114,8 @@ def run(cfg: Config) -> dict:
         "cross_entropy_floor": cross_entropy_floor(x_test),
         "vae_test": {"elbo": vae_test["elbo"], "reconstruction_log_likelihood": vae_test["reconstruction"],
                      "kl": vae_test["kl"]},
-        "final_train_loss": {k: t[2][-1]["train_loss"] for k, t in trained.items()},
-        "train_seconds": {k: t[3] for k, t in trained.items()},
+        "final_train_loss": {k: t.history[-1]["train_loss"] for k, t in trained.items()},
+        "train_seconds": {k: t.seconds for k, t in trained.items()},
     }
     _common.write_outputs(cfg.out, results=results, config={
         "study": cfg, "model": config, "models": ["ae", "vae"],
@@ -123,10 +127,8 @@ def run(cfg: Config) -> dict:
 
 @_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__, PROG)
-    p.add_argument("--latent-dim", type=_common.positive_int, default=32,
-                   help="latent size d of both models (default 32)")
-    return run(_common.parse_training_study(Config, p, argv, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_parts_bind_options_and_refuse_damage(tmp_path):
         (tmp_path / "parts" / name).write_bytes(data)
         with pytest.raises(_common.StudyError, match=f"{name} is damaged"):
             (parts.load(name[:-5], {}) if name.endswith(".json") else parts.read_file(name, _common.read_npz))
-    assert not list((tmp_path / "parts").glob(".*.tmp"))  # atomic writes leave no temporary file
+    assert not list((tmp_path / "parts").glob(".*.partial"))  # atomic writes leave no partial file
     with pytest.raises(ValueError, match="there is no folder"):
         _common.check_resume(tmp_path / "missing", resume=True)
     _common.check_resume(tmp_path / "missing", resume=False)
