@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import _common
+from experiments import _disentanglement_report as report
 from experiments import disentanglement as study
 from vae_jax import dsprites
 
@@ -138,7 +139,7 @@ def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
     vae = setting("beta_vae", 1.0, [0.010, 0.012, 0.011, 0.013, 0.030], [0.04, 0.05, 0.04, 0.05, 0.04])
     strong = setting("beta_vae", 16.0, [0.10, 0.12, 0.14, 0.11, 0.02], [0.10, 0.11, 0.12, 0.10, 0.11])
     weak = setting("beta_tcvae", 6.0, [0.011, 0.013, 0.012, 0.020, 0.010], [0.045, 0.04, 0.05, 0.04, 0.05])
-    comparison = study.compare_to_vae([vae, strong, weak])
+    comparison = report.compare_to_vae([vae, strong, weak])
     out = comparison["best"]["beta_vae"]
     assert out["best_weight"] == 16.0
     # one bad seed makes the ranges overlap on MIG, but not the intervals of the mean
@@ -148,7 +149,7 @@ def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
     v = np.array(strong["mig"]["per_seed"])  # the interval by hand: mean +- t(0.975, 4) s / sqrt(5)
     half = stats.t.ppf(0.975, 4) * v.std(ddof=1) / np.sqrt(5)
     np.testing.assert_allclose(out["mig"]["ci95"]["best"], [v.mean() - half, v.mean() + half], rtol=1e-12)
-    assert np.isnan(study.mean_ci95(np.array([0.5]))).all()
+    assert np.isnan(report.mean_ci95(np.array([0.5]))).all()
     # Holm over the 4 comparisons, by hand: sort the Welch p-values, multiply the i-th by 4 - i, running max
     tests = comparison["tests"]
     assert [(t["weight"], t["metric"]) for t in tests] == [(16.0, "mig"), (16.0, "dci_disentanglement"),
@@ -170,18 +171,18 @@ def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
 
 def test_holm_against_hand_computed_values():
     # p sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
-    np.testing.assert_allclose(study.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
-    np.testing.assert_allclose(study.holm([0.7, 0.8]), [1.0, 1.0])  # capped at 1
-    got = study.holm([np.nan, 0.2, 0.6])  # a NaN (one seed) is left out of the family: n = 2
+    np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(report.holm([0.7, 0.8]), [1.0, 1.0])  # capped at 1
+    got = report.holm([np.nan, 0.2, 0.6])  # a NaN (one seed) is left out of the family: n = 2
     assert np.isnan(got[0]) and got[1:].tolist() == pytest.approx([0.4, 0.6])
-    assert study.conclusion(0.03, 0.3, 14).startswith("suggestive only")
+    assert report.conclusion(0.03, 0.3, 14).startswith("suggestive only")
 
 
 def test_committed_comparisons_follow_from_the_committed_summary():
     """docs/figures/disentanglement/results.json: its Holm-corrected comparisons are what the code computes
     from its own per-seed values (``recompare``), and the page's conclusion follows from them."""
     results = json.loads((Path(__file__).parents[1] / "docs/figures/disentanglement/results.json").read_text())
-    expected = json.loads(json.dumps(_common._jsonable(study.compare_to_vae(results["summary"]))))
+    expected = json.loads(json.dumps(_common._jsonable(report.compare_to_vae(results["summary"]))))
     assert results["comparison_with_beta_1"] == expected
     assert results["dci_trees"] == 20  # the reported run's DCI rounds (the default is now 100)
     tests = results["comparison_with_beta_1"]["tests"]
