@@ -108,7 +108,7 @@ FULL_SIZES = MetricSizes(eval_size=10000, dci_train=1000, dci_test=500, score_tr
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(_common.StudyConfig):
+class Config(_common.TrainingConfig):
     """The study's options, resolved (``--quick`` or the default sizes filled in) and checked."""
 
     methods: tuple[str, ...]
@@ -118,13 +118,10 @@ class Config(_common.StudyConfig):
     discriminator_sizes: tuple[int, ...]
     discriminator_lr: float
     seeds: tuple[int, ...]
-    epochs: int
     train_size: int
     image_size: int
     hidden_sizes: tuple[int, ...]
     latent_dim: int
-    batch_size: int
-    learning_rate: float
     data_seed: int
     dci_trees: int
     sizes: MetricSizes

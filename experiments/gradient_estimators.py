@@ -75,12 +75,11 @@ SETTINGS = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(_common.StudyConfig):
+class Config(_common.TrainingConfig):
     """The study's options, resolved (``--quick`` or the default sizes filled in) and checked."""
 
     train_size: int
     test_size: int
-    epochs: int
     checkpoints: tuple[int, ...]
     samples: int
     ks: tuple[int, ...]
@@ -92,8 +91,6 @@ class Config(_common.StudyConfig):
     stat_batch: int
     chunk: int
     marginal_samples: int
-    batch_size: int
-    learning_rate: float
     baseline_decay: float
     estimators: tuple[str, ...]
     latent_dim: int
