@@ -191,3 +191,43 @@ def test_committed_comparisons_follow_from_the_committed_summary():
     assert (closest["method"], closest["weight"], closest["metric"]) == ("beta_vae", 16.0, "dci_disentanglement")
     assert round(closest["welch_p"], 3) == 0.004 and round(closest["holm_p"], 3) == 0.057
     assert sum(t["welch_p"] < 0.05 for t in tests) == 4
+
+
+def test_page_results_table_is_the_committed_summary():
+    """Every cell of docs/disentanglement.md's results table, recomputed from results.json's summary."""
+    root = Path(__file__).parents[1]
+    summary = json.loads((root / "docs/figures/disentanglement/results.json").read_text())["summary"]
+    page = (root / "docs/disentanglement.md").read_text()
+    names = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factor_vae_score",
+             "beta_vae_score", "reconstruction_error", "kl", "active_units")
+    for s in summary:
+        digits = lambda name: 1 if name in ("reconstruction_error", "kl", "active_units") else 3  # noqa: E731
+        cells = [f"{s[n]['mean']:.{digits(n)}f} ± {s[n]['std']:.{digits(n)}f} "
+                 f"[{s[n]['min']:.{digits(n)}f}, {s[n]['max']:.{digits(n)}f}]" for n in names]
+        row = f"| {s['method']} | {s['weight']:g} | " + " | ".join(cells) + " |"
+        assert row in page, row
+
+
+def test_page_comparison_table_is_the_committed_comparison():
+    """The page's "Against the target" rows: mean, Welch p, Holm p and conclusion as results.json has them
+    (each number to the digits the page prints)."""
+    root = Path(__file__).parents[1]
+    best = json.loads((root / "docs/figures/disentanglement/results.json").read_text())["comparison_with_beta_1"]
+    summary = {(s["method"], s["weight"]): s for s in json.loads(
+        (root / "docs/figures/disentanglement/results.json").read_text())["summary"]}
+    page = (root / "docs/disentanglement.md").read_text().split("## Against the target", 1)[1]
+    labels = {"beta-VAE, beta = ": "beta_vae", "beta-TCVAE, weight ": "beta_tcvae", "FactorVAE, gamma = ": "factor_vae"}
+    rows = [r for r in page.splitlines() if r.startswith("| beta") or r.startswith("| Factor")]
+    assert len(rows) == 6
+    for row in rows:
+        setting, metric, mean, _, _, welch, holm, conclusion = [c.strip() for c in row.strip("|").split("|")]
+        prefix = next(p for p in labels if setting.startswith(p))
+        method, weight = labels[prefix], float(setting[len(prefix):])
+        name = {"MIG": "mig", "DCI D": "dci_disentanglement"}[metric]
+        got = best["best"][method]
+        assert got["best_weight"] == weight
+        for text, value in ((mean, summary[(method, weight)][name]["mean"]), (welch, got[name]["welch_p"]),
+                            (holm, got[name]["holm_p"])):
+            decimals = len(text.split(".")[1])
+            assert abs(float(text) - value) <= 0.5 * 10 ** -decimals, (row, text, value)
+        assert got[name]["conclusion"].startswith(conclusion), (row, got[name]["conclusion"])
