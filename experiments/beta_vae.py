@@ -44,6 +44,7 @@ Measured times: docs/beta_vae.md.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -52,15 +53,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from sklearn.metrics import mutual_info_score
-from tqdm.auto import tqdm
 
 from experiments import _common
 from vae_jax import evaluation, models, plotting, training
 
+PROG = "experiments.beta_vae"
 ACTIVE_THRESHOLD = 0.01
 MIG_BINS = 20
 TRAVERSAL_UNITS = 4
 TRAVERSAL_STEPS = 9
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The sweep's options, resolved and checked."""
+
+    betas: tuple[float, ...]
+    latent_dim: int
+    train_size: int
+
+    def __post_init__(self):
+        if len(self.betas) < 2:
+            raise ValueError(f"--betas needs at least two values; got {list(self.betas)}.")
 
 
 def train_sweep(model, images: np.ndarray, betas: list[float], *, epochs: int, batch_size: int,
@@ -162,32 +176,22 @@ def save_active_units(betas, variances, path) -> None:
     plotting.save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0], help="KL weights")
-    p.add_argument("--latent-dim", type=int, default=10, help="size of z (default 10)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 20, quick 2)")
-    p.add_argument("--train-size", type=int, default=20000, help="training images used (default 20000)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    args = p.parse_args(argv)
-    if any(b < 0 for b in args.betas) or len(args.betas) < 2:
-        p.error(f"--betas needs at least two values >= 0; got {args.betas}")
-    epochs = args.epochs or (2 if args.quick else 20)
-    data = _common.load_data(args, quick_train=1000, quick_test=500)
-    train = data.train.images[: args.train_size]
-    config = models.ModelConfig(latent_dim=args.latent_dim, likelihood="bernoulli", hidden_sizes=(256, 128))
-    model = models.build_model(config, train.shape[1:])
-    start = time.perf_counter()
-    states, history = train_sweep(model, train, args.betas, epochs=epochs, batch_size=args.batch_size,
-                                  learning_rate=args.learning_rate, seed=args.seed,
-                                  progress=not args.no_progress)
-    seconds = time.perf_counter() - start
-    test, labels = data.test.images, data.test.labels
+OPTIONS = (_common.Option("--betas", _common.nonnegative_float, [0.5, 1.0, 2.0, 4.0, 8.0], "KL weights", "+"),
+           _common.Option("--latent-dim", _common.positive_int, 10, "size of z (default 10)"),
+           _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"))
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """The command line as a checked :class:`Config`."""
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2)
+
+
+def score_models(model, states, cfg: Config, test, labels) -> tuple[list[dict], dict, list]:
+    """Per beta: the test metrics row, the traversal panel and the posterior-mean variances."""
     rows, panels, variances = [], {}, []
-    for beta, state in zip(args.betas, training.unstack(states)):
-        metrics = evaluation.evaluate(model.objective, state.params, test, jax.random.key(args.seed + 1),
-                                    hparams={"beta": 1.0})
+    for beta, state in zip(cfg.betas, training.unstack(states)):
+        metrics = evaluation.evaluate(model.objective, state.params, test, jax.random.key(cfg.seed + 1),
+                                      hparams={"beta": 1.0})
         var = evaluation.posterior_mean_variance(model, state.params, test)
         mig = class_mig(_common.batched(model.code, state.params, test), labels)
         units = np.argsort(var)[::-1][:TRAVERSAL_UNITS]
@@ -197,15 +201,35 @@ def main(argv: list[str] | None = None) -> dict:
                      "elbo": metrics["elbo"],
                      "active_units": evaluation.active_units(model, state.params, test, threshold=ACTIVE_THRESHOLD),
                      "posterior_mean_variance": var, **mig})
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_rate_distortion(args.betas, [r["rate"] for r in rows], [r["distortion"] for r in rows],
-                         args.out / "rate_distortion.png")
-    save_traversals(panels, args.out / "traversals.png")
-    save_active_units(args.betas, variances, args.out / "active_units.png")
+    return rows, panels, variances
+
+
+def run(cfg: Config) -> dict:
+    """Trains the sweep, scores it on the test set and writes the figures and JSON files."""
+    data = _common.load_data(cfg, quick_train=1000, quick_test=500)
+    train = data.train.images[: cfg.train_size]
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, likelihood="bernoulli", hidden_sizes=(256, 128))
+    model = models.build_model(config, train.shape[1:])
+    start = time.perf_counter()
+    states, history = train_sweep(model, train, list(cfg.betas), epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                  learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress)
+    seconds = time.perf_counter() - start
+    test = data.test.images
+    rows, panels, variances = score_models(model, states, cfg, test, data.test.labels)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    save_rate_distortion(cfg.betas, [r["rate"] for r in rows], [r["distortion"] for r in rows],
+                         cfg.out / "rate_distortion.png")
+    save_traversals(panels, cfg.out / "traversals.png")
+    save_active_units(cfg.betas, variances, cfg.out / "active_units.png")
     results = {"models": rows, "train_seconds": seconds, "train_size": len(train), "test_size": len(test),
                "final_train_loss": history[-1]["train_loss"], "units": "nats per image"}
-    _common.write_outputs(args.out, config={**vars(args), "epochs": epochs, "model": config}, results=results)
+    _common.write_outputs(cfg.out, config={**cfg.to_json(), "model": config}, results=results)
     return results
+
+
+@_common.study_main(PROG)
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -33,41 +33,54 @@ Writes ``enumerable.png``, ``fashion_mnist_training.png``, ``fashion_mnist_varia
 estimator and seed of study B are saved in ``OUT/parts`` when they finish; the
 same command with ``--resume`` computes only what is missing (the PRNG keys
 depend only on the seed, estimator and step, so a resumed run trains exactly
-the models an uninterrupted one would; only its timings differ).
+the models an uninterrupted one would; only its timings differ). Each piece
+records the options it was made with; a piece made with other options is
+refused, naming them. ``--resume`` needs the folder of an earlier run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from typing import Any, NamedTuple
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import matplotlib.pyplot as plt
-import numpy as np
 import optax
 
 from experiments import _common
+from experiments._discrete_report import plot, summarise_runs
 from vae_jax import data as vdata
 from vae_jax import discrete
 from vae_jax import discrete_estimators as DE
 from vae_jax import enumeration as EN
 from vae_jax import training
 
-SETTINGS = {  # label -> (estimator, options)
-    "reinforce": ("reinforce", {"num_samples": 2}),
-    "reinforce_loo": ("reinforce", {"baseline": "leave_one_out", "num_samples": 2}),
-    "nvil": ("nvil", {"num_samples": 2}),
-    "vimco": ("vimco", {"num_samples": 2}),
-    "arm": ("arm", {}),
-    "disarm": ("disarm", {}),
-    "disarm_iw": ("disarm_iw", {"num_samples": 2}),
-    "gumbel_softmax": ("gumbel_softmax", {"temperature": 0.5, "num_samples": 2}),
-    "straight_through": ("straight_through", {"temperature": 1.0, "num_samples": 2}),
-    "rebar": ("rebar", {}),
-    "relax": ("relax", {}),
-    "vimco_k4": ("vimco", {"num_samples": 4}),
+PROG = "experiments.discrete_estimators"
+
+
+class Setting(NamedTuple):
+    """One estimator of the study: the library's name and its options."""
+
+    estimator: str
+    options: dict[str, Any]
+
+
+SETTINGS = {
+    "reinforce": Setting("reinforce", {"num_samples": 2}),
+    "reinforce_loo": Setting("reinforce", {"baseline": "leave_one_out", "num_samples": 2}),
+    "nvil": Setting("nvil", {"num_samples": 2}),
+    "vimco": Setting("vimco", {"num_samples": 2}),
+    "arm": Setting("arm", {}),
+    "disarm": Setting("disarm", {}),
+    "disarm_iw": Setting("disarm_iw", {"num_samples": 2}),
+    "gumbel_softmax": Setting("gumbel_softmax", {"temperature": 0.5, "num_samples": 2}),
+    "straight_through": Setting("straight_through", {"temperature": 1.0, "num_samples": 2}),
+    "rebar": Setting("rebar", {}),
+    "relax": Setting("relax", {}),
+    "vimco_k4": Setting("vimco", {"num_samples": 4}),
 }
 EVALUATIONS = {label: {"rebar": 3, "relax": 3, "disarm_iw": 4, "vimco_k4": 4}.get(label, 2) for label in SETTINGS}
 BOUND_LABELS = ("vimco", "disarm_iw")  # estimators of the 2-sample bound's gradient
@@ -75,6 +88,74 @@ BOUND_LABELS = ("vimco", "disarm_iw")  # estimators of the 2-sample bound's grad
 # VIMCO with k = 4 is DisARM-IW's match at equal evaluations (four per example), as in the DisARM paper.
 NOT_ENUMERABLE = ("vimco_k4",)
 ESTIMATOR_PARAMS = {"nvil": "baseline", "rebar": "control", "relax": "control"}
+MAX_ENUM_LATENTS = 16  # study A enumerates 2^d configurations per example (and 2^2d for the 2-sample bound)
+TRAINED_PARAMS = "disarm_seed0_params.msgpack"  # study B's DisARM-trained parameters: the variance's second point
+
+
+@dataclasses.dataclass(frozen=True)
+class EnumerableConfig:
+    """Study A: exact-gradient training of the enumerable model, estimators measured at ``checkpoints``."""
+
+    latents: int
+    epochs: int
+    checkpoints: tuple[int, ...]
+    learning_rate: float
+    draws: int
+    batch: int
+    train: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class FashionConfig:
+    """Study B: equal-step training on Fashion-MNIST, per estimator and seed; variance at two points."""
+
+    estimators: tuple[str, ...]
+    seeds: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    latents: int
+    train_size: int | None
+    quick_train: int
+    eval_size: int
+    draws: int
+    batch: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.StudyConfig):
+    """The study's options, resolved and checked before anything is computed or written."""
+
+    estimators: tuple[str, ...]
+    resume: bool
+    enumerable: EnumerableConfig
+    fashion: FashionConfig
+
+    def __post_init__(self):
+        if self.enumerable.latents > MAX_ENUM_LATENTS:
+            raise ValueError(f"--enum-latents must be <= {MAX_ENUM_LATENTS} (study A enumerates 2^d "
+                             f"configurations); got {self.enumerable.latents}.")
+        if min(self.enumerable.draws, self.fashion.draws) < 2:
+            raise ValueError("--draws and --fm-draws must be >= 2 (a variance needs two draws).")
+        sizes = [n for n in (self.fashion.train_size, self.fashion.quick_train if self.quick else None) if n]
+        if sizes and self.fashion.batch_size > min(sizes):
+            raise ValueError(f"--batch-size {self.fashion.batch_size} is larger than the {min(sizes)} training "
+                             f"images of study B.")
+
+    def enumerable_options(self) -> dict[str, Any]:
+        """The options study A's stored piece depends on."""
+        return {"seed": self.seed, "quick": self.quick, "estimators": self.enumerable_labels(),
+                **dataclasses.asdict(self.enumerable)}
+
+    def enumerable_labels(self) -> list[str]:
+        return [label for label in self.estimators if label not in NOT_ENUMERABLE]
+
+    def fashion_options(self) -> dict[str, Any]:
+        """The options each of study B's stored runs depends on (not which estimators or how many seeds)."""
+        options = dataclasses.asdict(self.fashion)
+        for key in ("estimators", "seeds", "draws", "batch"):
+            del options[key]
+        return {"seed": self.seed, "quick": self.quick, **options}
 
 
 def estimator(model, label):
@@ -158,29 +239,25 @@ def _to_float(tree):
     return jax.tree.map(lambda v: float(v), tree)
 
 
-def enumerable_study(args, key, parts):
+def enumerable_study(cfg: Config, key, parts: _common.Parts) -> dict:
     """Study A: bias and variance against the exact gradient through exact-gradient training."""
-    labels = [label for label in args.estimators if label not in NOT_ENUMERABLE]
-    config = {k: getattr(args, k) for k in ("seed", "quick", "draws", "enum_latents", "enum_epochs",
-                                            "enum_checkpoints", "enum_learning_rate")}
-    config["estimators"] = labels
-    done = parts.load("enumerable", config)
+    labels, enum = cfg.enumerable_labels(), cfg.enumerable
+    done = parts.load("enumerable", cfg.enumerable_options())
     if done is not None:
         print(f"study A: loaded from {parts.folder}", flush=True)
         return done
     digits = vdata.load_digits().images
-    model = discrete.DiscreteVAE(digits.shape[1:], args.enum_latents)
+    model = discrete.DiscreteVAE(digits.shape[1:], enum.latents)
     k_init, k_batch, k_fit, k_measure, k_extra = jax.random.split(key, 5)
-    state = training.create_train_state(model, k_init, digits[0], optax.adam(args.enum_learning_rate))
-    batch = jax.random.bernoulli(k_batch, jnp.asarray(digits[:args.enum_batch])).astype(jnp.float32)
+    state = training.create_train_state(model, k_init, digits[0], optax.adam(enum.learning_rate))
+    batch = jax.random.bernoulli(k_batch, jnp.asarray(digits[:enum.batch])).astype(jnp.float32)
     objective = _exact_objective(model)
     exact_elbo = jax.jit(functools.partial(_exact_gradient, objective))
     exact_value = jax.jit(lambda p, b: jnp.mean(jax.vmap(lambda v: objective(p, None, v)[0])(b)))
     exact_bound = jax.jit(functools.partial(_exact_gradient, _exact_objective(model, 2)))
-    measure = make_measure(model, labels, num_draws=args.draws)
+    measure = make_measure(model, labels, num_draws=enum.draws)
     record = {"epoch": [], "exact_elbo": [], "measure_seconds": [], "estimators": {l: [] for l in labels},
               "truth": {l: "exact 2-sample bound" if l in BOUND_LABELS else "exact ELBO" for l in labels}}
-
     compiled = []
 
     def checkpoint(epoch, params):
@@ -201,26 +278,26 @@ def enumerable_study(args, key, parts):
     checkpoint(0, state.params)
 
     def hook(epoch, state, history):
-        if epoch in args.enum_checkpoints or epoch == args.enum_epochs:
+        if epoch in enum.checkpoints or epoch == enum.epochs:
             checkpoint(epoch, state.params)
 
     step = training.make_train_step(objective, dynamic_binarization=True)
-    training.fit(step, state, digits[:args.enum_train], k_fit, epochs=args.enum_epochs, batch_size=50,
-                 hooks=(hook,), progress=not args.no_progress, desc="exact-gradient training")
-    parts.save("enumerable", config, record)
+    training.fit(step, state, digits[:enum.train], k_fit, epochs=enum.epochs, batch_size=50,
+                 hooks=(hook,), progress=cfg.progress, desc="exact-gradient training")
+    parts.save("enumerable", cfg.enumerable_options(), record)
     return record
 
 
-def fashion_mnist_study(args, key, parts):
-    """Study B: equal-step training of the DisARM paper's linear model, per estimator and seed."""
-    ds = _common.load_data(args, quick_train=args.quick_train, quick_test=500)
-    train, test = ds.train.images[:args.train_size], ds.test.images
-    model = discrete.linear_sbn(train.shape[1:], args.latents)
-    k_data, k_measure = jax.random.split(key)
-    fixed_train = jax.random.bernoulli(k_data, jnp.asarray(train[:args.eval_size])).astype(jnp.float32)
-    fixed_test = jax.random.bernoulli(jax.random.fold_in(k_data, 1),
-                                      jnp.asarray(test[:args.eval_size])).astype(jnp.float32)
+class FashionData(NamedTuple):
+    """Study B's data: ``train [N, 28, 28, 1]`` grey levels and fixed binarised evaluation subsets."""
 
+    train: jax.Array
+    fixed_train: jax.Array
+    fixed_test: jax.Array
+
+
+def _bound_function(model):
+    """``bound(params, data, key, *, num_samples)``: mean ELBO with 10 draws (0) or the k-sample bound (k)."""
     @functools.partial(jax.jit, static_argnames="num_samples")
     def bound(params, data, k, *, num_samples):
         keys = jax.random.split(k, data.shape[0])
@@ -229,192 +306,173 @@ def fashion_mnist_study(args, key, parts):
         else:  # the k-sample bound is VIMCO's value (one route to it, as make_estimator("iwae") for Gaussians)
             objective = DE.make_discrete_estimator("vimco", model, num_samples=num_samples)
         return jnp.mean(jax.vmap(lambda kk, v: objective(params, kk, v)[0])(keys, data))
+    return bound
 
-    runs = {label: [] for label in args.fm_estimators}
-    final = {}
-    run_config = {k: getattr(args, k) for k in ("seed", "quick", "epochs", "batch_size", "learning_rate", "latents",
-                                                "train_size", "eval_size")}
-    trained_params = parts.folder / "disarm_seed0_params.msgpack"  # the variance's second point
-    for seed in range(args.seeds):
-        k_init, k_fit, k_eval = jax.random.split(jax.random.fold_in(key, 100 + seed), 3)
-        for label in args.fm_estimators:
-            done = parts.load(f"{label}_seed{seed}", run_config)
-            if done is not None and ((seed, label) != (0, "disarm") or trained_params.exists()):
+
+def train_one(model, label: str, seed_keys, data: FashionData, cfg: FashionConfig, bound, *, progress: bool,
+              desc: str):
+    """Trains one model of study B with estimator ``label``: ``(curve, trained state)``.
+
+    ``seed_keys = (k_init, k_fit, k_eval)``: the model parameters come from ``k_init`` for every estimator
+    of a seed (estimator parameter groups drawn beside them); the curve has the 10-draw train ELBO, the
+    100-sample test bound and the training seconds (evaluation excluded) after each epoch.
+    """
+    k_init, k_fit, k_eval = seed_keys
+    wrapped = DE.with_estimator_params(model, SETTINGS[label].estimator)
+    state = training.create_train_state(wrapped, k_init, data.train[0], optax.adam(cfg.learning_rate))
+    state = state.replace(params={**state.params, **training.create_train_state(
+        model, k_init, data.train[0], optax.adam(cfg.learning_rate)).params})
+    state = state.replace(opt_state=state.tx.init(state.params))
+    curve = {"epoch": [0], "train_elbo": [float(bound(state.params, data.fixed_train, k_eval, num_samples=0))],
+             "test_bound_100": [float(bound(state.params, data.fixed_test, k_eval, num_samples=100))],
+             "seconds": [0.0]}
+    clock = {"start": time.perf_counter(), "excluded": 0.0}
+
+    def hook(epoch, state, history):
+        now = time.perf_counter()
+        curve["seconds"].append(now - clock["start"] - clock["excluded"])
+        curve["epoch"].append(epoch)
+        curve["train_elbo"].append(float(bound(state.params, data.fixed_train, k_eval, num_samples=0)))
+        curve["test_bound_100"].append(float(bound(state.params, data.fixed_test, k_eval, num_samples=100)))
+        clock["excluded"] += time.perf_counter() - now
+
+    step = training.make_train_step(estimator(wrapped, label), dynamic_binarization=True)
+    result = training.fit(step, state, data.train, k_fit, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                          hooks=(hook,), progress=progress, desc=desc)
+    curve["steps"] = cfg.epochs * (len(data.train) // cfg.batch_size)
+    return curve, result[0]
+
+
+def fashion_data(cfg: Config, key) -> FashionData:
+    """Study B's training images and its fixed binarised train and test subsets (``eval_size`` each)."""
+    ds = _common.load_data(cfg, quick_train=cfg.fashion.quick_train, quick_test=500)
+    train, test = ds.train.images[:cfg.fashion.train_size], ds.test.images
+    n = cfg.fashion.eval_size
+    fixed_train = jax.random.bernoulli(key, jnp.asarray(train[:n])).astype(jnp.float32)
+    fixed_test = jax.random.bernoulli(jax.random.fold_in(key, 1), jnp.asarray(test[:n])).astype(jnp.float32)
+    return FashionData(train, fixed_train, fixed_test)
+
+
+def fashion_mnist_study(cfg: Config, key, parts: _common.Parts) -> dict:
+    """Study B: equal-step training of the DisARM paper's linear model, per estimator and seed."""
+    fm = cfg.fashion
+    k_data, k_measure = jax.random.split(key)
+    data = fashion_data(cfg, k_data)
+    model = discrete.linear_sbn(data.train.shape[1:], fm.latents)
+    bound = _bound_function(model)
+    runs, final = {label: [] for label in fm.estimators}, {}
+    for seed in range(fm.seeds):
+        seed_keys = jax.random.split(jax.random.fold_in(key, 100 + seed), 3)
+        for label in fm.estimators:
+            keeps_params = (seed, label) == (0, "disarm")
+            done = parts.load(f"{label}_seed{seed}", cfg.fashion_options())
+            params = (parts.read_file(TRAINED_PARAMS, flax.serialization.msgpack_restore)
+                      if keeps_params and done is not None else None)
+            if done is not None and (params is not None or not keeps_params):
                 runs[label].append(done)
-                if (seed, label) == (0, "disarm"):
-                    final = flax.serialization.msgpack_restore(trained_params.read_bytes())
+                final = params if keeps_params else final
                 print(f"{label} seed {seed}: loaded from {parts.folder}", flush=True)
                 continue
-            name = SETTINGS[label][0]
-            wrapped = DE.with_estimator_params(model, name)
-            state = training.create_train_state(wrapped, k_init, train[0], optax.adam(args.learning_rate))
-            # Same model parameters for every estimator of a seed (estimator groups drawn beside them).
-            state = state.replace(params={**state.params, **training.create_train_state(
-                model, k_init, train[0], optax.adam(args.learning_rate)).params})
-            state = state.replace(opt_state=state.tx.init(state.params))
-            curve = {"epoch": [0], "train_elbo": [float(bound(state.params, fixed_train, k_eval, num_samples=0))],
-                     "test_bound_100": [float(bound(state.params, fixed_test, k_eval, num_samples=100))],
-                     "seconds": [0.0]}
-            clock = {"start": time.perf_counter(), "excluded": 0.0}
-
-            def hook(epoch, state, history, curve=curve, clock=clock):
-                now = time.perf_counter()
-                curve["seconds"].append(now - clock["start"] - clock["excluded"])
-                curve["epoch"].append(epoch)
-                curve["train_elbo"].append(float(bound(state.params, fixed_train, k_eval, num_samples=0)))
-                curve["test_bound_100"].append(float(bound(state.params, fixed_test, k_eval, num_samples=100)))
-                clock["excluded"] += time.perf_counter() - now
-
-            step = training.make_train_step(estimator(wrapped, label), dynamic_binarization=True)
-            result = training.fit(step, state, train, k_fit, epochs=args.epochs, batch_size=args.batch_size,
-                                  hooks=(hook,), progress=not args.no_progress, desc=f"{label} seed {seed}")
-            curve["steps"] = args.epochs * (len(train) // args.batch_size)
+            curve, state = train_one(model, label, seed_keys, data, fm, bound, progress=cfg.progress,
+                                     desc=f"{label} seed {seed}")
             runs[label].append(curve)
-            if seed == 0 and label == "disarm":
-                final = {g: result[0].params[g] for g in ("encoder", "decoder")}
-                parts.folder.mkdir(parents=True, exist_ok=True)
-                trained_params.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(final)))
-            parts.save(f"{label}_seed{seed}", run_config, curve)
+            if keeps_params:
+                final = {g: state.params[g] for g in ("encoder", "decoder")}
+                parts.write_file(TRAINED_PARAMS, flax.serialization.msgpack_serialize(jax.device_get(final)))
+            parts.save(f"{label}_seed{seed}", cfg.fashion_options(), curve)
             print(f"{label} seed {seed}: train ELBO {curve['train_elbo'][-1]:.2f}, test bound "
                   f"{curve['test_bound_100'][-1]:.2f}, {curve['seconds'][-1]:.1f} s", flush=True)
-
-    # Variance of every estimator at the same parameters (initial, and DisARM-trained), one compiled call each.
-    measure = make_measure(model, args.fm_estimators, num_draws=args.fm_draws)
-    batch = jax.random.bernoulli(jax.random.fold_in(k_data, 2), jnp.asarray(train[:args.fm_batch])).astype(
-        jnp.float32)
-    init_params = model.init(jax.random.split(jax.random.fold_in(key, 100), 3)[0], train[0])
-    variance = {}
-    for where, params in [("initial", init_params), ("disarm_trained", final or None)]:
-        if params is None:
-            continue
-        model_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
-        ext = with_extras(model, model_params, k_measure, train[0], args.fm_estimators)
-        start = time.perf_counter()
-        stats = jax.block_until_ready(measure(ext, k_measure, batch, None))
-        variance[where] = {"seconds_with_compilation": time.perf_counter() - start,
-                           **{label: _to_float(stats[label]) for label in args.fm_estimators}}
+    init_params = model.init(jax.random.split(jax.random.fold_in(key, 100), 3)[0], data.train[0])
+    variance = variance_at(model, {"initial": init_params, "disarm_trained": final or None}, data.train, fm,
+                           jax.random.fold_in(k_data, 2), k_measure)
     return {"runs": runs, "variance": variance, "summary": summarise_runs(runs)}
 
 
-def summarise_runs(runs):
-    """Final mean and spread over seeds, and the train ELBO at the shortest run's wall-clock time."""
-    if not runs or not any(runs.values()):
-        return {}
-    budget = min(c["seconds"][-1] for curves in runs.values() for c in curves)
-    out = {"equal_wall_clock_seconds": budget}
-    for label, curves in runs.items():
-        final = np.array([c["train_elbo"][-1] for c in curves])
-        test = np.array([c["test_bound_100"][-1] for c in curves])
-        at_budget = np.array([np.interp(budget, c["seconds"], c["train_elbo"]) for c in curves])
-        out[label] = {"train_elbo": float(final.mean()), "train_elbo_std": float(final.std()),
-                      "test_bound_100": float(test.mean()), "test_bound_100_std": float(test.std()),
-                      "train_elbo_at_equal_wall_clock": float(at_budget.mean()),
-                      "seconds": float(np.mean([c["seconds"][-1] for c in curves]))}
-    return out
+def variance_at(model, points: dict, train, fm: FashionConfig, key_batch, key_measure) -> dict:
+    """Every estimator's encoder/decoder gradient variance at each parameter point, one compiled call each."""
+    measure = make_measure(model, fm.estimators, num_draws=fm.draws)
+    batch = jax.random.bernoulli(key_batch, jnp.asarray(train[:fm.batch])).astype(jnp.float32)
+    variance = {}
+    for where, params in points.items():
+        if params is None:
+            continue
+        model_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
+        ext = with_extras(model, model_params, key_measure, train[0], fm.estimators)
+        start = time.perf_counter()
+        stats = jax.block_until_ready(measure(ext, key_measure, batch, None))
+        variance[where] = {"seconds_with_compilation": time.perf_counter() - start,
+                           **{label: _to_float(stats[label]) for label in fm.estimators}}
+    return variance
 
 
-def plot(results, out):
-    colors = dict(zip(SETTINGS, plt.cm.tab20(np.linspace(0, 1, len(SETTINGS)))))
-    enum = results["enumerable"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in enum["estimators"].items():
-        axes[0].semilogy(enum["epoch"], [r["encoder"]["total_variance"] for r in rows], "o-", color=colors[label],
-                         label=label)
-        axes[1].semilogy(enum["epoch"], [max(r["encoder"]["max_z"], 0.1) for r in rows], "o-", color=colors[label])
-    axes[0].set(xlabel="epoch (exact-gradient training)", ylabel="encoder gradient variance (trace)",
-                title=f"{enum['latents']} binary latents, 8x8 digits")
-    axes[1].axhline(5.0, color="k", ls=":", lw=1)
-    axes[1].set(xlabel="epoch", ylabel="largest |mean - exact| / std. error",
-                title="bias: z-scores against the exact gradient (dotted: 5)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "enumerable.png", dpi=110)
-    plt.close(fig)
-
-    fm = results["fashion_mnist"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for label, curves in fm["runs"].items():
-        for i, c in enumerate(curves):
-            kw = {"color": colors[label], "label": label if i == 0 else None, "alpha": 0.9 if i == 0 else 0.4}
-            axes[0].plot(c["epoch"], c["train_elbo"], **kw)
-            axes[1].plot(c["seconds"], c["train_elbo"], **kw)
-            axes[2].plot(c["epoch"], c["test_bound_100"], **kw)
-    axes[0].set(xlabel="epoch (equal steps)", ylabel="train ELBO (nats)", title="Fashion-MNIST, linear 200-bit")
-    axes[1].set(xlabel="training seconds (this CPU)", ylabel="train ELBO (nats)", title="equal wall-clock")
-    axes[2].set(xlabel="epoch", ylabel="test 100-sample bound (nats)")
-    lows = [c["train_elbo"][len(c["train_elbo"]) // 2] for curves in fm["runs"].values() for c in curves
-            if len(c["train_elbo"]) > 2]  # the first epochs' fall would hide the differences
-    if lows:
-        for ax in axes:
-            ax.set_ylim(bottom=min(lows) - 5)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fashion_mnist_training.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.4
-    labels = list(fm["runs"])
-    for j, (where, stats) in enumerate(fm["variance"].items()):
-        values = [stats[label]["encoder"]["total_variance"] for label in labels]
-        ax.bar(np.arange(len(labels)) + j * width, values, width, label=where)
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(labels)) + width / 2, labels, rotation=45, ha="right")
-    ax.set(ylabel="encoder gradient variance (trace)", title="Fashion-MNIST linear model, same parameters")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "fashion_mnist_variance.png", dpi=110)
-    plt.close(fig)
-
-
-def main(argv=None):
-    p = _common.parser(__doc__)
+def _arguments():
+    p = _common.parser(__doc__, PROG)
     p.add_argument("--estimators", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
                    help="estimators of both studies (default: all; vimco_k4 only in study B: its 4-sample bound "
                         "cannot be enumerated)")
     p.add_argument("--fm-estimators", nargs="+", default=None, choices=list(SETTINGS),
                    help="estimators trained in study B (default: --estimators)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per estimator in study B (default 2; 1 quick)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of study B (default 3; 1 quick)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--latents", type=int, default=200)
-    p.add_argument("--train-size", type=int, default=None, help="training images of study B (default all)")
-    p.add_argument("--enum-checkpoints", type=int, nargs="+", default=None,
+    p.add_argument("--seeds", type=_common.positive_int, default=None,
+                   help="seeds per estimator in study B (default 2; 1 quick)")
+    p.add_argument("--epochs", type=_common.positive_int, default=None, help="epochs of study B (default 3; 1 quick)")
+    p.add_argument("--batch-size", type=_common.positive_int, default=50)
+    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3)
+    p.add_argument("--latents", type=_common.positive_int, default=200)
+    p.add_argument("--train-size", type=_common.positive_int, default=None,
+                   help="training images of study B (default all)")
+    p.add_argument("--enum-checkpoints", type=_common.positive_int, nargs="+", default=None,
                    help="epochs of study A at which the estimators are measured (default 1 2 5 10 20)")
-    p.add_argument("--fm-draws", type=int, default=None, help="gradient draws of study B's variance (default 100)")
-    p.add_argument("--draws", type=int, default=None, help="gradient draws in study A (default 2000; 100 quick)")
-    p.add_argument("--enum-latents", type=int, default=None, help="latents of study A (default 10; 6 quick)")
-    p.add_argument("--enum-epochs", type=int, default=None, help="exact-gradient epochs of study A (default 20)")
-    p.add_argument("--enum-learning-rate", type=float, default=3e-3)
+    p.add_argument("--fm-draws", type=_common.positive_int, default=None,
+                   help="gradient draws of study B's variance (default 100; 8 quick)")
+    p.add_argument("--draws", type=_common.positive_int, default=None,
+                   help="gradient draws in study A (default 2000; 100 quick)")
+    p.add_argument("--enum-latents", type=_common.positive_int, default=None,
+                   help="latents of study A (default 10; 6 quick)")
+    p.add_argument("--enum-epochs", type=_common.positive_int, default=None,
+                   help="exact-gradient epochs of study A (default 20; 1 quick)")
+    p.add_argument("--enum-learning-rate", type=_common.positive_float, default=3e-3)
     p.add_argument("--resume", action="store_true",
                    help="keep the finished pieces in OUT/parts (study A; each estimator and seed of study B) and "
                         "compute only the rest; without it, an OUT holding pieces is an error")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
+    args = _arguments().parse_args(argv)
     q = args.quick
-    args.fm_estimators = args.fm_estimators or args.estimators
-    args.seeds = args.seeds or (1 if q else 2)
-    args.epochs = args.epochs or (1 if q else 3)
-    args.draws = args.draws or (100 if q else 2000)
-    args.enum_latents = args.enum_latents or (6 if q else 10)
-    args.enum_epochs = args.enum_epochs or (1 if q else 20)
-    args.enum_checkpoints = args.enum_checkpoints or ([1, 2, 5, 10, 20] if not q else [1])
-    args.enum_batch, args.enum_train = (10, 500) if q else (50, None)
-    args.quick_train, args.eval_size = 500, (50 if q else 1000)
-    args.fm_draws, args.fm_batch = args.fm_draws or (8 if q else 100), (10 if q else 50)
-    key = jax.random.key(args.seed)
+    r = _common.resolve_defaults(args, dict(
+        enum_latents=(6, 10), enum_epochs=(1, 20), enum_checkpoints=([1], [1, 2, 5, 10, 20]), draws=(100, 2000),
+        fm_estimators=(args.estimators, args.estimators), seeds=(1, 2), epochs=(1, 3), fm_draws=(8, 100)))
+    enumerable = EnumerableConfig(latents=r["enum_latents"], epochs=r["enum_epochs"],
+                                  checkpoints=r["enum_checkpoints"], learning_rate=args.enum_learning_rate,
+                                  draws=r["draws"], batch=10 if q else 50, train=500 if q else None)
+    fashion = FashionConfig(estimators=r["fm_estimators"], seeds=r["seeds"], epochs=r["epochs"],
+                            batch_size=args.batch_size, learning_rate=args.learning_rate, latents=args.latents,
+                            train_size=args.train_size, quick_train=500, eval_size=50 if q else 1000,
+                            draws=r["fm_draws"], batch=10 if q else 50)
+    return Config.from_args(args, estimators=tuple(args.estimators), enumerable=enumerable, fashion=fashion)
+
+
+def run(cfg: Config) -> dict:
+    """Both studies (computing only the pieces ``OUT/parts`` lacks), the figures and the JSON files."""
+    _common.check_resume(cfg.out, resume=cfg.resume)
+    parts = _common.Parts(cfg.out / "parts", resume=cfg.resume)
+    key = jax.random.key(cfg.seed)
     start = time.perf_counter()
-    parts = _common.Parts(args.out / "parts", resume=args.resume)
-    enum = enumerable_study(args, jax.random.fold_in(key, 0), parts)
-    enum["latents"] = args.enum_latents
-    results = {"enumerable": enum, "fashion_mnist": fashion_mnist_study(args, jax.random.fold_in(key, 1), parts),
+    enum = enumerable_study(cfg, jax.random.fold_in(key, 0), parts)
+    enum["latents"] = cfg.enumerable.latents
+    results = {"enumerable": enum, "fashion_mnist": fashion_mnist_study(cfg, jax.random.fold_in(key, 1), parts),
                "evaluations_per_example": EVALUATIONS, "seconds": time.perf_counter() - start}
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(results, args.out)
-    config = {k: v for k, v in vars(args).items()}
-    config["settings"] = SETTINGS
-    _common.write_outputs(args.out, config=config, results=results)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    plot(results, cfg.out, list(SETTINGS))
+    _common.write_outputs(cfg.out, config={**cfg.to_json(), "settings": SETTINGS}, results=results)
     return results
+
+
+@_common.study_main(PROG)
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

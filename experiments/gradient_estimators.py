@@ -36,8 +36,10 @@ compiled call per estimator and k). Measured times: docs/gradient_estimators.md.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,15 +53,64 @@ from vae_jax import data as vdata
 from vae_jax import estimators, evaluation, models, plotting, training
 from vae_jax.linear_gaussian import AffineLinearGaussian
 
-SETTINGS = {  # label -> (estimator, options besides num_samples)
-    "pathwise": ("pathwise", {}),
-    "score": ("score_function", {"baseline": "none"}),
-    "score_running_mean": ("score_function", {"baseline": "running_mean"}),
-    "score_leave_one_out": ("score_function", {"baseline": "leave_one_out"}),
-    "stl": ("stl", {}),
-    "iwae": ("iwae", {}),
-    "dreg": ("dreg", {}),
+PROG = "experiments.gradient_estimators"
+
+
+class Setting(NamedTuple):
+    """One estimator of the study: the library's name and its options besides ``num_samples``."""
+
+    estimator: str
+    options: dict[str, Any]
+
+
+SETTINGS = {
+    "pathwise": Setting("pathwise", {}),
+    "score": Setting("score_function", {"baseline": "none"}),
+    "score_running_mean": Setting("score_function", {"baseline": "running_mean"}),
+    "score_leave_one_out": Setting("score_function", {"baseline": "leave_one_out"}),
+    "stl": Setting("stl", {}),
+    "iwae": Setting("iwae", {}),
+    "dreg": Setting("dreg", {}),
 }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The study's options, resolved (``--quick`` or the default sizes filled in) and checked."""
+
+    train_size: int
+    test_size: int
+    checkpoints: tuple[int, ...]
+    samples: int
+    ks: tuple[int, ...]
+    snr_batch: int
+    reference_ks: tuple[int, ...]
+    reference_draws: int
+    draws: int
+    snr_draws: int
+    stat_batch: int
+    chunk: int
+    marginal_samples: int
+    baseline_decay: float
+    estimators: tuple[str, ...]
+    latent_dim: int
+
+    def __post_init__(self):
+        if self.samples < 2:
+            raise ValueError("--samples must be >= 2 (the leave-one-out baseline needs two draws).")
+        for name in ("ks", "reference_ks"):
+            ks = getattr(self, name)
+            if len(ks) < 2 or any(b <= a for a, b in zip(ks, ks[1:])):
+                raise ValueError(f"--{name.replace('_', '-')} needs at least two increasing values >= 1; "
+                                 f"got {list(ks)}.")
+        if self.snr_batch > self.stat_batch:
+            raise ValueError("--snr-batch must be <= --stat-batch (it is a prefix of that batch).")
+        if min(self.draws, self.snr_draws, self.reference_draws) < 2:
+            raise ValueError("--draws, --snr-draws and --reference-draws must be >= 2 (a variance needs two).")
+        if self.batch_size > self.train_size:
+            raise ValueError(f"--batch-size {self.batch_size} is larger than --train-size {self.train_size}.")
+        if not 0.0 <= self.baseline_decay < 1.0:
+            raise ValueError(f"--baseline-decay must be in [0, 1); got {self.baseline_decay}.")
 
 
 def estimator(model, label: str, k: int):
@@ -70,33 +121,33 @@ def estimator(model, label: str, k: int):
 
 def _baseline_state(model, label, params, batch, key):
     """``{"baseline_value": ELBO of params on batch}`` for the running-mean baseline, else ``{}``."""
-    if SETTINGS[label][1].get("baseline") != "running_mean":
+    if SETTINGS[label].options.get("baseline") != "running_mean":
         return {}
     return {"baseline_value": evaluation.evaluate(model.objective, params, batch, key)["elbo"]}
 
 
-def variance_through_training(model, state, train, batch, args, key):
+def variance_through_training(model, state, train, batch, cfg: Config, key):
     """Study 1: trace of each estimator's gradient covariance at checkpoints of pathwise training."""
     step = training.make_train_step(model.objective, dynamic_binarization=True)
-    objectives = {label: estimator(model, label, args.samples) for label in args.estimators}
-    out = {"epoch": [], **{label: {"encoder": [], "decoder": []} for label in args.estimators}}
+    objectives = {label: estimator(model, label, cfg.samples) for label in cfg.estimators}
+    out = {"epoch": [], **{label: {"encoder": [], "decoder": []} for label in cfg.estimators}}
     key_train, key_measure = jax.random.split(key)
 
     def measure(epoch, state, history=None):
-        if epoch not in args.checkpoints and epoch != args.epochs:
+        if epoch not in cfg.checkpoints and epoch != cfg.epochs:
             return
         out["epoch"].append(epoch)
         key_baseline, key_draws = jax.random.split(jax.random.fold_in(key_measure, epoch))
         for label, objective in objectives.items():
             hparams = _baseline_state(model, label, state.params, batch, key_baseline)
             stats = estimators.gradient_statistics(objective, state.params, key_draws, batch,
-                                          num_draws=args.draws, hparams=hparams, chunk_size=args.chunk)
+                                          num_draws=cfg.draws, hparams=hparams, chunk_size=cfg.chunk)
             for group in ("encoder", "decoder"):
                 out[label][group].append(float(stats[group].total_variance))
 
     measure(0, state)
-    state, _, _ = training.fit(step, state, train, key_train, epochs=args.epochs, batch_size=args.batch_size,
-                               hooks=[measure], progress=not args.no_progress, desc="study 1: variance")
+    state, _, _ = training.fit(step, state, train, key_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                               hooks=[measure], progress=cfg.progress, desc="study 1: variance")
     return state, out
 
 
@@ -134,35 +185,35 @@ def snr_against_k(model, params, batch, ks, *, draws, chunk, key, progress=True)
     return out
 
 
-def train_each(model, init_key, train, test, batch, args, key):
+def train_each(model, init_key, train, test, batch, cfg: Config, key):
     """Study 3: one VAE per estimator at equal budget; test ELBO and log p(x) after each epoch.
 
     Every model starts from ``model.init(init_key)`` and sees the same batches and key sequence;
     the running-mean baseline starts at the initial model's ELBO on the fixed binarised ``batch``.
     """
     out = {}
-    for label in tqdm(args.estimators, desc="study 3: training", disable=args.no_progress, leave=False):
-        objective = estimator(model, label, args.samples)
-        state = training.create_train_state(model, init_key, train[0], optax.adam(args.learning_rate))
+    for label in tqdm(cfg.estimators, desc="study 3: training", disable=not cfg.progress, leave=False):
+        objective = estimator(model, label, cfg.samples)
+        state = training.create_train_state(model, init_key, train[0], optax.adam(cfg.learning_rate))
         baseline = _baseline_state(model, label, state.params, batch, key)
         state = state.replace(estimator_state={k: jnp.asarray(v, jnp.float32) for k, v in baseline.items()})
         step = training.make_train_step(objective, dynamic_binarization=True)
         if baseline:
-            step = estimators.with_running_baseline(step, decay=args.baseline_decay)
+            step = estimators.with_running_baseline(step, decay=cfg.baseline_decay)
         curves = {"test_elbo": [], "test_log_px": [], "train_objective": []}
 
         def on_epoch(epoch, state, history, curves=curves):
             curves["train_objective"].append(-history[-1]["train_loss"])
             curves["test_elbo"].append(evaluation.evaluate(model.objective, state.params, test,
-                                                         jax.random.key(args.seed + 1))["elbo"])
+                                                         jax.random.key(cfg.seed + 1))["elbo"])
             curves["test_log_px"].append(evaluation.log_marginal(
-                model, state.params, test, jax.random.key(args.seed + 2), num_samples=args.marginal_samples,
-                chunk_size=min(100, args.marginal_samples), progress=False).mean)
+                model, state.params, test, jax.random.key(cfg.seed + 2), num_samples=cfg.marginal_samples,
+                chunk_size=min(100, cfg.marginal_samples), progress=False).mean)
 
         start = time.perf_counter()
         try:
-            training.fit(step, state, train, jax.random.fold_in(key, 1), epochs=args.epochs,
-                         batch_size=args.batch_size, progress=not args.no_progress, desc=label, hooks=[on_epoch])
+            training.fit(step, state, train, jax.random.fold_in(key, 1), epochs=cfg.epochs,
+                         batch_size=cfg.batch_size, progress=cfg.progress, desc=label, hooks=[on_epoch])
             curves["diverged"] = False
         except FloatingPointError:
             curves["diverged"] = True
@@ -224,93 +275,99 @@ def save_training_plot(study, path):
     plotting.save_figure(fig, path, dpi=90)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--train-size", type=int, default=None, help="training images (default 10000; quick 500)")
-    p.add_argument("--test-size", type=int, default=None, help="test images (default 1000; quick 100)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of studies 1 and 3 (default 20; quick 2)")
-    p.add_argument("--checkpoints", type=int, nargs="+", default=[0, 1, 2, 5, 10, 15],
+def _arguments():
+    p = _common.parser(__doc__, PROG)
+    pos, nonneg = _common.positive_int, _common.nonnegative_int
+    p.add_argument("--train-size", type=pos, default=None, help="training images (default 10000; quick 500)")
+    p.add_argument("--test-size", type=pos, default=None, help="test images (default 1000; quick 100)")
+    p.add_argument("--epochs", type=pos, default=None, help="epochs of studies 1 and 3 (default 20; quick 2)")
+    p.add_argument("--checkpoints", type=nonneg, nargs="+", default=[0, 1, 2, 5, 10, 15],
                    help="epochs of study 1 at which gradients are measured (the last epoch always is)")
-    p.add_argument("--samples", type=int, default=None, help="k draws per example for every estimator "
+    p.add_argument("--samples", type=pos, default=None, help="k draws per example for every estimator "
                    "in studies 1 and 3 (default 8; quick 4)")
-    p.add_argument("--ks", type=int, nargs="+", default=None, help="k values of study 2, increasing "
+    p.add_argument("--ks", type=pos, nargs="+", default=None, help="k values of study 2, increasing "
                    "(default 1 4 16 64 256 1024; quick 1 4)")
-    p.add_argument("--snr-batch", type=int, default=None, help="examples of the fixed batch used in study 2 "
+    p.add_argument("--snr-batch", type=pos, default=None, help="examples of the fixed batch used in study 2 "
                    "(default 4; quick 2)")
-    p.add_argument("--reference-ks", type=int, nargs="+", default=None, help="k values of study 2 on the "
+    p.add_argument("--reference-ks", type=pos, nargs="+", default=None, help="k values of study 2 on the "
                    "linear-Gaussian reference (default 1 4 16 64 256 1024 4096; quick 1 16)")
-    p.add_argument("--reference-draws", type=int, default=None, help="gradient draws per k on the "
+    p.add_argument("--reference-draws", type=pos, default=None, help="gradient draws per k on the "
                    "linear-Gaussian reference (default 1000; quick 50)")
-    p.add_argument("--draws", type=int, default=None, help="gradient draws per measurement of study 1 "
+    p.add_argument("--draws", type=pos, default=None, help="gradient draws per measurement of study 1 "
                    "(default 100; quick 20)")
-    p.add_argument("--snr-draws", type=int, default=None, help="gradient draws per k in study 2 (default 200; quick 20)")
-    p.add_argument("--stat-batch", type=int, default=None, help="size of the fixed batch of studies 1-2 "
+    p.add_argument("--snr-draws", type=pos, default=None,
+                   help="gradient draws per k in study 2 (default 200; quick 20)")
+    p.add_argument("--stat-batch", type=pos, default=None, help="size of the fixed batch of studies 1-2 "
                    "(default 32; quick 8)")
-    p.add_argument("--chunk", type=int, default=20, help="draws vmapped at once (memory only)")
-    p.add_argument("--marginal-samples", type=int, default=None, help="importance samples of log p(x) "
+    p.add_argument("--chunk", type=pos, default=20, help="draws vmapped at once (memory only)")
+    p.add_argument("--marginal-samples", type=pos, default=None, help="importance samples of log p(x) "
                    "(default 100; quick 20)")
-    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--baseline-decay", type=float, default=0.9, help="decay of the running-mean baseline")
+    p.add_argument("--batch-size", type=pos, default=100, help="training batch size")
+    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--baseline-decay", type=_common.nonnegative_float, default=0.9,
+                   help="decay of the running-mean baseline, in [0, 1)")
     p.add_argument("--estimators", nargs="+", choices=list(SETTINGS), default=None,
                    help="estimators of studies 1 and 3 (default: all; quick: pathwise score_leave_one_out dreg)")
-    p.add_argument("--latent-dim", type=int, default=None, help="latent size (default 16; quick 4)")
-    args = p.parse_args(argv)
-    q = args.quick
-    args.train_size = args.train_size or (500 if q else 10_000)
-    args.test_size = args.test_size or (100 if q else 1000)
-    args.epochs = args.epochs or (2 if q else 20)
-    args.samples = args.samples or (4 if q else 8)
-    args.ks = args.ks or ([1, 4] if q else [1, 4, 16, 64, 256, 1024])
-    args.snr_batch = args.snr_batch or (2 if q else 4)
-    args.reference_ks = args.reference_ks or ([1, 16] if q else [1, 4, 16, 64, 256, 1024, 4096])
-    args.reference_draws = args.reference_draws or (50 if q else 1000)
-    args.estimators = args.estimators or (["pathwise", "score_leave_one_out", "dreg"] if q else list(SETTINGS))
-    args.draws = args.draws or (20 if q else 100)
-    args.snr_draws = args.snr_draws or (20 if q else 200)
-    args.stat_batch = args.stat_batch or (8 if q else 32)
-    args.marginal_samples = args.marginal_samples or (20 if q else 100)
-    args.latent_dim = args.latent_dim or (4 if q else 16)
-    if args.samples < 2:
-        p.error("--samples must be >= 2 (the leave-one-out baseline needs two draws)")
-    for name in ("ks", "reference_ks"):
-        ks = getattr(args, name)
-        if ks[0] < 1 or len(ks) < 2 or any(b <= a for a, b in zip(ks, ks[1:])):
-            p.error(f"--{name.replace('_', '-')} needs at least two increasing values >= 1; got {ks}")
-    if args.snr_batch > args.stat_batch:
-        p.error("--snr-batch must be <= --stat-batch (it is a prefix of that batch)")
+    p.add_argument("--latent-dim", type=pos, default=None, help="latent size (default 16; quick 4)")
+    return p
 
-    data = _common.load_data(args, quick_train=args.train_size, quick_test=args.test_size)
-    train = jnp.asarray(data.train.images[: args.train_size])
-    test = vdata.binarize_static(data.test.images[: args.test_size], seed=args.seed + 1)
-    batch = jnp.asarray(vdata.binarize_static(data.train.images[: args.stat_batch], seed=args.seed))
-    config = models.ModelConfig(latent_dim=args.latent_dim, hidden_sizes=(64,) if q else (256, 128))
-    model = models.build_model(config, train.shape[1:])
-    key = jax.random.key(args.seed)
-    init_key = jax.random.fold_in(key, 0)
-    state = training.create_train_state(model, init_key, train[0], optax.adam(args.learning_rate))
 
-    start = time.perf_counter()
-    state, study1 = variance_through_training(model, state, train, batch, args, jax.random.fold_in(key, 1))
-    study2 = snr_against_k(model, state.params, batch[: args.snr_batch], args.ks, draws=args.snr_draws,
-                           chunk=args.chunk, key=jax.random.fold_in(key, 2), progress=not args.no_progress)
+def parse_args(argv: list[str] | None) -> Config:
+    """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
+    args = _arguments().parse_args(argv)
+    resolved = _common.resolve_defaults(args, dict(
+        train_size=(500, 10_000), test_size=(100, 1000), epochs=(2, 20), samples=(4, 8),
+        ks=([1, 4], [1, 4, 16, 64, 256, 1024]), snr_batch=(2, 4),
+        reference_ks=([1, 16], [1, 4, 16, 64, 256, 1024, 4096]), reference_draws=(50, 1000),
+        estimators=(["pathwise", "score_leave_one_out", "dreg"], list(SETTINGS)), draws=(20, 100),
+        snr_draws=(20, 200), stat_batch=(8, 32), marginal_samples=(20, 100), latent_dim=(4, 16)))
+    return Config.from_args(args, **resolved, checkpoints=tuple(args.checkpoints))
+
+
+def linear_gaussian_references(cfg: Config, key) -> dict:
+    """Study 2 on the linear-Gaussian model with q wider and narrower than the exact posterior."""
     references = {}
     for name, width in REFERENCE_WIDTHS.items():
         reference_params = AffineLinearGaussian.params(jax.random.fold_in(key, 4), width=width)
         reference_x = reference_params["decoder"].sample(jax.random.fold_in(key, 6), 1)
-        references[name] = snr_against_k(AffineLinearGaussian(), reference_params, reference_x, args.reference_ks,
-                                         draws=args.reference_draws, chunk=100, key=jax.random.fold_in(key, 5),
-                                         progress=not args.no_progress)
-    study3 = train_each(model, init_key, train, test, batch, args, jax.random.fold_in(key, 3))
+        references[name] = snr_against_k(AffineLinearGaussian(), reference_params, reference_x, cfg.reference_ks,
+                                         draws=cfg.reference_draws, chunk=100, key=jax.random.fold_in(key, 5),
+                                         progress=cfg.progress)
+    return references
+
+
+def run(cfg: Config) -> dict:
+    """The three studies, their figures and the JSON files."""
+    data = _common.load_data(cfg, quick_train=cfg.train_size, quick_test=cfg.test_size)
+    train = jnp.asarray(data.train.images[: cfg.train_size])
+    test = vdata.binarize_static(data.test.images[: cfg.test_size], seed=cfg.seed + 1)
+    batch = jnp.asarray(vdata.binarize_static(data.train.images[: cfg.stat_batch], seed=cfg.seed))
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=(64,) if cfg.quick else (256, 128))
+    model = models.build_model(config, train.shape[1:])
+    key = jax.random.key(cfg.seed)
+    init_key = jax.random.fold_in(key, 0)
+    state = training.create_train_state(model, init_key, train[0], optax.adam(cfg.learning_rate))
+
+    start = time.perf_counter()
+    state, study1 = variance_through_training(model, state, train, batch, cfg, jax.random.fold_in(key, 1))
+    study2 = snr_against_k(model, state.params, batch[: cfg.snr_batch], cfg.ks, draws=cfg.snr_draws,
+                           chunk=cfg.chunk, key=jax.random.fold_in(key, 2), progress=cfg.progress)
+    references = linear_gaussian_references(cfg, key)
+    study3 = train_each(model, init_key, train, test, batch, cfg, jax.random.fold_in(key, 3))
     results = {"variance_through_training": study1, "snr_against_k": study2,
                "snr_against_k_linear_gaussian": references, "training": study3,
                "seconds": time.perf_counter() - start}
 
-    save_variance_plot(study1, args.out / "variance_through_training.png")
-    save_snr_plot(study2, references, args.out / "snr_vs_k.png")
-    save_training_plot(study3, args.out / "training_curves.png")
-    _common.write_outputs(args.out, config={**vars(args), "model": config}, results=results)
+    save_variance_plot(study1, cfg.out / "variance_through_training.png")
+    save_snr_plot(study2, references, cfg.out / "snr_vs_k.png")
+    save_training_plot(study3, cfg.out / "training_curves.png")
+    _common.write_outputs(cfg.out, config={**cfg.to_json(), "model": config}, results=results)
     return results
+
+
+@_common.study_main(PROG)
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ Full size: 60000 training / 10000 test images, 20 epochs per model;
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 
 import jax
 import matplotlib.pyplot as plt
@@ -37,7 +37,23 @@ from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import models, plotting
 
+PROG = "experiments.latent_2d"
 EPOCHS, QUICK_EPOCHS = 20, 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The study's options, resolved."""
+
+    hidden_sizes: tuple[int, ...]
+    grid_size: int
+    grid_extent: float
+
+
+OPTIONS = (
+    _common.Option("--grid-size", _common.positive_int, 15, "decoded manifold is grid-size^2 images (default 15)"),
+    _common.Option("--grid-extent", _common.positive_float, 3.0,
+                   "VAE manifold covers [-E, E]^2 of the latent plane (default 3: the prior's 3 sd)"))
 
 
 def box_grid(lower: np.ndarray, upper: np.ndarray, n: int) -> np.ndarray:
@@ -56,12 +72,11 @@ def code_stats(codes: np.ndarray) -> dict:
             "percentile_99": upper, "fitted_gaussian_kl": _common.fitted_gaussian_kl(codes)}
 
 
-def run(args) -> dict:
-    ds = _common.load_data(args)
-    epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
-    n = args.grid_size
-    config = models.ModelConfig(latent_dim=2, hidden_sizes=tuple(args.hidden_sizes))
-    trained = _common.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
+def run(cfg: Config) -> dict:
+    ds = _common.load_data(cfg)
+    n = cfg.grid_size
+    config = models.ModelConfig(latent_dim=2, hidden_sizes=cfg.hidden_sizes)
+    trained = _common.train_ae_and_vae(config, ds.train.images, cfg)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 11), layout="constrained")
     results = {}
@@ -72,10 +87,10 @@ def run(args) -> dict:
         knn = KNeighborsClassifier(5).fit(train_codes, ds.train.labels)
         stats["knn5_test_accuracy"] = float(knn.score(codes, ds.test.labels))
         if kind == "vae":
-            q = _common.aggregate_posterior_samples(model, state.params, jax.random.key(args.seed + 1), ds.test.images)
+            q = _common.aggregate_posterior_samples(model, state.params, jax.random.key(cfg.seed + 1), ds.test.images)
             stats["fitted_gaussian_kl_q_samples"] = _common.fitted_gaussian_kl(q)
-            grid = plotting.latent_grid(n, args.grid_extent)
-            what = f"VAE: decoded {n}x{n} grid over [-{args.grid_extent:g}, {args.grid_extent:g}]^2 of N(0, I)"
+            grid = plotting.latent_grid(n, cfg.grid_extent)
+            what = f"VAE: decoded {n}x{n} grid over [-{cfg.grid_extent:g}, {cfg.grid_extent:g}]^2 of N(0, I)"
             name = "posterior means"
         else:
             grid = box_grid(stats["percentile_1"], stats["percentile_99"], n)
@@ -91,25 +106,22 @@ def run(args) -> dict:
         manifold = _common.batched(model.decode_mean, state.params, grid)
         plotting.plot_image_grid(axes[1, col], manifold, ncols=n, title=what)
         results[kind] = {**stats, "final_train_loss": history[-1]["train_loss"], "train_seconds": seconds}
-    plotting.save_figure(fig, args.out / "latent_2d.png")
+    plotting.save_figure(fig, cfg.out / "latent_2d.png")
 
     results["test_images"] = len(ds.test.images)
-    _common.write_outputs(args.out, results=results, config={
-        "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
+    _common.write_outputs(cfg.out, results=results, config={
+        "study": cfg, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(ds.train.images), "test": len(ds.test.images),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"},
         "class_names": vdata.FASHION_MNIST_CLASSES})
     return results
 
 
+@_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--grid-size", type=int, default=15, help="decoded manifold is grid-size^2 images (default 15)")
-    p.add_argument("--grid-extent", type=float, default=3.0,
-                   help="VAE manifold covers [-E, E]^2 of the latent plane (default 3: the prior's 3 sd)")
-    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
-    return run(p.parse_args(argv))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -57,12 +57,24 @@ import numpy as np
 
 from experiments import _common
 from vae_jax import data as vdata
-from vae_jax import evaluation, models, plotting, training
+from vae_jax import evaluation, models, plotting
 
+PROG = "experiments.likelihoods"
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 LABELS = {"bernoulli": "Bernoulli", "gaussian": "Gaussian sigma=1", "gaussian_learned": "Gaussian learned sigma"}
 LEVELS = 256
 MIN_LOG_STD = -math.log(LEVELS * math.sqrt(2 * math.pi))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The study's options, resolved."""
+
+    latent_dim: int
+    train_size: int
+    eval_size: int
+    num_importance: int
+    min_log_std: float
 
 
 def dequantize(key: jax.Array, x: jax.Array) -> jax.Array:
@@ -127,72 +139,85 @@ def draws(model: models.VAE, params, key: jax.Array, n: int) -> tuple[jax.Array,
     return jnp.clip(mean, 0, 1), jnp.clip(x, 0, 1)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--latent-dim", type=int, default=16, help="size of z (default 16)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 20, quick 2)")
-    p.add_argument("--train-size", type=int, default=20000, help="training images used (default 20000)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--eval-size", type=int, default=None, help="test images for log-likelihoods (1000, quick 50)")
-    p.add_argument("--num-importance", type=int, default=None,
-                   help="importance samples per test image (default 500, quick 32)")
-    p.add_argument("--min-log-std", type=float, default=MIN_LOG_STD,
-                   help=f"floor of the learned log sigma (default -log(256 sqrt(2 pi)) = {MIN_LOG_STD:.3f})")
-    args = p.parse_args(argv)
-    epochs = args.epochs or (2 if args.quick else 20)
-    eval_size = args.eval_size or (50 if args.quick else 1000)
-    num_importance = args.num_importance or (32 if args.quick else 500)
-    data = _common.load_data(args, quick_train=1000, quick_test=eval_size)
-    train_images = data.train.images[: args.train_size]
-    test = data.test.images[:eval_size]
-    test_binary = vdata.binarize_static(test, seed=args.seed)
-    num_dims = int(np.prod(test.shape[1:]))
+OPTIONS = (
+    _common.Option("--latent-dim", _common.positive_int, 16, "size of z (default 16)"),
+    _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"),
+    _common.Option("--eval-size", _common.positive_int, None, "test images for log-likelihoods (1000, quick 50)"),
+    _common.Option("--num-importance", _common.positive_int, None,
+                   "importance samples per test image (default 500, quick 32)"),
+    _common.Option("--min-log-std", _common.finite_float, MIN_LOG_STD,
+                   f"floor of the learned log sigma (default -log(256 sqrt(2 pi)) = {MIN_LOG_STD:.3f})"))
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    """The command line as a :class:`Config` (``--quick`` and the defaults resolved)."""
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2,
+                               defaults={"eval_size": (50, 1000), "num_importance": (32, 500)})
+
+
+def train_and_score(likelihood: str, index: int, cfg: Config, train_images, test, test_binary) -> tuple:
+    """Trains the ``likelihood`` model and scores it: ``(model, params, entry of results.json)``."""
+    model = build(likelihood, test.shape[1:], latent_dim=cfg.latent_dim, min_log_std=cfg.min_log_std)
+    # The Bernoulli model sees a fresh binarisation every step.
+    state, history, seconds = _common.train(
+        model, train_images, epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        seed=cfg.seed, dynamic_binarization=likelihood == "bernoulli", progress=cfg.progress,
+        desc=likelihood, beta=1.0)
+    evaluation_data = test_binary if likelihood == "bernoulli" else test
+    key_elbo, key_ll = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), index), 3)[:2]
+    elbo = evaluation.evaluate(model.objective, state.params, evaluation_data, key_elbo, hparams={"beta": 1.0})
+    log_lik = evaluation.log_marginal(model, state.params, evaluation_data, key_ll, num_samples=cfg.num_importance,
+                                      chunk_size=min(cfg.num_importance, 250), batch_size=50,
+                                      progress=cfg.progress, desc=f"log p(x) {likelihood}")
+    entry = {"data": "binarised 8-bit images (1 bit/dim)" if likelihood == "bernoulli"
+             else "8-bit images (dequantized density x bin width 1/256)",
+             "elbo": elbo["elbo"], "log_likelihood": log_lik.mean, "log_likelihood_stderr": log_lik.stderr,
+             "bits_per_dim": -log_lik.mean / (test[0].size * math.log(2)),
+             "reconstruction": elbo["reconstruction"], "kl": elbo["kl"],
+             "train_seconds": seconds, "final_train_loss": history[-1]["train_loss"]}
+    return model, state.params, entry
+
+
+def run(cfg: Config) -> dict:
+    """Trains and scores the three models; writes the figures and JSON files."""
+    data = _common.load_data(cfg, quick_train=1000, quick_test=cfg.eval_size)
+    train_images = data.train.images[: cfg.train_size]
+    test = data.test.images[:cfg.eval_size]
+    test_binary = vdata.binarize_static(test, seed=cfg.seed)
     shown = slice(0, 10)
     recon_rows = {"original": test[shown], "binarised": test_binary[shown]}
     sample_rows, results = {}, {}
     for i, likelihood in enumerate(LIKELIHOODS):
-        model = build(likelihood, test.shape[1:], latent_dim=args.latent_dim, min_log_std=args.min_log_std)
-        # The Bernoulli model sees a fresh binarisation every step.
-        state, history, seconds = _common.train(
-            model, train_images, epochs=epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-            seed=args.seed, dynamic_binarization=likelihood == "bernoulli", progress=not args.no_progress,
-            desc=likelihood, beta=1.0)
+        model, params, entry = train_and_score(likelihood, i, cfg, train_images, test, test_binary)
         evaluation_data = test_binary if likelihood == "bernoulli" else test
-        key_elbo, key_ll, key_draw = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), i), 3)
-        elbo = evaluation.evaluate(model.objective, state.params, evaluation_data, key_elbo, hparams={"beta": 1.0})
-        log_lik = evaluation.log_marginal(model, state.params, evaluation_data, key_ll, num_samples=num_importance,
-                                          chunk_size=min(num_importance, 250), batch_size=50,
-                                          progress=not args.no_progress, desc=f"log p(x) {likelihood}")
-        entry = {"data": "binarised 8-bit images (1 bit/dim)" if likelihood == "bernoulli"
-                 else "8-bit images (dequantized density x bin width 1/256)",
-                 "elbo": elbo["elbo"], "log_likelihood": log_lik.mean, "log_likelihood_stderr": log_lik.stderr,
-                 "bits_per_dim": -log_lik.mean / (num_dims * math.log(2)),
-                 "reconstruction": elbo["reconstruction"], "kl": elbo["kl"],
-                 "train_seconds": seconds, "final_train_loss": history[-1]["train_loss"]}
-        recon_rows[LABELS[likelihood]] = _common.batched(model.reconstruct, state.params, evaluation_data[shown])
+        recon_rows[LABELS[likelihood]] = _common.batched(model.reconstruct, params, evaluation_data[shown])
         if likelihood == "gaussian_learned":
-            log_std = _common.batched(lambda prm, x: model.decode(prm, model.code(prm, x))[1], state.params, test)
+            log_std = _common.batched(lambda prm, x: model.decode(prm, model.code(prm, x))[1], params, test)
             entry["log_sigma_quantiles"] = dict(zip(("min", "median", "max"),
                                                     np.quantile(log_std, [0, 0.5, 1]).tolist()))
-            entry["fraction_at_floor"] = float(np.mean(log_std < args.min_log_std + 0.1))
-            recon_rows["learned sigma (log)"] = (log_std[shown] - args.min_log_std) / -args.min_log_std
-        mean, draw = draws(model, state.params, key_draw, 10)
+            entry["fraction_at_floor"] = float(np.mean(log_std < cfg.min_log_std + 0.1))
+            recon_rows["learned sigma (log)"] = (log_std[shown] - cfg.min_log_std) / -cfg.min_log_std
+        key_draw = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), i), 3)[2]
+        mean, draw = draws(model, params, key_draw, 10)
         sample_rows[f"{LABELS[likelihood]}: mean"] = np.asarray(mean)
         sample_rows[f"{LABELS[likelihood]}: draw"] = np.asarray(draw)
         results[likelihood] = entry
-    plotting.save_image_rows(recon_rows, args.out / "reconstructions.png",
+    plotting.save_image_rows(recon_rows, cfg.out / "reconstructions.png",
                              title="test reconstructions (Bernoulli: of the binarised image)")
-    plotting.save_image_rows(sample_rows, args.out / "samples.png",
+    plotting.save_image_rows(sample_rows, cfg.out / "samples.png",
                              title="z ~ N(0, I): mean of p(x|z) and a draw x ~ p(x|z)")
     summary = {"models": results, "units": "nats per image; bits/dim = -log_likelihood / (D ln 2)",
                "uniform_bits_per_dim": {"8-bit": 8.0, "binarised": 1.0},
                "gaussian_sigma1_bound_bits_per_dim": (0.5 * math.log(2 * math.pi) + math.log(LEVELS)) / math.log(2),
-               "eval_size": eval_size, "num_importance": num_importance, "train_size": len(train_images),
-               "dims": num_dims}
-    _common.write_outputs(args.out, config={**vars(args), "epochs": epochs, "eval_size": eval_size,
-                                            "num_importance": num_importance}, results=summary)
+               "eval_size": cfg.eval_size, "num_importance": cfg.num_importance, "train_size": len(train_images),
+               "dims": int(test[0].size)}
+    _common.write_outputs(cfg.out, config=cfg, results=summary)
     return summary
+
+
+@_common.study_main(PROG)
+def main(argv: list[str] | None = None) -> dict:
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ Full size: 60000 training / 10000 test images, 20 epochs per model;
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 
 import jax
 import matplotlib.pyplot as plt
@@ -36,16 +36,29 @@ import numpy as np
 from experiments import _common
 from vae_jax import models, plotting
 
+PROG = "experiments.prior_samples"
 EPOCHS, QUICK_EPOCHS = 20, 3
 
 
-def run(args) -> dict:
-    ds = _common.load_data(args)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The study's options, resolved."""
+
+    hidden_sizes: tuple[int, ...]
+    latent_dim: int
+    num_samples: int
+
+
+OPTIONS = (_common.Option("--latent-dim", _common.positive_int, 32, "latent size d of both models (default 32)"),
+           _common.Option("--num-samples", _common.positive_int, 64, "prior draws decoded per model (default 64)"))
+
+
+def run(cfg: Config) -> dict:
+    ds = _common.load_data(cfg)
     x_test = ds.test.images
-    epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
-    config = models.ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden_sizes))
-    trained = _common.train_ae_and_vae(config, ds.train.images, args, epochs=epochs)
-    key_prior, key_q = jax.random.split(jax.random.key(args.seed + 1))
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=cfg.hidden_sizes)
+    trained = _common.train_ae_and_vae(config, ds.train.images, cfg)
+    key_prior, key_q = jax.random.split(jax.random.key(cfg.seed + 1))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 6), layout="constrained")
     results = {}
@@ -59,28 +72,26 @@ def run(args) -> dict:
             kl, what = stats["fitted_gaussian_kl_q_samples"], "z ~ q(z|x) per test image"
         else:
             kl, what = stats["fitted_gaussian_kl_codes"], "test codes"
-        samples = np.asarray(model.sample(state.params, key_prior, args.num_samples))
-        plotting.plot_image_grid(ax, samples, ncols=int(np.ceil(np.sqrt(args.num_samples))),
-                                 title=f"{kind.upper()}: decoded z ~ N(0, I), d = {args.latent_dim}\n"
+        samples = np.asarray(model.sample(state.params, key_prior, cfg.num_samples))
+        plotting.plot_image_grid(ax, samples, ncols=int(np.ceil(np.sqrt(cfg.num_samples))),
+                                 title=f"{kind.upper()}: decoded z ~ N(0, I), d = {cfg.latent_dim}\n"
                                        f"fitted-Gaussian KL({what} || N(0, I)) = {kl:.3g} nats")
         results[kind] = {**stats, "final_train_loss": history[-1]["train_loss"], "train_seconds": seconds}
-    plotting.save_figure(fig, args.out / "prior_samples.png")
+    plotting.save_figure(fig, cfg.out / "prior_samples.png")
 
     results["test_images"] = len(x_test)
-    _common.write_outputs(args.out, results=results, config={
-        "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
+    _common.write_outputs(cfg.out, results=results, config={
+        "study": cfg, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(ds.train.images), "test": len(x_test),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"}})
     return results
 
 
+@_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--latent-dim", type=int, default=32, help="latent size d of both models (default 32)")
-    p.add_argument("--num-samples", type=int, default=64, help="prior draws decoded per model (default 64)")
-    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
-    return run(p.parse_args(argv))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -27,7 +27,7 @@ Full size: 60000 training / 10000 test images, 20 epochs per model;
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 
 import jax
 import numpy as np
@@ -36,7 +36,19 @@ from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import distributions, evaluation, models, plotting
 
+PROG = "experiments.reconstructions"
 EPOCHS, QUICK_EPOCHS = 20, 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(_common.TrainingConfig):
+    """The study's options, resolved."""
+
+    hidden_sizes: tuple[int, ...]
+    latent_dim: int
+
+
+OPTIONS = (_common.Option("--latent-dim", _common.positive_int, 32, "latent size d of both models (default 32)"),)
 
 
 def reconstruction_errors(logits: np.ndarray, x: np.ndarray) -> dict[str, float]:
@@ -73,12 +85,11 @@ def one_per_class(labels: np.ndarray) -> np.ndarray:
     return np.array([np.flatnonzero(labels == c)[0] for c in np.unique(labels)])
 
 
-def run(args) -> dict:
-    ds = _common.load_data(args)
+def run(cfg: Config) -> dict:
+    ds = _common.load_data(cfg)
     x_train, x_test = ds.train.images, ds.test.images
-    epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
-    config = models.ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden_sizes))
-    trained = _common.train_ae_and_vae(config, x_train, args, epochs=epochs)
+    config = models.ModelConfig(latent_dim=cfg.latent_dim, hidden_sizes=cfg.hidden_sizes)
+    trained = _common.train_ae_and_vae(config, x_train, cfg)
 
     errors, logits = {}, {}
     for kind, (model, state, _, _) in trained.items():
@@ -86,15 +97,15 @@ def run(args) -> dict:
         errors[kind] = reconstruction_errors(logits[kind], x_test)
     p_mean = np.clip(x_train.mean(axis=0), 1e-4, 1 - 1e-4)
     errors["mean_image"] = reconstruction_errors(np.log(p_mean) - np.log1p(-p_mean), x_test)
-    vae, vae_state = trained["vae"][0], trained["vae"][1]
-    vae_test = evaluation.evaluate(vae.objective, vae_state.params, x_test, jax.random.key(args.seed + 1))
+    vae = trained["vae"]
+    vae_test = evaluation.evaluate(vae.model.objective, vae.state.params, x_test, jax.random.key(cfg.seed + 1))
 
     shown = one_per_class(ds.test.labels)
     labels = {k: f"{k.upper()}\nSE {e['squared_error']:.1f}\nCE {e['cross_entropy']:.1f}" for k, e in errors.items()}
     plotting.save_image_rows(
         {"original": x_test[shown], **{labels[k]: np.asarray(jax.nn.sigmoid(logits[k][shown])) for k in trained}},
-        args.out / "reconstructions.png",
-        title=f"Fashion-MNIST test images and their reconstructions, d = {args.latent_dim}\nsquared error (SE) and "
+        cfg.out / "reconstructions.png",
+        title=f"Fashion-MNIST test images and their reconstructions, d = {cfg.latent_dim}\nsquared error (SE) and "
               f"cross-entropy (CE, nats) per image, means over {len(x_test)} test images")
 
     results = {
@@ -103,23 +114,22 @@ def run(args) -> dict:
         "cross_entropy_floor": cross_entropy_floor(x_test),
         "vae_test": {"elbo": vae_test["elbo"], "reconstruction_log_likelihood": vae_test["reconstruction"],
                      "kl": vae_test["kl"]},
-        "final_train_loss": {k: t[2][-1]["train_loss"] for k, t in trained.items()},
-        "train_seconds": {k: t[3] for k, t in trained.items()},
+        "final_train_loss": {k: t.history[-1]["train_loss"] for k, t in trained.items()},
+        "train_seconds": {k: t.seconds for k, t in trained.items()},
     }
-    _common.write_outputs(args.out, results=results, config={
-        "args": vars(args), "epochs": epochs, "model": config, "models": ["ae", "vae"],
+    _common.write_outputs(cfg.out, results=results, config={
+        "study": cfg, "model": config, "models": ["ae", "vae"],
         "data": {"dataset": "fashion_mnist", "train": len(x_train), "test": len(x_test),
                  "binarization": "none: grey levels with the Bernoulli cross-entropy"},
         "shown_test_indices": shown, "class_names": vdata.FASHION_MNIST_CLASSES})
     return results
 
 
+@_common.study_main(PROG)
 def main(argv: list[str] | None = None) -> dict:
-    p = _common.parser(__doc__)
-    p.add_argument("--latent-dim", type=int, default=32, help="latent size d of both models (default 32)")
-    _common.add_training_args(p, epochs=EPOCHS, quick_epochs=QUICK_EPOCHS)
-    return run(p.parse_args(argv))
+    return run(_common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=EPOCHS,
+                                   quick_epochs=QUICK_EPOCHS, hidden_sizes=[512, 256]))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

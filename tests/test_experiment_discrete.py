@@ -8,7 +8,16 @@ import pytest
 from experiments import discrete_estimators
 
 
-def test_discrete_estimator_study_quick(tmp_path, fast_compilation):
+def _refused(argv, capsys, code=2):
+    """The study's one-line error: the exit status and the message."""
+    with pytest.raises(SystemExit) as exit_info:
+        discrete_estimators.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_discrete_estimator_study_quick(tmp_path, fast_compilation, capsys):
     # Study B trains DisARM alone: every estimator trained is a compilation of its own (seconds each).
     results = discrete_estimators.main(["--out", str(tmp_path), "--quick", "--no-progress",
                                         "--estimators", "arm", "disarm", "vimco", "straight_through",
@@ -40,10 +49,8 @@ def test_discrete_estimator_study_quick(tmp_path, fast_compilation):
     # gives the same curves and study A; without --resume, or with other options, it refuses.
     argv = ["--out", str(tmp_path), "--quick", "--no-progress", "--estimators", "arm", "disarm", "vimco",
             "straight_through", "--fm-estimators", "disarm"]
-    with pytest.raises(SystemExit, match="--resume"):
-        discrete_estimators.main(argv)
-    with pytest.raises(SystemExit, match="epochs"):
-        discrete_estimators.main(argv + ["--resume", "--epochs", "2"])
+    assert "pass --resume" in _refused(argv, capsys)
+    assert "made with other options (epochs)" in _refused(argv + ["--resume", "--epochs", "2"], capsys)
     # vimco_k4 (DisARM-IW's match at equal evaluations) is trained in study B only: study A, whose 4-sample
     # bound cannot be enumerated, leaves it out, so its saved piece still matches and is loaded.
     again = discrete_estimators.main(argv[:-2] + ["vimco_k4", "--fm-estimators", "disarm", "vimco_k4", "--resume"])
@@ -55,3 +62,21 @@ def test_discrete_estimator_study_quick(tmp_path, fast_compilation):
     # the trained parameters came back from their file: the variance at them is the same computation
     assert again["fashion_mnist"]["variance"]["disarm_trained"]["disarm"]["encoder"]["total_variance"] == \
         pytest.approx(fm["variance"]["disarm_trained"]["disarm"]["encoder"]["total_variance"], rel=1e-5)
+
+    # a truncated piece is one line and exit status 1, naming the file (the DisARM parameters are read when
+    # their run is loaded)
+    for name in ("enumerable.json", "disarm_seed0_params.msgpack"):
+        path = tmp_path / "parts" / name
+        original = path.read_bytes()
+        path.write_bytes(original[:20])
+        assert f"{name} is damaged" in _refused(argv + ["--resume"], capsys, code=1)
+        path.write_bytes(original)
+
+
+def test_resume_needs_an_existing_run_and_bad_options_write_nothing(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    assert "there is no folder" in _refused(["--out", str(missing), "--quick", "--resume"], capsys)
+    for bad in (["--seeds", "0"], ["--draws", "0"], ["--draws", "1"], ["--learning-rate", "nan"],
+                ["--batch-size", "0"], ["--batch-size", "600"], ["--enum-latents", "30"], ["--epochs", "0"]):
+        _refused(["--out", str(missing), "--quick", *bad], capsys)
+    assert not missing.exists()  # so the corrected command is not refused as "holds pieces of an earlier run"

@@ -1,10 +1,14 @@
 """experiments.disentanglement: the --quick run (outputs, ranges, resume) and the full-size study (slow)."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from experiments import _common
+from experiments import _disentanglement_report as report
 from experiments import disentanglement as study
 from vae_jax import dsprites
 
@@ -32,7 +36,7 @@ def _check_outputs(out, results, *, seeds, settings, figures=True):
     assert arrays["beta_vae_1_importance"].shape == (10, len(dsprites.FACTOR_NAMES))
 
 
-def test_quick_run_writes_everything_and_resumes(tmp_path):
+def test_quick_run_writes_everything_and_resumes(tmp_path, capsys):
     """Two methods first; the second call trains only the method the seed files lack (beta-TCVAE)."""
     first = study.main(["--quick", "--out", str(tmp_path), "--no-progress", "--no-figures",
                         "--methods", "beta_vae", "factor_vae"])
@@ -41,6 +45,7 @@ def test_quick_run_writes_everything_and_resumes(tmp_path):
     assert not (tmp_path / "traversals.png").exists()
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["quick"] is True and config["train_size"] == 512 and config["image_size"] == 16
+    assert config["dci_trees"] == 1 and config["sizes"]["eval_size"] == 200
     for row in first["rows"]:  # FactorVAE's discriminator trained beside the VAE, and its TC estimate is finite
         if row["method"] == "factor_vae":
             assert 0.0 <= row["final_train"]["train_discriminator_accuracy"] <= 1.0
@@ -51,7 +56,33 @@ def test_quick_run_writes_everything_and_resumes(tmp_path):
     old = json.loads(json.dumps(first["rows"]))
     # the stored models are reused, not retrained (a retrained row would differ in its timing)
     assert all(r in results["rows"] for r in old) and len(results["rows"]) == len(old) + 2
-    assert set(results["comparison_with_beta_1"]) == {"beta_tcvae", "factor_vae", "beta_vae"}
+    comparison = results["comparison_with_beta_1"]
+    assert set(comparison["best"]) == {"beta_tcvae", "factor_vae", "beta_vae"}
+    assert comparison["correction"]["family_size"] == 6  # 3 weighted settings x (MIG, DCI D)
+    assert json.loads((tmp_path / "models" / "seed0.json").read_text())["config"]["epochs"] == 1
+    assert np.load(tmp_path / "models" / "seed0.npz")["beta_vae_1_codes"].shape == (200, 10)
+    _check_stale_and_damaged_parts(tmp_path, tmp_path.parent / f"{tmp_path.name}_copy", capsys)
+
+
+def _check_stale_and_damaged_parts(out, copy, capsys):
+    """A seed file made with other options is refused, naming them (no stale row is reported under the
+    new options); a truncated seed file is one line and exit status 1. No training: both fail first."""
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--quick", "--out", str(out), "--no-progress", "--epochs", "3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "seed0.json was made with other options (epochs)" in err and len(err.strip().splitlines()) == 1
+    assert (out / "results.json").read_bytes() == before  # nothing rewritten under the new options
+    for name, argv in (("seed0.json", []), ("seed0.npz", ["--betas", "1", "2", "4"])):
+        shutil.copytree(out, copy, dirs_exist_ok=True)
+        path = copy / "models" / name
+        path.write_bytes(path.read_bytes()[:40])
+        with pytest.raises(SystemExit) as exit_info:
+            study.main(["--quick", "--out", str(copy), "--no-progress", *argv])
+        assert exit_info.value.code == 1, name
+        err = capsys.readouterr().err
+        assert f"{name} is damaged" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_pool_and_bad_arguments(tmp_path):
@@ -63,7 +94,7 @@ def test_pool_and_bad_arguments(tmp_path):
 
 
 REPORTED = ["--betas", "1", "4", "16", "--tc-weights", "6", "10", "20", "--gammas", "10", "40", "--epochs", "8",
-            "--no-progress"]
+            "--dci-trees", "20", "--no-progress"]
 
 
 @pytest.mark.slow
@@ -86,13 +117,16 @@ def test_reported_study(tmp_path):
             assert s[setting][name]["mean"] > s[("beta_vae", 1.0)][name]["mean"], (setting, name)
     # FactorVAE keeps the reconstruction near the VAE's; beta-VAE at 16 does not
     assert s[("factor_vae", 10.0)]["reconstruction_error"]["mean"] < 1.2 * s[("beta_vae", 1.0)]["reconstruction_error"]["mean"]
-    c = results["comparison_with_beta_1"]
+    c = results["comparison_with_beta_1"]["best"]
     assert (c["beta_vae"]["best_weight"], c["beta_tcvae"]["best_weight"], c["factor_vae"]["best_weight"]) == (16, 10, 10)
     # met in part: beta = 16's DCI D by the 95% intervals of the mean; the rest overlaps (but for beta-TCVAE's
     # MIG ranges, apart by 0.001: too close to assert either way)
     assert c["beta_vae"]["dci_disentanglement"]["ci95"]["non_overlapping"]
     assert c["beta_vae"]["dci_disentanglement"]["welch_p"] < 0.05
     assert not c["beta_vae"]["mig"]["non_overlapping"] and not c["beta_vae"]["mig"]["ci95"]["non_overlapping"]
+    # after Holm's correction over the 14 comparisons, none is significant at 0.05 (beta = 16's DCI D: 0.057)
+    tests = results["comparison_with_beta_1"]["tests"]
+    assert len(tests) == 14 and min(t["holm_p"] for t in tests) == pytest.approx(0.057, abs=0.005)
     assert not any(c[m][k]["ci95"]["non_overlapping"] for m in ("beta_tcvae", "factor_vae")
                    for k in ("mig", "dci_disentanglement"))
 
@@ -104,7 +138,9 @@ def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
             for name, v in (("mig", mig), ("dci_disentanglement", dci))}}
     vae = setting("beta_vae", 1.0, [0.010, 0.012, 0.011, 0.013, 0.030], [0.04, 0.05, 0.04, 0.05, 0.04])
     strong = setting("beta_vae", 16.0, [0.10, 0.12, 0.14, 0.11, 0.02], [0.10, 0.11, 0.12, 0.10, 0.11])
-    out = study.compare_to_vae([vae, strong])["beta_vae"]
+    weak = setting("beta_tcvae", 6.0, [0.011, 0.013, 0.012, 0.020, 0.010], [0.045, 0.04, 0.05, 0.04, 0.05])
+    comparison = report.compare_to_vae([vae, strong, weak])
+    out = comparison["best"]["beta_vae"]
     assert out["best_weight"] == 16.0
     # one bad seed makes the ranges overlap on MIG, but not the intervals of the mean
     assert not out["mig"]["non_overlapping"] and out["mig"]["ci95"]["non_overlapping"]
@@ -113,4 +149,85 @@ def test_comparison_with_the_vae_by_ranges_and_by_intervals_of_the_mean():
     v = np.array(strong["mig"]["per_seed"])  # the interval by hand: mean +- t(0.975, 4) s / sqrt(5)
     half = stats.t.ppf(0.975, 4) * v.std(ddof=1) / np.sqrt(5)
     np.testing.assert_allclose(out["mig"]["ci95"]["best"], [v.mean() - half, v.mean() + half], rtol=1e-12)
-    assert np.isnan(study.mean_ci95(np.array([0.5]))).all()
+    assert np.isnan(report.mean_ci95(np.array([0.5]))).all()
+    # Holm over the 4 comparisons, by hand: sort the Welch p-values, multiply the i-th by 4 - i, running max
+    tests = comparison["tests"]
+    assert [(t["weight"], t["metric"]) for t in tests] == [(16.0, "mig"), (16.0, "dci_disentanglement"),
+                                                           (6.0, "mig"), (6.0, "dci_disentanglement")]
+    p = [stats.ttest_ind(s[m]["per_seed"], vae[m]["per_seed"], equal_var=False, alternative="greater").pvalue
+         for s in (strong, weak) for m in ("mig", "dci_disentanglement")]
+    order = np.argsort(p)
+    expected, running = np.zeros(4), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * p[i]))
+        expected[i] = running
+    np.testing.assert_allclose([t["welch_p"] for t in tests], p, rtol=1e-12)
+    np.testing.assert_allclose([t["holm_p"] for t in tests], expected, rtol=1e-12)
+    assert comparison["correction"]["family_size"] == 4
+    assert tests[1]["holm_p"] < 0.05 and tests[1]["conclusion"].startswith("higher than beta = 1")
+    assert tests[2]["welch_p"] > 0.05 and tests[2]["conclusion"].startswith("not shown")
+    assert out["dci_disentanglement"]["holm_p"] == tests[1]["holm_p"]
+
+
+def test_holm_against_hand_computed_values():
+    # p sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(report.holm([0.7, 0.8]), [1.0, 1.0])  # capped at 1
+    got = report.holm([np.nan, 0.2, 0.6])  # a NaN (one seed) is left out of the family: n = 2
+    assert np.isnan(got[0]) and got[1:].tolist() == pytest.approx([0.4, 0.6])
+    assert report.conclusion(0.03, 0.3, 14).startswith("suggestive only")
+
+
+def test_committed_comparisons_follow_from_the_committed_summary():
+    """docs/figures/disentanglement/results.json: its Holm-corrected comparisons are what the code computes
+    from its own per-seed values (``recompare``), and the page's conclusion follows from them."""
+    results = json.loads((Path(__file__).parents[1] / "docs/figures/disentanglement/results.json").read_text())
+    expected = json.loads(json.dumps(_common._jsonable(report.compare_to_vae(results["summary"]))))
+    assert results["comparison_with_beta_1"] == expected
+    assert results["dci_trees"] == 20  # the reported run's DCI rounds (the default is now 100)
+    tests = results["comparison_with_beta_1"]["tests"]
+    assert len(tests) == 14 and not any(t["holm_p"] < 0.05 for t in tests)
+    closest = min(tests, key=lambda t: t["holm_p"])
+    assert (closest["method"], closest["weight"], closest["metric"]) == ("beta_vae", 16.0, "dci_disentanglement")
+    assert round(closest["welch_p"], 3) == 0.004 and round(closest["holm_p"], 3) == 0.057
+    assert sum(t["welch_p"] < 0.05 for t in tests) == 4
+
+
+def test_page_results_table_is_the_committed_summary():
+    """Every cell of docs/disentanglement.md's results table, recomputed from results.json's summary."""
+    root = Path(__file__).parents[1]
+    summary = json.loads((root / "docs/figures/disentanglement/results.json").read_text())["summary"]
+    page = (root / "docs/disentanglement.md").read_text()
+    names = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factor_vae_score",
+             "beta_vae_score", "reconstruction_error", "kl", "active_units")
+    for s in summary:
+        digits = lambda name: 1 if name in ("reconstruction_error", "kl", "active_units") else 3  # noqa: E731
+        cells = [f"{s[n]['mean']:.{digits(n)}f} ± {s[n]['std']:.{digits(n)}f} "
+                 f"[{s[n]['min']:.{digits(n)}f}, {s[n]['max']:.{digits(n)}f}]" for n in names]
+        row = f"| {s['method']} | {s['weight']:g} | " + " | ".join(cells) + " |"
+        assert row in page, row
+
+
+def test_page_comparison_table_is_the_committed_comparison():
+    """The page's "Against the target" rows: mean, Welch p, Holm p and conclusion as results.json has them
+    (each number to the digits the page prints)."""
+    root = Path(__file__).parents[1]
+    best = json.loads((root / "docs/figures/disentanglement/results.json").read_text())["comparison_with_beta_1"]
+    summary = {(s["method"], s["weight"]): s for s in json.loads(
+        (root / "docs/figures/disentanglement/results.json").read_text())["summary"]}
+    page = (root / "docs/disentanglement.md").read_text().split("## Against the target", 1)[1]
+    labels = {"beta-VAE, beta = ": "beta_vae", "beta-TCVAE, weight ": "beta_tcvae", "FactorVAE, gamma = ": "factor_vae"}
+    rows = [r for r in page.splitlines() if r.startswith("| beta") or r.startswith("| Factor")]
+    assert len(rows) == 6
+    for row in rows:
+        setting, metric, mean, _, _, welch, holm, conclusion = [c.strip() for c in row.strip("|").split("|")]
+        prefix = next(p for p in labels if setting.startswith(p))
+        method, weight = labels[prefix], float(setting[len(prefix):])
+        name = {"MIG": "mig", "DCI D": "dci_disentanglement"}[metric]
+        got = best["best"][method]
+        assert got["best_weight"] == weight
+        for text, value in ((mean, summary[(method, weight)][name]["mean"]), (welch, got[name]["welch_p"]),
+                            (holm, got[name]["holm_p"])):
+            decimals = len(text.split(".")[1])
+            assert abs(float(text) - value) <= 0.5 * 10 ** -decimals, (row, text, value)
+        assert got[name]["conclusion"].startswith(conclusion), (row, got[name]["conclusion"])

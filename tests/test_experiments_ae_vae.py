@@ -32,7 +32,7 @@ def _check_files(out, results, figures):
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(_common._jsonable(results)))
     config = json.loads((out / "config.json").read_text())
-    assert config["args"]["quick"] is True and config["epochs"] == 3
+    assert config["study"]["quick"] is True and config["study"]["epochs"] == 3
     assert config["data"]["train"] == 2000 and config["data"]["test"] == 500
     return config
 
