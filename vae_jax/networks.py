@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import mixed_precision
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,
@@ -52,9 +54,10 @@ def precision(dtype: Any) -> dict[str, Any]:
 
 
 def _dense(features: int, dtype: Any, **kwargs) -> nn.Dense:
+    # Float32 inputs, parameters and bias; the product rounds its operands (forward and both
+    # gradients) to the compute dtype and accumulates in float32 (vae_jax.mixed_precision).
     if precision(dtype):
-        kwargs.update(precision(dtype), dot_general=functools.partial(
-            jax.lax.dot_general, preferred_element_type=jnp.float32))
+        kwargs.update(dot_general=functools.partial(mixed_precision.dot_general, compute_dtype=dtype))
     return nn.Dense(features, **kwargs)
 
 
