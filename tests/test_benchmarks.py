@@ -114,12 +114,19 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["command"] == f"python -m benchmarks.run --quick --out {out} --no-progress"
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["versions"]["torch"]
+    # The CPU's bf16 capability, as /proc/cpuinfo of this machine states it.
+    assert report["machine"]["cpu_capability"] == run.cpu_capability(open("/proc/cpuinfo").read())
+    assert report["machine"]["versions"]["torch_threads"] == 1  # --quick: one PyTorch thread...
+    assert report["config"]["torch_threads"] == 1 and report["config"]["torch_batches"] == 4
     assert report["matmul_rate_gflops"] == max(row["gflops"] for row in report["matmul"]) > 0
     # Two model blocks (the speed model and the density table's), every implementation in each.
     assert [r["implementation"] for r in report["train"]] == list(run.IMPLEMENTATIONS) * 2
-    assert [r["model"] for r in report["train"]] == ["784-64-64-8"] * 8 + ["784-48-48-6"] * 8
-    examples = 512 // 32 * 32
+    n = len(run.IMPLEMENTATIONS)
+    assert [r["model"] for r in report["train"]] == ["784-64-64-8"] * n + ["784-48-48-6"] * n
     for row in report["train"]:
+        # ...and 4 batches an epoch (every vae_jax and hand-written epoch: all 16)
+        examples = (4 if row["implementation"].startswith("pytorch") else 512 // 32) * 32
+        assert row["examples"] == examples
         assert len(row["seconds"]) == 1 and row["median_seconds"] > 0
         assert math.isclose(row["examples_per_second"], examples / row["median_seconds"])
         assert math.isclose(row["fraction_of_matmul_rate"], row["gflops"] / report["matmul_rate_gflops"])
@@ -155,7 +162,54 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
                                        and max(others) <= 0.2)
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
+    assert report["machine"]["cpu_capability"]["kind"] in printed
     assert ("TIMINGS NOT VALID" in printed) == (not report["timings_valid"])
+
+
+_CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+"""
+
+
+@pytest.mark.parametrize("extra, kind", [("", "AVX2 without bf16"), ("avx512f avx512bw", "AVX-512 without bf16"),
+                                         ("avx512f avx512_bf16", "AVX512-BF16"),
+                                         ("avx512f avx512_bf16 amx_bf16 amx_tile", "AMX-BF16")])
+def test_cpu_capability_reads_the_bf16_flags(extra, kind):
+    capability = run.cpu_capability(_CPUINFO.format(extra=extra))
+    assert capability["model_name"] == "AMD EPYC 9R14" and capability["kind"] == kind
+    assert capability["flags"] == {flag: flag in extra or flag == "avx2" for flag in run.CPU_FLAGS}
+
+
+def test_cpu_capability_of_a_machine_without_x86_flags():
+    capability = run.cpu_capability("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert capability["kind"] == "unknown" and not any(capability["flags"].values())
+
+
+def test_fewer_copies_option_removes_the_per_step_parameter_copies_and_keeps_the_numbers():
+    """The epoch scan with jax_vae.FEWER_COPIES: no copy of a parameter in XLA:CPU's compiled epoch
+    (the default copies several every step) and, after one epoch, bitwise the same parameters."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU option")
+    import re
+
+    model = jax_vae.build((8, 8, 1), hidden_sizes=(32, 16), latent_dim=4)
+    data = jnp.asarray(np.random.default_rng(0).random((64, 8, 8, 1)) < 0.3, jnp.float32)
+    step = vj.make_train_step(model.objective)
+    params, copies = [], []
+    for options in (None, jax_vae.FEWER_COPIES):
+        state = vj.create_train_state(model, jax.random.key(0), data[0], optax.adam(1e-3))
+        compiled = vj.train_epoch.lower(step, state, data, jax.random.key(1), batch_size=16).compile(
+            compiler_options=options)
+        copies.append(len(re.findall(r"= f32\[[\d,]+\]\{[\d,]*\} copy\(%get-tuple-element", compiled.as_text())))
+        params.append(jax.tree.leaves(compiled(state, data, jax.random.key(1))[0].params))
+    assert copies[0] > 0 and copies[1] == 0, copies
+    assert all(np.array_equal(a, b) for a, b in zip(*params))
 
 
 def test_ratios_against_the_fastest_peer():
