@@ -276,3 +276,51 @@ def test_profile_step_runs():
     assert set(seconds) == {"matmuls", "adam", "train step", "rest"}
     assert all(np.isfinite(v) for v in seconds.values())
     assert min(seconds["matmuls"], seconds["adam"], seconds["train step"]) > 0
+
+
+def test_gpu_check_fails_in_one_line_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh on a CPU-only JAX: exit status 2, one line saying what it needs, nothing written."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from benchmarks import gpu_check
+
+    assert gpu_check.gpu_problem("gpu", ["NVIDIA H200"]) is None
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(root)}
+    done = subprocess.run(["bash", str(root / "benchmarks/gpu_check.sh"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == gpu_check.gpu_problem("cpu", ["cpu"]), done.stderr
+    assert "CUDA jaxlib" in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_gpu_check_parts_run_on_the_cpu(tmp_path):
+    """The check's pure-python parts: the step comparison (CPU against CPU: identical), the commands
+    it runs (existing test files, arguments the benchmark accepts) and the part runner's statuses."""
+    import pathlib
+    import sys
+
+    from benchmarks import gpu_check
+
+    cpu = jax.devices("cpu")[0]
+    steps = gpu_check.compare_step(cpu, cpu)
+    for dtype, r in steps.items():
+        assert r["ok"] and r["loss"] == r["loss_reference"] > 0 and math.isclose(r["gradient_cosine"], 1.0), dtype
+    assert steps["float32"]["loss"] != steps["bfloat16"]["loss"]  # the two precisions really differ
+    parts = gpu_check.commands(tmp_path, python="python")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert all((root / path).is_file() for path in gpu_check.TESTS)
+    assert parts["tests"][-1] == f"--junitxml={tmp_path / 'tests.xml'}"
+    bench = run.parse_args(parts["benchmark"][3:])
+    assert bench.examples == 12800 and bench.out == tmp_path / "gpu.json" and not bench.quick
+    assert sum(gpu_check.TIME_LIMITS.values()) < 600
+    fail = gpu_check.run_part([sys.executable, "-c", "print('x'); raise SystemExit(3)"], limit=60,
+                              log=tmp_path / "fail.log")
+    assert fail["status"] == "failed (exit 3)" and (tmp_path / "fail.log").read_text() == "x\n"
+    slow = gpu_check.run_part([sys.executable, "-c", "import time; time.sleep(30)"], limit=0.5,
+                              log=tmp_path / "slow.log")
+    assert slow["status"] == "timed out after 0 s" and slow["seconds"] < 20
