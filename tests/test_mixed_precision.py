@@ -1,4 +1,4 @@
-"""vae_jax.mixed_precision: the dense product whose three matmuls multiply in bf16.
+"""vae_jax._mixed_precision: the dense product whose three matmuls multiply in bf16.
 
 Truths: float64 numpy products of the bf16-rounded operands (with the
 rounding error of the bf16 cotangent bounded elementwise), JAX's own autodiff of
@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import vae_jax as vj
-from vae_jax.mixed_precision import dense_product, dot_general
+from vae_jax._mixed_precision import dense_product, dot_general
 
 BF16_EPS = 2.0**-8  # bf16 keeps 8 significant bits: relative rounding error <= 2^-9, doubled for slack
 

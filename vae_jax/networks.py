@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import mixed_precision
+from vae_jax import _mixed_precision as mixed_precision
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -55,7 +55,7 @@ def precision(dtype: Any) -> dict[str, Any]:
 
 def _dense(features: int, dtype: Any, **kwargs) -> nn.Dense:
     # Float32 inputs, parameters and bias; the product rounds its operands (forward and both
-    # gradients) to the compute dtype and accumulates in float32 (vae_jax.mixed_precision).
+    # gradients) to the compute dtype and accumulates in float32 (vae_jax._mixed_precision).
     if precision(dtype):
         kwargs.update(dot_general=functools.partial(mixed_precision.dot_general, compute_dtype=dtype))
     return nn.Dense(features, **kwargs)
