@@ -46,7 +46,9 @@ def precision(dtype: Any) -> dict[str, Any]:
     (bfloat16): the layer's inputs and float32 parameters are cast to it for the
     product, which accumulates and returns float32 (``preferred_element_type``),
     so the bias, activations and every reduction after it stay float32; the
-    parameters themselves (and so the optimiser state) remain float32.
+    parameters themselves (and so the optimiser state) remain float32. Dense layers
+    use :func:`vae_jax._mixed_precision.dot_general` instead (see ``_dense``): it
+    also runs both gradient products in the compute dtype, and keeps the bias float32.
     """
     if dtype is None or jnp.dtype(dtype) == jnp.float32:
         return {}
