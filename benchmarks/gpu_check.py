@@ -2,7 +2,7 @@
 
     bash benchmarks/gpu_check.sh OUT_DIR          # or: python -m benchmarks.gpu_check OUT_DIR
 
-Parts, each with its own time limit (about 9 minutes in all), each recorded in
+Parts, each with its own time limit (under 9 minutes in all), each recorded in
 ``OUT_DIR/gpu_check.json`` (status, seconds, what it measured):
 
 1. ``step_vs_cpu``: the train step's loss and gradients on the GPU against the same
@@ -36,7 +36,7 @@ import numpy as np
 
 TESTS = ("tests/test_precision.py", "tests/test_mixed_precision.py", "tests/test_training.py")
 BENCHMARK = ("--examples", "12800", "--repeats", "2", "--sweep-repeats", "2", "--no-progress")
-TIME_LIMITS = {"tests": 240, "benchmark": 270}  # seconds; with the step check, under 10 minutes
+TIME_LIMITS = {"tests": 200, "benchmark": 330}  # seconds (torch.compile warm-ups are slow); < 10 min in all
 # TF32 matmuls on the GPU round operands to 10 mantissa bits, bf16 to 7: relative tolerances of a loss.
 LOSS_RTOL = {"float32": 2e-3, "bfloat16": 1e-2}
 MIN_GRADIENT_COSINE = {"float32": 0.999, "bfloat16": 0.99}

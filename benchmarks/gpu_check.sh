@@ -8,5 +8,6 @@ if [ $# -ne 1 ]; then
     echo "usage: bash benchmarks/gpu_check.sh OUT_DIR" >&2
     exit 2
 fi
+case "$1" in /*) out="$1" ;; *) out="$PWD/$1" ;; esac   # relative to where it was started
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-.venv/bin/python}" -m benchmarks.gpu_check "$1"
+exec "${PYTHON:-.venv/bin/python}" -m benchmarks.gpu_check "$out"
