@@ -122,3 +122,16 @@ def test_compiled_train_step_runs_every_dense_matmul_in_bf16(architecture, layer
     dots = _dots(hlo)
     assert len(dots) == 3 * layers - 1, dots
     assert all(d == ("f32", "bf16", "bf16") for d in dots), dots
+
+
+def test_lowers_for_gpu_and_tpu_without_cpu_only_operations():
+    """The same train-step gradient lowers for CUDA and TPU on this machine (jax.export needs no
+    device): the primitive becomes ordinary StableHLO with bf16 x bf16 -> f32 dot_generals."""
+    x, w, c = _data(5, (6, 16), (16, 12), (6, 12))
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(c * jax.vmap(lambda xi: dense_product(xi, w))(x))))
+    exported = jax.export.export(grad, platforms=("cuda", "tpu"))(jax.ShapeDtypeStruct(w.shape, w.dtype))
+    text = exported.mlir_module()
+    dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+    assert exported.platforms == ("cuda", "tpu") and "custom_call" not in text
+    assert dots and all(re.search(r": \(tensor<[\dx]+bf16>, tensor<[\dx]+bf16>\) -> tensor<[\dx]+f32>", line)
+                        for line in dots), dots
