@@ -270,8 +270,11 @@ def test_help_and_bad_arguments(capsys):
         run.parse_args(["--examples", "10", "--batch-sizes", "128"])
 
 
-def test_profile_step_runs():
-    result = profile_step.profile(8, steps=2, repeats=1, hidden_sizes=(32, 16), latent_dim=4)
+@pytest.mark.parametrize("compute_dtype", ("float32", "bfloat16"))
+def test_profile_step_runs(compute_dtype):
+    result = profile_step.profile(8, steps=2, repeats=1, hidden_sizes=(32, 16), latent_dim=4,
+                                  compute_dtype=compute_dtype)
+    assert result["compute_dtype"] == compute_dtype
     seconds = result["seconds_per_step"]
     assert set(seconds) == {"matmuls", "adam", "train step", "rest"}
     assert all(np.isfinite(v) for v in seconds.values())
