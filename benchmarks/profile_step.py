@@ -1,6 +1,7 @@
 """Where the time of vae_jax's train step goes: matmuls, Adam, and the rest.
 
     python -m benchmarks.profile_step --batch-sizes 128 1024
+    python -m benchmarks.profile_step --compute-dtype bfloat16   # the bf16 policy's step and matmuls
 
 Times, per step and inside one compiled ``lax.scan`` of ``--steps`` steps (as
 in :func:`vae_jax.train_epoch`):
@@ -13,12 +14,17 @@ in :func:`vae_jax.train_epoch`):
 
 The remainder, ``train step - matmuls - adam``, is the element-wise work
 (ReLU, reparameterisation, random draws, Bernoulli log-likelihood, KL) and the
-per-operation overhead of XLA's CPU runtime.
+per-operation overhead of XLA's CPU runtime. With ``--compute-dtype bfloat16``
+the model is the bf16 policy's and the 17 matmuls are
+:func:`vae_jax._mixed_precision.dense_product` (bf16 operands, float32
+accumulation, forward and both gradients), so the matmul rate of bf16 on this
+CPU is measured beside the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -32,6 +38,7 @@ import optax
 import vae_jax as vj
 from benchmarks import flops
 from benchmarks.timing import median_seconds
+from vae_jax._mixed_precision import dense_product
 
 
 def _scan(step, carry, steps: int):
@@ -40,9 +47,13 @@ def _scan(step, carry, steps: int):
     return lambda: jax.block_until_ready(run(carry))
 
 
-def profile(batch_size: int, *, steps: int, repeats: int, hidden_sizes=(512, 512), latent_dim: int = 32) -> dict:
+def profile(batch_size: int, *, steps: int, repeats: int, hidden_sizes=(512, 512), latent_dim: int = 32,
+            compute_dtype: str = "float32") -> dict:
     """Seconds per step of each component (medians of ``repeats`` scans), and the matmuls' GFLOP/s."""
-    model = vj.build_model(vj.ModelConfig(latent_dim=latent_dim, hidden_sizes=tuple(hidden_sizes)), (28, 28, 1))
+    model = vj.build_model(vj.ModelConfig(latent_dim=latent_dim, hidden_sizes=tuple(hidden_sizes),
+                                          compute_dtype=compute_dtype), (28, 28, 1))
+    product = jnp.matmul if compute_dtype == "float32" else functools.partial(dense_product,
+                                                                              compute_dtype=compute_dtype)
     data = (np.random.default_rng(0).random((batch_size, 28, 28, 1)) < 0.3).astype(np.float32)
     state = vj.create_train_state(model, jax.random.key(0), data[0], optax.adam(1e-3))
     weights = [p["kernel"] for net in ("encoder", "decoder") for p in state.params[net].values()]
@@ -53,10 +64,10 @@ def profile(batch_size: int, *, steps: int, repeats: int, hidden_sizes=(512, 512
     def linear_chain(ws):
         h = flat
         for w in ws[:len(hidden_sizes) + 1]:
-            h = h @ w
+            h = product(h, w)
         h = h[:, :latent_dim]
         for w in ws[len(hidden_sizes) + 1:]:
-            h = h @ w
+            h = product(h, w)
         return jnp.sum(h * cotangent)
 
     def matmul_step(ws, i):
@@ -78,7 +89,7 @@ def profile(batch_size: int, *, steps: int, repeats: int, hidden_sizes=(512, 512
         ("train step", vae_step, state))}
     seconds["rest"] = seconds["train step"] - seconds["matmuls"] - seconds["adam"]
     step_flops = batch_size * flops.train_step_flops(784, hidden_sizes, latent_dim)
-    return {"batch_size": batch_size, "seconds_per_step": seconds,
+    return {"batch_size": batch_size, "compute_dtype": compute_dtype, "seconds_per_step": seconds,
             "fraction_of_step": {k: v / seconds["train step"] for k, v in seconds.items()},
             "matmul_gflops": step_flops / seconds["matmuls"] / 1e9,
             "train_step_gflops": step_flops / seconds["train step"] / 1e9}
@@ -89,10 +100,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--steps", type=int, default=50, help="steps per timed scan")
     parser.add_argument("--repeats", type=int, default=5, help="timed scans (the median is kept)")
+    parser.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="precision policy of the model and of the matmul probe")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     load = list(os.getloadavg())
-    results = [profile(b, steps=args.steps, repeats=args.repeats) for b in args.batch_sizes]
+    results = [profile(b, steps=args.steps, repeats=args.repeats, compute_dtype=args.compute_dtype)
+               for b in args.batch_sizes]
     for r in results:
         parts = ", ".join(f"{k} {1e3 * v:.2f} ms ({r['fraction_of_step'][k]:.0%})"
                           for k, v in r["seconds_per_step"].items() if k != "train step")

@@ -18,10 +18,21 @@ interleaved, so that the ratios are fair even when the machine's load drifts:
   compiled under ``torch.autocast(dtype=torch.bfloat16)``; each one's FLOP rate
   (:mod:`benchmarks.flops`) as a fraction of the float32 matmul rate, and its ratio
   to the fastest PyTorch configuration at that batch size;
+- vae_jax's epoch scan once more in each precision compiled with
+  ``jax_vae.FEWER_COPIES`` (XLA:CPU copy insertion by region analysis: the scan
+  updates the parameters in place instead of copying half of them every step;
+  the same numbers), on the CPU only;
 - a sweep of 8 models (4 betas x 2 seeds), one epoch each: one vmapped
   computation vs one model after the other;
 - importance-sampled log p(x) with 5000 samples: seconds per 1000 test images,
   float32 and bf16 (the same parameters and draws, so the bf16 bias is measured).
+
+The report records the CPU's model name and its bf16 capability (the
+``/proc/cpuinfo`` flags avx512_bf16, amx_bf16, avx512f, avx2, and a kind such as
+"AVX2 without bf16" or "AVX512-BF16"): bf16 matmuls are fast only on a CPU with
+bf16 instructions, so a table is comparable only with tables of the same kind.
+``--quick`` runs PyTorch on one thread for 4 batches an epoch (a check that
+everything runs, in seconds; never a measurement).
 
 The 1-minute load average is sampled before and after every timed block, and the
 CPU time other processes used during its timed rounds is measured (from
@@ -46,7 +57,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
 
@@ -57,9 +67,11 @@ from benchmarks import flops, jax_vae, matmul, torch_vae
 from benchmarks.timing import time_interleaved
 from vae_jax.data import binarize, load_dataset
 
-FLOAT32_IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax per-step loop", "hand-written jax step", "pytorch eager",
-                           "pytorch compile")
-BF16_IMPLEMENTATIONS = ("vae_jax epoch scan bf16", "pytorch eager bf16 autocast", "pytorch compile bf16 autocast")
+FEWER_COPIES = ", fewer copies"  # the epoch scan compiled with jax_vae.FEWER_COPIES (XLA:CPU only)
+FLOAT32_IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax epoch scan" + FEWER_COPIES, "vae_jax per-step loop",
+                           "hand-written jax step", "pytorch eager", "pytorch compile")
+BF16_IMPLEMENTATIONS = ("vae_jax epoch scan bf16", "vae_jax epoch scan bf16" + FEWER_COPIES,
+                        "pytorch eager bf16 autocast", "pytorch compile bf16 autocast")
 IMPLEMENTATIONS = FLOAT32_IMPLEMENTATIONS + BF16_IMPLEMENTATIONS
 PRECISIONS = ("float32", "bfloat16")
 TARGETS = {"scan_over_handwritten_at_128": 0.97, "scan_over_torch_compile_at_128": 1.2, "scan_over_torch_eager_at_128": 1.5,
@@ -94,9 +106,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-other-cores", type=float, default=0.2,
                         help="cores kept busy by other processes (mean over a timed block) above which the "
                              "timings are flagged invalid")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="PyTorch's intra-op threads (0: its default, one per core)")
+    parser.add_argument("--torch-batches", type=int, default=0,
+                        help="batches of each timed PyTorch epoch (0: the whole epoch)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.quick:
+        args.torch_threads, args.torch_batches = 1, 4
         args.batch_sizes, args.repeats, args.sweep_repeats, args.examples = [32], 1, 1, 512
         args.hidden_sizes, args.latent_dim, args.sweep_batch_size = [64, 64], 8, 64
         args.density_hidden_sizes, args.density_latent_dim, args.density_batch_size = [48, 48], 6, 32
@@ -106,25 +123,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512f", "avx2")
+"""The ``/proc/cpuinfo`` flags that decide how fast bf16 (and float32) matmuls can be on an x86 CPU."""
+
+
+def cpu_capability(cpuinfo: str) -> dict:
+    """The CPU's model name, its bf16-relevant flags and a one-phrase kind, from ``/proc/cpuinfo``'s text.
+
+    Returns:
+      ``{"model_name", "flags": {flag: bool for CPU_FLAGS}, "kind"}``; ``kind`` is one of
+      "AMX-BF16", "AVX512-BF16", "AVX-512 without bf16", "AVX2 without bf16", or "unknown"
+      (no x86 flags listed, e.g. another architecture or no ``/proc``).
+    """
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's entry
+    flags = set(fields.get("flags", "").split())
+    has = {flag: flag in flags for flag in CPU_FLAGS}
+    kinds = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512 without bf16"),
+             ("avx2", "AVX2 without bf16"))
+    kind = next((name for flag, name in kinds if has[flag]), "unknown")
+    return {"model_name": fields.get("model name", platform.processor() or "unknown"), "flags": has, "kind": kind}
+
+
 def machine_info() -> dict:
-    """CPU model and cores, JAX's devices, load average, library versions."""
+    """CPU model, bf16 capability and cores, JAX's devices, load average, library versions."""
     import flax
     import jaxlib
     import optax
     import torch
 
     try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        cpu = platform.processor() or "unknown"
+        cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    capability = cpu_capability(cpuinfo)
     return {
-        "cpu": cpu, "cpu_cores": os.cpu_count(), "load_average_1_5_15_min_before": list(os.getloadavg()),
+        "cpu": capability["model_name"], "cpu_capability": capability, "cpu_cores": os.cpu_count(),
+        "load_average_1_5_15_min_before": list(os.getloadavg()),
         "jax_backend": jax.default_backend(), "jax_devices": [d.device_kind for d in jax.devices()],
         "versions": {"python": platform.python_version(), "jax": jax.__version__,
                      "jaxlib": jaxlib.__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
-                     "torch": torch.__version__},
+                     "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
     }
 
 
@@ -138,14 +180,17 @@ def training_runners(data, models: dict, args, batch_size: int, torch_device: st
         if precision not in args.precisions:
             continue
         runners[names[0]] = jax_vae.epoch_scan_runner(models[precision], data, **common)
+        if jax.default_backend() == "cpu":
+            runners[names[1]] = jax_vae.epoch_scan_runner(models[precision], data, **common,
+                                                          compiler_options=jax_vae.FEWER_COPIES)
         if precision == "float32":
-            runners[names[1]] = jax_vae.per_step_runner(models[precision], data, **common)
-            runners[names[2]] = jax_vae.handwritten_runner(data, hidden_sizes=hidden_sizes, latent_dim=latent_dim,
+            runners[names[2]] = jax_vae.per_step_runner(models[precision], data, **common)
+            runners[names[3]] = jax_vae.handwritten_runner(data, hidden_sizes=hidden_sizes, latent_dim=latent_dim,
                                                            **common)
         if torch_device is not None:
             for name, compile in zip(names[-2:], (False, True)):
                 runners[name] = torch_vae.runner(data, compile=compile, autocast=precision == "bfloat16",
-                                                 **torch_common)
+                                                 max_batches=args.torch_batches or None, **torch_common)
     return runners
 
 
@@ -164,7 +209,21 @@ def torch_device_for_backend() -> str | None:
 
 
 def main(argv=None) -> dict:
+    """Parses ``argv``, measures everything, writes and prints the report (PyTorch's threads restored after)."""
+    import torch
+
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        return measure(args, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(args: argparse.Namespace, argv=None) -> dict:
+    """The benchmark of :func:`main` (its docstring) for parsed ``args``; returns the report."""
     out = args.out or pathlib.Path("benchmarks/results") / f"{jax.default_backend()}.json"
     progress = not args.no_progress
     report = {"command": " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])]),
@@ -202,10 +261,10 @@ def main(argv=None) -> dict:
             timed = time_interleaved(runners, repeats=args.repeats, progress=progress)
             sample_load(report, f"after training {label} at batch {batch_size}")
             for name, result in timed.items():
-                examples = train.shape[0] // batch_size * batch_size
+                examples = runners[name].examples or train.shape[0] // batch_size * batch_size
                 gflops = flops.train_step_flops(*sizes_here) * examples / result["median_seconds"] / 1e9
                 report["train"].append({"implementation": name, "model": label, "batch_size": batch_size,
-                                        "examples_per_second": examples / result["median_seconds"],
+                                        "examples": examples, "examples_per_second": examples / result["median_seconds"],
                                         "gflops": gflops, "fraction_of_matmul_rate": gflops / peak,
                                         "final_loss": result.pop("last_value"), **result})
 
@@ -302,7 +361,10 @@ def format_table(report: dict) -> str:
         f"{report['machine']['load_average_1_5_15_min_before'][0]:.2f} (limit {report['config']['max_load']}), "
         f"other processes kept up to {report['max_other_processes_cores'] or 0:.2f} cores busy "
         f"(limit {report['config']['max_other_cores']}); do not report these numbers.", ""]
-    lines += [f"{machine['cpu']}, {machine['cpu_cores']} cores, JAX on {machine['jax_devices'][0]}; "
+    capability = machine.get("cpu_capability", {"kind": "unknown", "flags": {}})
+    lines += [f"{machine['cpu']} ({capability['kind']}: "
+              + ", ".join(f"{flag} {'yes' if on else 'no'}" for flag, on in capability["flags"].items())
+              + f"), {machine['cpu_cores']} cores, JAX on {machine['jax_devices'][0]}; "
               f"load average before {machine['load_average_1_5_15_min_before'][0]:.2f}, "
               f"after {machine.get('load_average_1_5_15_min_after', [float('nan')])[0]:.2f}; other processes "
               f"used at most {report.get('max_other_processes_cores') or 0:.2f} cores during a timed block",

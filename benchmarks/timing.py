@@ -18,12 +18,14 @@ class Runner:
 
     ``run`` trains one epoch (returning its mean loss) or evaluates (returning a
     mean log p(x)) and blocks until its result is ready. ``params()``, where
-    given, returns the current parameters.
+    given, returns the current parameters. ``examples``, where given, is the number
+    of examples one ``run()`` trains on (a shortened epoch); None: the whole epoch.
     """
 
     warm_up: Callable[[], None]
     run: Callable[[], float]
     params: Callable[[], object] | None = None
+    examples: int | None = None
 
 
 def time_interleaved(runners: dict[str, Runner], *, repeats: int, progress: bool = True

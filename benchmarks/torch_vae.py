@@ -101,13 +101,15 @@ def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e
 
 
 def train_epoch(step: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor, *, batch_size: int,
-                generator: torch.Generator) -> float:
+                generator: torch.Generator, max_batches: int | None = None) -> float:
     """One epoch over shuffled batches of ``data [N, D]``; drops the last partial batch.
+
+    ``max_batches``: stop after this many batches (a shortened epoch, for quick checks).
 
     Returns:
       The mean training loss of the epoch (nats per example).
     """
-    num_batches = data.shape[0] // batch_size
+    num_batches = min(data.shape[0] // batch_size, max_batches or data.shape[0])
     order = torch.randperm(data.shape[0], generator=generator, device=data.device)[: num_batches * batch_size]
     total = torch.zeros((), device=data.device)
     for indices in order.view(num_batches, batch_size):
@@ -116,12 +118,13 @@ def train_epoch(step: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor
 
 
 def runner(data: np.ndarray, *, batch_size: int, seed: int, compile: bool, hidden_sizes: Sequence[int],
-           latent_dim: int, device: str = "cpu", warm_up_steps: int = 3, autocast: bool = False) -> Runner:
+           latent_dim: int, device: str = "cpu", warm_up_steps: int = 3, autocast: bool = False,
+           max_batches: int | None = None) -> Runner:
     """A :class:`benchmarks.timing.Runner` training :class:`TorchVAE` on ``data [N, H, W, C]``.
 
     ``warm_up()`` takes ``warm_up_steps`` steps (with ``compile=True`` these
     trigger the compilation); ``run()`` trains one epoch on ``device``, in bf16 autocast
-    if ``autocast``.
+    if ``autocast``, or its first ``max_batches`` batches (the runner's ``examples`` says how many).
     """
     torch.manual_seed(seed)
     flat = torch.from_numpy(np.ascontiguousarray(data.reshape(data.shape[0], -1))).to(device)
@@ -133,4 +136,6 @@ def runner(data: np.ndarray, *, batch_size: int, seed: int, compile: bool, hidde
         for _ in range(warm_up_steps):
             step(flat[:batch_size])
 
-    return Runner(warm_up, lambda: train_epoch(step, flat, batch_size=batch_size, generator=generator))
+    examples = None if max_batches is None else min(max_batches, flat.shape[0] // batch_size) * batch_size
+    return Runner(warm_up, lambda: train_epoch(step, flat, batch_size=batch_size, generator=generator,
+                                               max_batches=max_batches), examples=examples)

@@ -114,12 +114,19 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["command"] == f"python -m benchmarks.run --quick --out {out} --no-progress"
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["versions"]["torch"]
+    # The CPU's bf16 capability, as /proc/cpuinfo of this machine states it.
+    assert report["machine"]["cpu_capability"] == run.cpu_capability(open("/proc/cpuinfo").read())
+    assert report["machine"]["versions"]["torch_threads"] == 1  # --quick: one PyTorch thread...
+    assert report["config"]["torch_threads"] == 1 and report["config"]["torch_batches"] == 4
     assert report["matmul_rate_gflops"] == max(row["gflops"] for row in report["matmul"]) > 0
     # Two model blocks (the speed model and the density table's), every implementation in each.
     assert [r["implementation"] for r in report["train"]] == list(run.IMPLEMENTATIONS) * 2
-    assert [r["model"] for r in report["train"]] == ["784-64-64-8"] * 8 + ["784-48-48-6"] * 8
-    examples = 512 // 32 * 32
+    n = len(run.IMPLEMENTATIONS)
+    assert [r["model"] for r in report["train"]] == ["784-64-64-8"] * n + ["784-48-48-6"] * n
     for row in report["train"]:
+        # ...and 4 batches an epoch (every vae_jax and hand-written epoch: all 16)
+        examples = (4 if row["implementation"].startswith("pytorch") else 512 // 32) * 32
+        assert row["examples"] == examples
         assert len(row["seconds"]) == 1 and row["median_seconds"] > 0
         assert math.isclose(row["examples_per_second"], examples / row["median_seconds"])
         assert math.isclose(row["fraction_of_matmul_rate"], row["gflops"] / report["matmul_rate_gflops"])
@@ -155,7 +162,54 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
                                        and max(others) <= 0.2)
     printed = capsys.readouterr().out
     assert all(name in printed for name in run.IMPLEMENTATIONS) and str(out) in printed
+    assert report["machine"]["cpu_capability"]["kind"] in printed
     assert ("TIMINGS NOT VALID" in printed) == (not report["timings_valid"])
+
+
+_CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma {extra}
+"""
+
+
+@pytest.mark.parametrize("extra, kind", [("", "AVX2 without bf16"), ("avx512f avx512bw", "AVX-512 without bf16"),
+                                         ("avx512f avx512_bf16", "AVX512-BF16"),
+                                         ("avx512f avx512_bf16 amx_bf16 amx_tile", "AMX-BF16")])
+def test_cpu_capability_reads_the_bf16_flags(extra, kind):
+    capability = run.cpu_capability(_CPUINFO.format(extra=extra))
+    assert capability["model_name"] == "AMD EPYC 9R14" and capability["kind"] == kind
+    assert capability["flags"] == {flag: flag in extra or flag == "avx2" for flag in run.CPU_FLAGS}
+
+
+def test_cpu_capability_of_a_machine_without_x86_flags():
+    capability = run.cpu_capability("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert capability["kind"] == "unknown" and not any(capability["flags"].values())
+
+
+def test_fewer_copies_option_removes_the_per_step_parameter_copies_and_keeps_the_numbers():
+    """The epoch scan with jax_vae.FEWER_COPIES: no copy of a parameter in XLA:CPU's compiled epoch
+    (the default copies several every step) and, after one epoch, bitwise the same parameters."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU option")
+    import re
+
+    model = jax_vae.build((8, 8, 1), hidden_sizes=(32, 16), latent_dim=4)
+    data = jnp.asarray(np.random.default_rng(0).random((64, 8, 8, 1)) < 0.3, jnp.float32)
+    step = vj.make_train_step(model.objective)
+    params, copies = [], []
+    for options in (None, jax_vae.FEWER_COPIES):
+        state = vj.create_train_state(model, jax.random.key(0), data[0], optax.adam(1e-3))
+        compiled = vj.train_epoch.lower(step, state, data, jax.random.key(1), batch_size=16).compile(
+            compiler_options=options)
+        copies.append(len(re.findall(r"= f32\[[\d,]+\]\{[\d,]*\} copy\(%get-tuple-element", compiled.as_text())))
+        params.append(jax.tree.leaves(compiled(state, data, jax.random.key(1))[0].params))
+    assert copies[0] > 0 and copies[1] == 0, copies
+    assert all(np.array_equal(a, b) for a, b in zip(*params))
 
 
 def test_ratios_against_the_fastest_peer():
@@ -216,9 +270,60 @@ def test_help_and_bad_arguments(capsys):
         run.parse_args(["--examples", "10", "--batch-sizes", "128"])
 
 
-def test_profile_step_runs():
-    result = profile_step.profile(8, steps=2, repeats=1, hidden_sizes=(32, 16), latent_dim=4)
+@pytest.mark.parametrize("compute_dtype", ("float32", "bfloat16"))
+def test_profile_step_runs(compute_dtype):
+    result = profile_step.profile(8, steps=2, repeats=1, hidden_sizes=(32, 16), latent_dim=4,
+                                  compute_dtype=compute_dtype)
+    assert result["compute_dtype"] == compute_dtype
     seconds = result["seconds_per_step"]
     assert set(seconds) == {"matmuls", "adam", "train step", "rest"}
     assert all(np.isfinite(v) for v in seconds.values())
     assert min(seconds["matmuls"], seconds["adam"], seconds["train step"]) > 0
+
+
+def test_gpu_check_fails_in_one_line_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh on a CPU-only JAX: exit status 2, one line saying what it needs, nothing written."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from benchmarks import gpu_check
+
+    assert gpu_check.gpu_problem("gpu", ["NVIDIA H200"]) is None
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(root)}
+    done = subprocess.run(["bash", str(root / "benchmarks/gpu_check.sh"), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == gpu_check.gpu_problem("cpu", ["cpu"]), done.stderr
+    assert "CUDA jaxlib" in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_gpu_check_parts_run_on_the_cpu(tmp_path):
+    """The check's pure-python parts: the step comparison (CPU against CPU: identical), the commands
+    it runs (existing test files, arguments the benchmark accepts) and the part runner's statuses."""
+    import pathlib
+    import sys
+
+    from benchmarks import gpu_check
+
+    cpu = jax.devices("cpu")[0]
+    steps = gpu_check.compare_step(cpu, cpu)
+    for dtype, r in steps.items():
+        assert r["ok"] and r["loss"] == r["loss_reference"] > 0 and math.isclose(r["gradient_cosine"], 1.0), dtype
+    assert steps["float32"]["loss"] != steps["bfloat16"]["loss"]  # the two precisions really differ
+    parts = gpu_check.commands(tmp_path, python="python")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    assert all((root / path).is_file() for path in gpu_check.TESTS)
+    assert parts["tests"][-1] == f"--junitxml={tmp_path / 'tests.xml'}"
+    bench = run.parse_args(parts["benchmark"][3:])
+    assert bench.examples == 12800 and bench.out == tmp_path / "gpu.json" and not bench.quick
+    assert sum(gpu_check.TIME_LIMITS.values()) < 600
+    fail = gpu_check.run_part([sys.executable, "-c", "print('x'); raise SystemExit(3)"], limit=60,
+                              log=tmp_path / "fail.log")
+    assert fail["status"] == "failed (exit 3)" and (tmp_path / "fail.log").read_text() == "x\n"
+    slow = gpu_check.run_part([sys.executable, "-c", "import time; time.sleep(30)"], limit=0.5,
+                              log=tmp_path / "slow.log")
+    assert slow["status"] == "timed out after 0 s" and slow["seconds"] < 20

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import _mixed_precision as mixed_precision
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
     "elu": nn.elu,
@@ -44,7 +46,9 @@ def precision(dtype: Any) -> dict[str, Any]:
     (bfloat16): the layer's inputs and float32 parameters are cast to it for the
     product, which accumulates and returns float32 (``preferred_element_type``),
     so the bias, activations and every reduction after it stay float32; the
-    parameters themselves (and so the optimiser state) remain float32.
+    parameters themselves (and so the optimiser state) remain float32. Dense layers
+    use :func:`vae_jax._mixed_precision.dot_general` instead (see ``_dense``): it
+    also runs both gradient products in the compute dtype, and keeps the bias float32.
     """
     if dtype is None or jnp.dtype(dtype) == jnp.float32:
         return {}
@@ -52,9 +56,10 @@ def precision(dtype: Any) -> dict[str, Any]:
 
 
 def _dense(features: int, dtype: Any, **kwargs) -> nn.Dense:
+    # Float32 inputs, parameters and bias; the product rounds its operands (forward and both
+    # gradients) to the compute dtype and accumulates in float32 (vae_jax._mixed_precision).
     if precision(dtype):
-        kwargs.update(precision(dtype), dot_general=functools.partial(
-            jax.lax.dot_general, preferred_element_type=jnp.float32))
+        kwargs.update(dot_general=functools.partial(mixed_precision.dot_general, compute_dtype=dtype))
     return nn.Dense(features, **kwargs)
 
 
