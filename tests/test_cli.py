@@ -19,7 +19,8 @@ import pytest
 from vae_jax import ModelConfig, runner, training
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.cli import main
-from vae_jax.config import RunConfig, TrainConfig, load_run_config, write_json
+from vae_jax.config import RunConfig, TrainConfig
+from vae_jax.runs import load_run_config, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # digits: 1438 training images - 300 validation = 1138, i.e. 17 steps of 64 per epoch
