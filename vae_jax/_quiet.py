@@ -18,11 +18,11 @@ import time
 from typing import Any, Callable
 
 
-def call_quietly(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+def call_quietly(fn: Callable[[], Any], *, replay: bool = True) -> tuple[Any, str | None]:
     """``(fn(), None)``, or ``(None, the first line of its exception)``, with file descriptor 2 captured.
 
-    What ``fn`` printed to file descriptor 2 is replayed when it succeeds and
-    dropped when it fails. On an error the exception is let go (it holds the
+    What ``fn`` printed to file descriptor 2 is replayed when it succeeds (with
+    ``replay``) and dropped when it fails. On an error the exception is let go (it holds the
     abandoned operations), they are collected, and the capture must be quiet for
     a moment (at most 2 s) before file descriptor 2 is given back. Hence an
     error string here, not an exception chained to Orbax's.
@@ -48,7 +48,7 @@ def call_quietly(fn: Callable[[], Any]) -> tuple[Any, str | None]:
                 os.close(saved)
                 capture.seek(0)
                 text = capture.read()
-                if error is None and text:
+                if error is None and replay and text:
                     os.write(2, text)
 
 

@@ -179,8 +179,12 @@ class RunCheckpoints:
         return _flock(self._lock_path, mode, required=not self.read_only)
 
     def _guard(self, fn):
-        """``fn()`` quietly, with Orbax's errors about the folder's metadata turned into a CheckpointError."""
-        value, error = call_quietly(fn)
+        """``fn()`` with Orbax's errors about the folder's metadata turned into a CheckpointError.
+
+        What Orbax logs meanwhile is dropped: it is about damaged step metadata, which
+        :meth:`_small_items` checks and names when that step is read.
+        """
+        value, error = call_quietly(fn, replay=False)
         if error is not None:
             bad = _damaged_json(self.directory)
             what = f"the damaged file {str(bad)!r}" if bad else f"a damaged metadata file in {str(self.directory)!r}"
@@ -275,7 +279,7 @@ class RunCheckpoints:
             if error is not None:
                 self._remove_leftovers()
                 raise CheckpointError(f"Could not write the checkpoint of epoch {epoch} to "
-                                      f"{str(self.directory)!r} ({error}); free some disk space, then resume.")
+                                      f"{str(self.directory)!r} (a full disk?): {error}")
             keep = {epoch, _best(history, self.metric, self.epochs)}
             for step in self.epochs:
                 if step not in keep:

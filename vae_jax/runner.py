@@ -182,16 +182,16 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
     model, state, step, eval_objective, metric = setup(config, input_shape)
     _, key_fit, key_eval = _keys(t.seed)
     log = _RunLog(out, metric, t.epochs, runs.previous_seconds(out / "run.json") if run.resume else 0.0)
+    saved = {**config.to_dict(), "input_shape": list(input_shape), "sizes": {k: len(v) for k, v in images.items()}}
     if not run.resume:
         log.write([], status="starting")  # first: marks the folder as this run's
-    write_json(out / "config.json", {**config.to_dict(), "input_shape": list(input_shape),
-                                     "sizes": {k: len(v) for k, v in images.items()}})
+        write_json(out / "config.json", saved)
     plan = runs.FitPlan(step, images["train"], key_fit, t.epochs, t.batch_size, metric,
                         hooks.Validate(eval_objective, images["validation"], key_eval), config=bound_config(config),
                         logs=(runs.CSVLog(out / "metrics.csv"), log), progress=progress)
     try:
         result = runs.resumable_fit(run, state, plan, checkpoint=checkpoint, status=log.write,
-                                    on_resume=_say_resumed(out))
+                                    on_resume=_say_resumed(out, saved))
     except runs.Interrupted as stop:
         then = ("Continue with the same command and --resume." if stop.epochs else
                 "Run the same command again (without --resume) to start over.")
@@ -206,9 +206,11 @@ def bound_config(config: RunConfig) -> dict[str, Any]:
     return runs.bound_config(config.to_dict(), RESUMABLE_CHANGES)
 
 
-def _say_resumed(out: Path):
-    """``on_resume``: rewrites ``metrics.csv`` from the restored history and says what was moved aside."""
+def _say_resumed(out: Path, saved: dict[str, Any]):
+    """``on_resume`` (after the checkpoint verified against the config): writes ``config.json`` (its
+    ``epochs`` may have changed) and ``metrics.csv`` (the restored history), and says what was moved aside."""
     def on_resume(history: list[dict], moved: list[int]) -> None:
+        write_json(out / "config.json", saved)
         runs.write_csv(out / "metrics.csv", history)
         if moved:
             print(f"Resuming from the checkpoint of epoch {len(history)}; the corrupt checkpoint(s) of epoch "

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import jax
 
 from vae_jax import hooks, training
+from vae_jax._quiet import first_line
 from vae_jax.checkpoints import CheckpointError, RunCheckpoints
 from vae_jax.config import RunConfig
 
@@ -450,9 +451,10 @@ def resumable_fit(run: RunFolder, state: training.TrainState, plan: FitPlan, *, 
         except FloatingPointError as e:
             _report(status, seen.history, status="failed", error=str(e))
             raise FloatingPointError(f"{e} {kept(ckpts)}") from None
-        except (CheckpointError, OSError) as e:
-            _report(status, seen.history, status="failed", error=str(e))
-            raise
+        except (CheckpointError, OSError) as e:  # e.g. a full disk
+            message = f"{first_line(e)} {kept(ckpts)}"
+            _report(status, seen.history, status="failed", error=message)
+            raise CheckpointError(message) from None
         _report(status, result.history, status="finished")
         best_state, _ = ckpts.restore(template, which="best")
         return Fitted(result.state, result.history, result.stop_reason, best_state, ckpts.best_epoch)
