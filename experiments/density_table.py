@@ -159,17 +159,23 @@ def train_rows(args: argparse.Namespace, cfg: StudyConfig, *, command: str) -> l
 
 
 def _check_saved_config(out: Path, cfg: StudyConfig) -> None:
-    """Saves ``cfg`` as ``OUT/models/config.json``, or refuses when ``out`` was run with another one."""
-    saved = out / "models" / "config.json"
+    """Saves ``cfg`` as ``OUT/models/config.json``; refuses when a row of ``out`` was trained under another one.
+
+    A saved configuration that no row has a checkpoint or result of (a run that failed at once, say on a
+    bad option) is replaced, so that it never blocks the corrected command.
+    """
+    saved, now = out / "models" / "config.json", json.loads(json.dumps(cfg.to_dict()))
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        if previous != json.loads(json.dumps(cfg.to_dict())):
-            changes = ", ".join(changed_fields(previous, json.loads(json.dumps(cfg.to_dict()))))
-            raise SystemExit(f"{out} was run with another configuration ({saved}: {changes}); use the same flags "
-                             "or another --out.")
-        return
+        trained = [name for name in ROWS if (out / "models" / name / "result.json").is_file()
+                   or runs.checkpoint_epochs(out / "models" / name)]
+        if previous != now and trained:
+            raise SystemExit(f"{out} was run with another configuration ({saved}: "
+                             f"{', '.join(changed_fields(previous, now))}); use the same flags or another --out.")
+        if previous == now:
+            return
     saved.parent.mkdir(parents=True, exist_ok=True)
-    write_json(saved, cfg.to_dict())
+    write_json(saved, now)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,17 @@ def test_resume_of_a_missing_out_is_refused_and_creates_nothing(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_saved_configuration_blocks_only_when_a_row_was_trained_under_it(tmp_path):
+    cfg = dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), "--quick"]))
+    other = dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), "--quick", "--learning-rate", "1e-3"]))
+    dt._check_saved_config(tmp_path, other)  # a run that failed before any checkpoint ...
+    dt._check_saved_config(tmp_path, cfg)  # ... does not block the corrected command
+    assert json.loads((tmp_path / "models" / "config.json").read_text())["learning_rate"] == 5e-4
+    (tmp_path / "models" / "vae" / "checkpoints" / "1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"another configuration .*learning_rate=0.0005 \(now 0.001\)"):
+        dt._check_saved_config(tmp_path, other)
+
+
 def test_rows_are_records_that_name_a_model_an_objective_and_warmup():
     assert dt.ROWS["vamp_warmup"].model["prior"] == "vamp" and dt.ROWS["vamp_warmup"].warmup
     assert (dt.ROWS["iwae5"].objective, dt.ROWS["iwae5"].iwae_k, dt.ROWS["vae"].iwae_k) == ("iwae", 5, None)
