@@ -32,7 +32,15 @@ reason, test numbers, exact command, package versions, machine, load average)
 and the process rewrites ``OUT/table.md`` and ``OUT/results.json`` from every
 finished model. Several processes may share one OUT (each model folder is
 locked by the process that trains it; a process that reaches a model another
-process holds skips it, saying so, and goes on with its next row).
+process holds skips it, saying so, and goes on with its next row). ``--resume``
+of an OUT that does not exist is refused; the study's configuration is bound to
+every checkpoint, and an OUT whose rows were trained with other options is
+refused, naming them.
+
+This module is the command; the rows and the study configuration are records in
+:mod:`experiments.density_config`, a row is trained through
+:func:`vae_jax.runs.resumable_fit` in :mod:`experiments.density_train`, and the
+tables and figures are made in :mod:`experiments.density_report`.
 
 A row is labelled "protocol" only when it ran the protocol to the end: the
 full sizes (no --train-size/--test-size/--max-minutes, 5000 samples, at most

@@ -16,7 +16,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from vae_jax import ModelConfig, runner, training
+from vae_jax import ModelConfig, runner, runs, training
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.cli import main
 from vae_jax.config import RunConfig, TrainConfig
@@ -395,9 +395,9 @@ def test_a_folder_without_a_checkpoint_starts_over_but_does_not_resume(tmp_path)
     out.mkdir()
     write_json(out / "run.json", {"status": "starting"})  # written first: the folder is a run's
     write_json(out / "config.json", {"model": {}, "train": {}})
-    assert runner.check_run_folder(out, resume=False) == []
+    assert runs.check_run_folder(out, resume=False) == []
     with pytest.raises(ValueError, match="holds none \\(its first epoch never finished\\)"):
-        runner.check_run_folder(out, resume=True)
+        runs.check_run_folder(out, resume=True)
 
 
 def test_evaluate_writes_no_non_finite_result(run, tmp_path, monkeypatch, capsys):

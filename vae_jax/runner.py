@@ -143,9 +143,6 @@ class _RunLog:
         self.write(history)
 
 
-check_run_folder = runs.check_run_folder  # the folder rules of a vae-jax run (vae_jax.runs.CLI_LAYOUT)
-
-
 def train(config: RunConfig, out: Path, *, resume: bool = False, checkpoint: str = "latest",
           progress: bool = True) -> int:
     """Trains (or with ``resume`` continues) the run in ``out``; returns 0, or 130 when interrupted by Ctrl-C.
