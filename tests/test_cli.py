@@ -456,7 +456,8 @@ def test_an_edited_config_json_is_refused_naming_the_fields(run, tmp_path, capsy
     assert "was trained with another configuration: train.seed=0 (now 1)" in proc.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before and len(_rows(out)) == 4
     # a changed latent_dim is a changed configuration, not a corrupt checkpoint
-    config.write_text(config.read_text().replace('"seed": 1', '"seed": 0').replace('"latent_dim": 2', '"latent_dim": 3'))
+    text = config.read_text().replace('"seed": 1', '"seed": 0')
+    config.write_text(text.replace('"latent_dim": 2', '"latent_dim": 3'))
     assert main(["evaluate", "--run", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "model.latent_dim=2 (now 3)" in err and "Corrupt" not in err

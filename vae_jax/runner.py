@@ -125,7 +125,7 @@ class _RunLog:
     """
 
     def __init__(self, out: Path, metric: str, epochs: int, seconds: float):
-        self.out, self.metric, self.epochs, self.ckpts = out, metric, epochs, None
+        self.out, self.metric, self.epochs = out, metric, epochs
         self.meta = {"status": "running", "versions": _versions(), "seconds": seconds}
         self.start = time.perf_counter()
 

@@ -407,8 +407,8 @@ class FitPlan:
 
 
 def resumable_fit(run: RunFolder, state: training.TrainState, plan: FitPlan, *, checkpoint: str = "latest",
-                  status: Callable[..., None] | None = None, on_resume: Callable[[list[dict], list[int]], None] | None = None
-                  ) -> Fitted:
+                  status: Callable[..., None] | None = None,
+                  on_resume: Callable[[list[dict], list[int]], None] | None = None) -> Fitted:
     """Trains the run in the locked folder ``run`` with checkpoints every epoch, resuming if ``run.resume``.
 
     Args:
