@@ -522,6 +522,18 @@ def test_a_damaged_run_json_does_not_block_resume(damage, run, tmp_path, capsys)
     assert (meta["status"], meta["epochs_completed"]) == ("finished", 5) and meta["seconds"] > 0
 
 
+def test_resume_takes_the_lock_once_and_checks_the_folder_once(run, tmp_path, monkeypatch):
+    # Issue 23: train --resume took the lock twice and checked the folder up to four times.
+    out = _copy(run, tmp_path / "once")
+    calls = []
+    for owner, name in ((runs, "check_run_folder"), (runs.RunLock, "acquire")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name),
+                                                                                   _real(*a, **k))[1])
+    assert _train(out, "--epochs", "5", "--resume") == 0
+    assert sorted(calls) == ["acquire", "check_run_folder"]
+
+
 def test_a_deleted_config_json_gets_advice_that_is_not_circular(run, tmp_path, capsys):
     out = _copy(run, tmp_path / "no_config")
     (out / "config.json").unlink()
