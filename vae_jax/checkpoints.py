@@ -215,6 +215,11 @@ class RunCheckpoints:
         Raises:
           CheckpointError: no kept checkpoint has a history that reads and matches its checksum.
         """
+        with self._locked():  # a reader beside a train: no step disappears while the histories are read
+            self._guard(self._manager.reload)
+            return self._best_epoch()
+
+    def _best_epoch(self) -> int | None:
         epochs = self.epochs
         return _best(self._ranking_history(epochs), self.metric, epochs) if epochs else None
 
@@ -311,7 +316,7 @@ class RunCheckpoints:
             self._guard(self._manager.reload)
             if which == "latest-intact":
                 return self._restore_newest_intact(template)
-            epoch = self.latest_epoch if which == "latest" else self.best_epoch
+            epoch = self.latest_epoch if which == "latest" else self._best_epoch()
             if epoch is None:
                 raise CheckpointError(f"No checkpoint in {str(self.directory)!r} (an interrupted first epoch "
                                       "leaves none; train again).")
