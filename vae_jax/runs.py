@@ -24,6 +24,7 @@ module:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -333,7 +334,8 @@ class RunFolder:
     def __exit__(self, *exc) -> None:
         self._lock.release()
         if self._created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+            with contextlib.suppress(OSError):  # another process may have just begun to use it
+                self.path.rmdir()
 
 
 class Interrupted(KeyboardInterrupt):
