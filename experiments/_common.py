@@ -25,7 +25,7 @@ import optax
 
 from vae_jax import data as vdata
 from vae_jax import models, objectives, training
-from vae_jax.config import write_json
+from vae_jax.runs import write_json
 
 
 class StudyError(RuntimeError):

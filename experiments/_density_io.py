@@ -76,18 +76,19 @@ def tfds_ready(name: str, data_dir: str | None = None, *, timeout: float = 3.0) 
                    f"copy DIR here and pass --tfds-data-dir DIR.")
 
 
-def load(cfg: dict, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train (grey levels), validation and test (binarised once) images, ``[N, 28, 28, 1]``."""
-    if cfg["dataset"] == "mnist":
+def load(cfg, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train (grey levels), validation and test (binarised once) images, ``[N, 28, 28, 1]``, of the study
+    configuration ``cfg`` (an ``experiments.density_config.StudyConfig``)."""
+    if cfg.dataset == "mnist":
         ready, message = tfds_ready("mnist", args.tfds_data_dir)
         if not ready:
             raise SystemExit(f"--dataset mnist cannot run here: {message}")
-        ds = vdata.load_dataset("mnist", validation_size=cfg["validation_size"], seed=cfg["split_seed"],
+        ds = vdata.load_dataset("mnist", validation_size=cfg.validation_size, seed=cfg.split_seed,
                                 data_dir=args.tfds_data_dir)
     else:
-        ds = vdata.load_dataset("fashion_mnist", validation_size=cfg["validation_size"], seed=cfg["split_seed"],
+        ds = vdata.load_dataset("fashion_mnist", validation_size=cfg.validation_size, seed=cfg.split_seed,
                                 data_dir=args.data_dir)
-    train = ds.train.images[: cfg["train_size"]]
-    validation = vdata.binarize_static(ds.validation.images, cfg["validation_binarization_seed"])
-    test = vdata.binarize_static(ds.test.images, cfg["test_binarization_seed"])[: cfg["test_size"]]
+    train = ds.train.images[: cfg.train_size]
+    validation = vdata.binarize_static(ds.validation.images, cfg.validation_binarization_seed)
+    test = vdata.binarize_static(ds.test.images, cfg.test_binarization_seed)[: cfg.test_size]
     return train, validation, test

@@ -14,7 +14,8 @@ import optax
 import pytest
 
 import vae_jax as vj
-from vae_jax.checkpoints import CheckpointError, CheckpointWarning, RunCheckpoints, RunLock, RunLockedError
+from vae_jax.checkpoints import (CheckpointError, CheckpointWarning, ConfigMismatchError, RunCheckpoints, RunLock,
+                                 RunLockedError)
 
 # TensorStore's reads abandoned by a failed restore of a damaged checkpoint are collected later, in
 # whichever test runs then: not an error of that test.
@@ -172,13 +173,45 @@ def test_checkpoint_without_a_checksum_loads_with_a_warning(saved, tmp_path):
     _assert_bitwise_equal(state.params, _state_at(4).params)
 
 
-def test_damaged_metrics_file_is_named(saved, tmp_path):
+def test_best_is_ranked_from_the_checksummed_history_never_from_a_metrics_file(saved, tmp_path):
+    # Orbax's metrics file lies outside the checksum: edited (as in issue 24: checkpoint 60 made the "best")
+    # or damaged, it used to choose the best checkpoint, delete the real one, or block every read.
     directory = tmp_path / "checkpoints"
     shutil.copytree(saved, directory)
-    (directory / "2" / "metrics" / "metrics").write_text("garbage")
-    with pytest.raises(CheckpointError, match=f"damaged file '{directory}/2/metrics/metrics'"):
-        with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
-            ckpts.best_epoch
+    for step, text in (("4", '{"validation_elbo": 1000.0}'), ("2", "garbage")):
+        (directory / step / "metrics").mkdir(exist_ok=True)
+        (directory / step / "metrics" / "metrics").write_text(text)
+    with RunCheckpoints(directory, metric=METRIC) as ckpts:
+        assert (ckpts.latest_epoch, ckpts.best_epoch) == (4, 2)  # VALUES: epoch 2 is the best
+        _assert_bitwise_equal(ckpts.restore(_state(), which="best")[0].params, _state_at(2).params)
+        state, history = ckpts.restore(_state())
+        ckpts.save(5, _state_at(5), history=history + [{"epoch": 5, "train_loss": 55.0, METRIC: -45.0}])
+    assert sorted(p.name for p in directory.iterdir()) == ["2", "5"]  # the true best kept, 4 removed
+    # a history that does not match its checksum ranks nothing: the next newest verified one does
+    path = directory / "5" / "history" / "metadata"
+    path.write_text(path.read_text().replace("-45.0", "-1.0"))
+    with RunCheckpoints(directory, metric=METRIC, read_only=True) as ckpts:
+        assert ckpts.best_epoch == 2
+        with pytest.raises(CheckpointError, match="Corrupt checkpoint 5: the history .* does not match"):
+            ckpts.restore(_state())
+
+
+def test_a_changed_config_is_refused_before_the_arrays_are_read(tmp_path):
+    config = {"model": {"latent_dim": 2, "hidden_sizes": [8]}, "train": {"seed": 0}}
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=config, create=True) as ckpts:
+        ckpts.save(1, _state_at(1), history=_history(1))
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=config) as ckpts:
+        _assert_bitwise_equal(ckpts.restore(_state())[0].params, _state_at(1).params)
+    changed = {"model": {"latent_dim": 3, "hidden_sizes": [8]}, "train": {"seed": 1}}
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=changed, read_only=True) as ckpts:
+        with pytest.raises(ConfigMismatchError, match=r"another configuration: model.latent_dim=2 \(now 3\), "
+                           r"train.seed=0 \(now 1\)"):
+            ckpts.restore(_state(hidden=(16,)), which="latest-intact")  # not "corrupt", and no fallback
+    integrity = tmp_path / "ck" / "1" / "integrity" / "metadata"
+    integrity.write_text(integrity.read_text().replace('"seed": 0', '"seed": 5'))  # the stored copy is checksummed
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, read_only=True) as ckpts:
+        with pytest.raises(CheckpointError, match="do not match the checksum"):
+            ckpts.restore(_state())
 
 
 def test_half_deleted_step_is_removed_by_the_writer_and_left_alone_by_readers(saved, tmp_path):

@@ -16,10 +16,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from vae_jax import ModelConfig, runner, training
+from vae_jax import ModelConfig, runner, runs, training
 from vae_jax.checkpoints import RunCheckpoints
 from vae_jax.cli import main
-from vae_jax.config import RunConfig, TrainConfig, load_run_config, write_json
+from vae_jax.config import RunConfig, TrainConfig
+from vae_jax.runs import load_run_config, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # digits: 1438 training images - 300 validation = 1138, i.e. 17 steps of 64 per epoch
@@ -260,8 +261,14 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
     elif how == "empty":
         for path in (copy / "checkpoints").iterdir():
             shutil.rmtree(path)
-    elif how == "metrics":
+    elif how == "metrics":  # Orbax's metrics file (outside the checksum), damaged
+        (copy / "checkpoints" / "4" / "metrics").mkdir(exist_ok=True)
         (copy / "checkpoints" / "4" / "metrics" / "metrics").write_text("garbage")
+    elif how == "metadata":  # a flipped byte in Orbax's step metadata
+        path = copy / "checkpoints" / "4" / "_CHECKPOINT_METADATA"
+        content = bytearray(path.read_bytes())
+        content[len(content) // 2] ^= 0xFF
+        path.write_bytes(bytes(content))
     return copy
 
 
@@ -288,8 +295,10 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
     (["sample", "--run", "{tmp}"], 1, "Run config '{tmp}/config.json' not found"),
     (["evaluate", "--run", "{garbage}", "--no-progress"], 1, "Corrupt checkpoint 4: '{garbage_abs}/checkpoints/4'"),
     (["evaluate", "--run", "{flipped}", "--no-progress"], 1, "Corrupt checkpoint 4: "),
-    (["evaluate", "--run", "{metrics}", "--no-progress"], 1,
-     "the damaged file '{metrics_abs}/checkpoints/4/metrics/metrics' cannot be read"),
+    (["train", *DIGITS, "--resume", "--out", "{run}/config.json"], 2, "is a file or lies under one; give the run's"),
+    (["train", *DIGITS, "--out", ""], 2, "expected a folder name; got ''"),
+    (["train", *DIGITS, "--out", "{foreign}"], 2, "holds files that no run wrote (config.json, metrics.csv); nothing "
+     "was overwritten"),
     (["evaluate", "--run", "{empty}", "--no-progress"], 1, "No checkpoint in '{empty_abs}/checkpoints'"),
     (["sample", "--run", "{run}", "--n", "0"], 2, "--n must be >= 1"),
     (["sample", "--run", "{run}", "--out", "{run}/config.json/x.png"], 2, "lies under the file"),
@@ -325,7 +334,17 @@ def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, ca
         if any("{" + how in a for a in argv):
             names[how] = _corrupt_copy(run, tmp_path, how)
             names[how + "_abs"] = names[how].absolute()
-    assert main([a.format(**names) for a in argv]) == code
+    names["foreign"] = tmp_path / "someones"  # files the run did not write
+    (names["foreign"]).mkdir()
+    for name in ("config.json", "metrics.csv"):
+        (names["foreign"] / name).write_text("mine\n")
+    if argv[-1] == "":
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == code
+    else:
+        assert main([a.format(**names) for a in argv]) == code
+    assert (names["foreign"] / "config.json").read_text() == "mine\n"  # never overwritten
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert message.format(**names) in err
@@ -336,18 +355,20 @@ def test_no_noise_after_an_error_in_a_real_process(run, tmp_path):
     # during the failed read, at interpreter exit, or whenever the garbage collector finalised the
     # abandoned reads (CI once caught them in the next command). One real process, three failing
     # commands, each followed by a collection.
-    folders = [str(_corrupt_copy(run, tmp_path, how)) for how in ("empty", "flipped", "damaged")]
+    folders = [str(_corrupt_copy(run, tmp_path, how)) for how in ("empty", "flipped", "damaged", "metadata")]
     script = ("import gc, sys; from vae_jax.cli import main; "
               "codes = [(main(['evaluate', '--run', r, '--no-progress']), gc.collect())[0] for r in sys.argv[1:]]; "
               "print(codes)")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-c", script, *folders, folders[-1]], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-c", script, *folders[:3], folders[2], folders[3]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 1, 1, 1]", proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 1, 1, 1, 1]", proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
-    assert len(lines) == 4 and all(line.startswith("vae-jax evaluate: error: ") for line in lines), proc.stderr
+    assert len(lines) == 5 and all(line.startswith("vae-jax evaluate: error: ") for line in lines), proc.stderr
     assert "No checkpoint in" in lines[0] and "Corrupt checkpoint 4" in lines[1]
     assert all("Corrupt checkpoint 4" in line and "is damaged" in line for line in lines[2:])  # a failed read
+    # a flipped byte in Orbax's step metadata: one line and exit 1 (it was two absl errors and exit 0)
+    assert "_CHECKPOINT_METADATA" not in proc.stderr and "utf-8" in lines[4]
 
 
 def test_resume_from_the_latest_intact_checkpoint(run, tmp_path, capsys):
@@ -372,10 +393,11 @@ def test_resume_from_the_latest_intact_checkpoint(run, tmp_path, capsys):
 def test_a_folder_without_a_checkpoint_starts_over_but_does_not_resume(tmp_path):
     out = tmp_path / "stopped_in_epoch_1"  # what a kill in the first epoch leaves
     out.mkdir()
+    write_json(out / "run.json", {"status": "starting"})  # written first: the folder is a run's
     write_json(out / "config.json", {"model": {}, "train": {}})
-    assert runner.check_run_folder(out, resume=False) == []
+    assert runs.check_run_folder(out, resume=False) == []
     with pytest.raises(ValueError, match="holds none \\(its first epoch never finished\\)"):
-        runner.check_run_folder(out, resume=True)
+        runs.check_run_folder(out, resume=True)
 
 
 def test_evaluate_writes_no_non_finite_result(run, tmp_path, monkeypatch, capsys):
@@ -400,6 +422,148 @@ def test_malformed_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _cli(*argv, limit=None):
+    """``vae-jax ARGV`` in a process of its own (with ``limit``: no file may grow past ``limit`` bytes, the
+    way a full disk stops a write); returns the finished process."""
+    script = ("import resource, signal, sys; from vae_jax.cli import main\n"
+              "if sys.argv[1] != 'None':\n"
+              "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))\n"
+              "sys.exit(main(sys.argv[2:]))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-c", script, str(limit), *map(str, argv)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _copy(run, path):
+    import shutil
+
+    shutil.copytree(run, path)
+    return path
+
+
+def test_an_edited_config_json_is_refused_naming_the_fields(run, tmp_path, capsys):
+    # Issue 24: "seed": 0 -> 1 in a finished run's config.json, then --resume --epochs 5, exited 0 with
+    # another validation ELBO (the seed also draws the validation split). The config is bound to the checkpoints.
+    out = _copy(run, tmp_path / "edited")
+    config = out / "config.json"
+    config.write_text(config.read_text().replace('"seed": 0', '"seed": 1'))
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    proc = _cli("train", "--resume", "--epochs", "5", "--no-progress", "--out", out)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "was trained with another configuration: train.seed=0 (now 1)" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before and len(_rows(out)) == 4
+    # a changed latent_dim is a changed configuration, not a corrupt checkpoint
+    text = config.read_text().replace('"seed": 1', '"seed": 0')
+    config.write_text(text.replace('"latent_dim": 2', '"latent_dim": 3'))
+    assert main(["evaluate", "--run", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "model.latent_dim=2 (now 3)" in err and "Corrupt" not in err
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """A run whose best checkpoint is not its latest: measured best 5, latest 6 (validation ELBO -26.36, -26.40)."""
+    out = tmp_path_factory.mktemp("cli") / "noisy"
+    assert _train(out, "--epochs", "6", "--lr", "0.05") == 0
+    return out
+
+
+def test_the_best_checkpoint_is_ranked_from_the_checksummed_history(noisy, tmp_path, capsys):
+    # Issue 24: an edited metric of checkpoint 60 (true best 58) made 60 the "best" on resume, deleted 58
+    # and 61, and evaluate --checkpoint best used 60. A file outside the checksum claims epoch 6 is best.
+    out = _copy(noisy, tmp_path / "edited_metric")
+    (out / "checkpoints" / "6" / "metrics").mkdir(exist_ok=True)
+    (out / "checkpoints" / "6" / "metrics" / "metrics").write_text('{"validation_elbo": 1000.0}')
+    proc = _cli("train", "--resume", "--epochs", "7", "--no-progress", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(out)
+    true_best = int(max(rows, key=lambda r: float(r["validation_elbo"]))["epoch"])
+    assert true_best != 6 and sorted(int(p.name) for p in (out / "checkpoints").iterdir()) == sorted({true_best, 7})
+    assert json.loads((out / "run.json").read_text())["best_checkpoint"] == true_best
+    assert f"at epoch {true_best}); outputs in" in proc.stdout  # the summary line agrees
+    assert main(["evaluate", "--run", str(out), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == true_best
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_a_failed_run(tmp_path):
+    # Issue 24: 183 lines of asyncio/absl tracebacks, exit 2 and run.json 'running'. Here no file may grow
+    # past 20 kB: the checkpoint's array file cannot be written (the config, log and status files can).
+    out = tmp_path / "full"
+    proc = _cli("train", *DIGITS, "--epochs", "2", "--out", out, limit=20_000)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("vae-jax train: error: Could not write the checkpoint of epoch 1")
+    assert "no checkpoint was written" in proc.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "failed" and "Could not write the checkpoint" in meta["error"]
+    assert not [p for p in (out / "checkpoints").iterdir()]  # no half-written step left behind
+
+
+def test_sample_on_a_full_disk_leaves_no_png_and_into_a_folder_writes_samples_png(run, tmp_path, capsys):
+    proc = _cli("sample", "--run", run, "--n", "4", "--out", tmp_path / "s.png", limit=1_000)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []  # it was a 0-byte s.png
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    assert main(["sample", "--run", str(run), "--n", "4", "--out", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {folder / 'samples.png'}"  # it was pictures.png beside it
+    assert matplotlib.image.imread(folder / "samples.png").shape[0] > 50
+
+
+@pytest.mark.parametrize("damage", ["{", "[]", '{"seconds": null}'])
+def test_a_damaged_run_json_does_not_block_resume(damage, run, tmp_path, capsys):
+    out = _copy(run, tmp_path / "status")
+    (out / "run.json").write_text(damage)
+    assert _train(out, "--epochs", "5", "--resume") == 0
+    assert "run.json' is damaged; its time so far is not counted" in capsys.readouterr().err
+    meta = json.loads((out / "run.json").read_text())
+    assert (meta["status"], meta["epochs_completed"]) == ("finished", 5) and meta["seconds"] > 0
+
+
+def test_resume_takes_the_lock_once_and_checks_the_folder_once(run, tmp_path, monkeypatch):
+    # Issue 23: train --resume took the lock twice and checked the folder up to four times.
+    out = _copy(run, tmp_path / "once")
+    calls = []
+    for owner, name in ((runs, "check_run_folder"), (runs.RunLock, "acquire")):
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name),
+                                                                                   _real(*a, **k))[1])
+    assert _train(out, "--epochs", "5", "--resume") == 0
+    assert sorted(calls) == ["acquire", "check_run_folder"]
+
+
+def test_a_deleted_config_json_gets_advice_that_is_not_circular(run, tmp_path, capsys):
+    out = _copy(run, tmp_path / "no_config")
+    (out / "config.json").unlink()
+    assert _train(out, "--epochs", "5", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints but no config.json (deleted?); put the run's config.json back" in err
+    assert "without --resume" not in err  # which would say: "already holds a run; add --resume"
+    assert json.loads((out / "checkpoints" / "4" / "integrity" / "metadata").read_text())["config"]["model"][
+        "latent_dim"] == 2  # where the advice points: the settings are kept there
+
+
+def test_an_unreadable_metrics_file_blocks_neither_best_nor_latest_intact(run, tmp_path, capsys):
+    out = _corrupt_copy(run, tmp_path, "metrics")
+    assert main(["evaluate", "--run", str(out), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == 4
+    assert _train(out, "--epochs", "4", "--resume", "--checkpoint", "latest-intact") == 0
+
+
+def test_failed_commands_leave_no_lock_and_resume_creates_nothing(run, tmp_path, capsys):
+    assert not (run / ".lock").exists()  # a finished run
+    assert _train(tmp_path / "bad", "--dataset", "no_such_dataset") == 2
+    assert not (tmp_path / "bad").exists()  # created for the lock, removed again
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train(empty, "--resume") == 2 and list(empty.iterdir()) == []
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one line, not 21 lines of usage first
+        main(["train", "--out", "x", "--epochs", "ten"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0 and "invalid int value: 'ten'" in err
 
 
 DISCRETE = ["--dataset", "digits", "--validation-size", "200", "--train-size", "300", "--batch-size", "50",

@@ -43,8 +43,9 @@ def test_quick_rows_write_results_labelled_as_not_the_protocol(tmp_path):
     # the command rebuilds the same configuration
     argv = shlex.split(rows[0]["command"])[3:]
     again = dt.make_config(dt.build_parser().parse_args(argv))
-    assert again == {k: v for k, v in rows[0]["config"].items() if not k.endswith("_images")} | \
+    assert again.to_dict() == {k: v for k, v in rows[0]["config"].items() if not k.endswith("_images")} | \
         {"full_protocol": False}
+    assert dt.StudyConfig.from_dict(rows[0]["config"]) == dt.with_images(again, 500, 200, 20)
     with pytest.raises(SystemExit, match="--resume"):  # a finished OUT is not overwritten
         dt.main(["--out", str(tmp_path), *QUICK, "--epochs", "2", "--models", "iwae5"])
     dt.snapshot(tmp_path, tmp_path / "snap")
@@ -97,7 +98,8 @@ def test_an_interrupted_warmup_run_resumes_to_the_uninterrupted_result_bitwise(t
     for run in ("a", "b"):
         with checkpoints.RunCheckpoints(tmp_path / run / "models" / "vae_warmup" / "checkpoints",
                                         metric="validation_objective") as ckpt:
-            template = dt.row_setup("vae_warmup", whole["config"], np.zeros((500, 28, 28, 1), np.float32))[3]
+            template = dt.row_setup("vae_warmup", dt.StudyConfig.from_dict(whole["config"]),
+                                    np.zeros((500, 28, 28, 1), np.float32))[3]
             states.append(ckpt.restore(template, which="latest")[0])
     assert int(states[0].step) == int(states[1].step) == 3 * 5 and int(states[1].kl_warmup_steps) == 2 * 5
     for x, y in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
@@ -124,11 +126,57 @@ def test_labels_say_protocol_only_for_a_finished_full_run():
 
 def test_full_protocol_flag_follows_the_sizes(tmp_path):
     parse = lambda *a: dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
-    assert parse()["full_protocol"]
+    assert parse().full_protocol
     for flags in (["--max-minutes", "50"], ["--test-size", "200"], ["--num-samples", "1000"], ["--epochs", "3"],
                   ["--architecture", "mlp"], ["--quick"], ["--patience", "10"], ["--learning-rate", "1e-3"],
                   ["--batch-size", "50"], ["--warmup-epochs", "10"], ["--num-components", "50"]):
-        assert not parse(*flags)["full_protocol"], flags
+        assert not parse(*flags).full_protocol, flags
+
+
+def test_resume_of_a_missing_out_is_refused_and_creates_nothing(tmp_path):
+    # Issue 24: `density_table --resume` on a typo'd --out started a new study there.
+    with pytest.raises(SystemExit, match="--resume needs a run, and there is no folder"):
+        dt.main(["--out", str(tmp_path / "typo"), "--quick", "--resume", "--no-progress"])
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_saved_configuration_blocks_only_when_a_row_was_trained_under_it(tmp_path):
+    cfg = dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), "--quick"]))
+    other = dt.make_config(dt.build_parser().parse_args(["--out", str(tmp_path), "--quick", "--learning-rate", "1e-3"]))
+    dt._check_saved_config(tmp_path, other)  # a run that failed before any checkpoint ...
+    dt._check_saved_config(tmp_path, cfg)  # ... does not block the corrected command
+    assert json.loads((tmp_path / "models" / "config.json").read_text())["learning_rate"] == 5e-4
+    (tmp_path / "models" / "vae" / "checkpoints" / "1").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"another configuration .*learning_rate=0.0005 \(now 0.001\)"):
+        dt._check_saved_config(tmp_path, other)
+
+
+@pytest.mark.parametrize("name", ["vae", "vae_warmup", "vamp_warmup", "iwae5"])
+def test_the_records_rebuild_the_committed_protocol_results(name):
+    # docs/results/density_table was made with dict configs and tuple rows: the records must give the same
+    # configuration (so a resume of that OUT is not refused), model, label, prior and k.
+    import dataclasses
+    from pathlib import Path
+
+    saved = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "density_table" /
+                        f"{name}.json").read_text())
+    cfg = dt.with_images(dt.make_config(dt.build_parser().parse_args(["--out", "x"])), 50000, 10000, 10000)
+    assert cfg.to_dict() == saved["config"] | {"net": dict(saved["config"]["net"], hidden_sizes=[300, 300])}
+    assert dt.StudyConfig.from_dict(saved["config"]) == cfg and cfg.full_protocol
+    model = dataclasses.asdict(dt.model_config(cfg, name))
+    assert model | {"hidden_sizes": list(model["hidden_sizes"])} == saved["model_config"]
+    row = dt.ROWS[name]
+    assert (row.title(cfg.num_components), row.prior, row.iwae_k) == (saved["label"], saved["prior"], saved["iwae_k"])
+
+
+def test_rows_are_records_that_name_a_model_an_objective_and_warmup():
+    assert dt.ROWS["vamp_warmup"].model["prior"] == "vamp" and dt.ROWS["vamp_warmup"].warmup
+    assert (dt.ROWS["iwae5"].objective, dt.ROWS["iwae5"].iwae_k, dt.ROWS["vae"].iwae_k) == ("iwae", 5, None)
+    cfg = dt.make_config(dt.build_parser().parse_args(["--out", "x", "--quick"]))
+    assert dt.model_config(cfg, "vamp_warmup").prior == "vamp" and dt.model_config(cfg, "vamp_warmup").latent_dim == 8
+    assert dt.ROWS["vamp_warmup"].title(cfg.num_components) == "VampPrior (K=10) + warm-up"
+    with pytest.raises(ValueError, match="warm-up weights the KL term"):
+        dt.Row("IWAE with warm-up", objective="iwae", num_samples=5, warmup=True)
 
 
 def test_mnist_without_data_or_network_fails_fast_without_calling_tfds_load(tmp_path, monkeypatch):

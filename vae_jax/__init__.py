@@ -45,7 +45,7 @@ _LAZY = {
 }
 _LAZY_MODULES = ("checkpoints", "cli", "config", "data", "discrete", "discrete_estimators", "disentanglement",
                  "dsprites", "enumeration", "evaluation", "hooks", "models", "networks", "parallel", "plotting",
-                 "runner", "tc", "training")
+                 "runner", "runs", "tc", "training")
 
 __all__ = sorted([
     "LIKELIHOODS", "bernoulli_log_prob", "gaussian_log_prob", "kl_to_standard_normal", "likelihood_mean",

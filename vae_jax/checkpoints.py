@@ -1,16 +1,14 @@
-"""Run folders: one writer at a time, and Orbax checkpoints that are verified when read.
-
-:class:`RunLock` is an exclusive ``fcntl.flock`` lock on ``RUN/.lock``, held by
-every command that writes a run folder for its whole life (the kernel drops it
-when the process ends, even by SIGKILL); a second writer gets
-:class:`RunLockedError` naming the holder's pid.
+"""Orbax checkpoints of one run that are verified when read, and bound to the run's configuration.
 
 A run's ``checkpoints/`` folder holds Orbax step folders named by the number
 of completed epochs. Each holds the whole :class:`vae_jax.training.TrainState`
 (parameters, optimiser state, step, hparams), as JSON the per-epoch metrics so
-far, and an ``integrity`` item: the SHA-256 of the state's arrays (dtype, shape,
-bytes) and of the history, verified on every restore, so a flipped byte gives
-:class:`CheckpointError` ("corrupt checkpoint N") instead of other numbers.
+far (the history), and an ``integrity`` item: the SHA-256 of the state's arrays
+(dtype, shape, bytes), of the history and of the run's configuration (stored
+beside it), verified on every restore, so a flipped byte gives
+:class:`CheckpointError` ("corrupt checkpoint N") instead of other numbers, and
+a configuration that differs from the one the checkpoint was trained with
+gives :class:`ConfigMismatchError` naming the fields.
 
 Atomicity: Orbax writes a step into a temporary folder and renames it when
 complete; old steps are first renamed into ``checkpoints/deleted/`` and then
@@ -21,117 +19,55 @@ the writer takes it exclusively while it saves and deletes, so a reader beside
 a running train never sees a step disappear under it.
 
 Retention: the latest checkpoint (to resume) and the best by a validation
-metric (to evaluate), via ``CheckpointManager``'s ``best_fn`` and a
-``LatestN(1) | BestN(1)`` preservation policy.
+metric (to evaluate). The best is ranked from the history, which the checksum
+covers, never from Orbax's metrics file, which it does not.
+
+The run folder's one-writer lock lives in :mod:`vae_jax.runs`
+(``checkpoints.RunLock`` and ``checkpoints.RunLockedError`` still resolve to it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import gc
 import hashlib
+import importlib
 import json
 import os
 import shutil
-import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Iterator, Literal, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
 
+from vae_jax._quiet import call_quietly, first_line
 from vae_jax.training import TrainState
 
 Which = Literal["latest", "best", "latest-intact"]
 WHICH = ("best", "latest", "latest-intact")
 _TRASH = "deleted"  # Orbax renames steps to delete into this sub-folder (atomic), then removes them
-_HELD: dict[str, int] = {}  # run folders this process has locked, with the nesting depth
+_MOVED = ("RunLock", "RunLockedError")  # now in vae_jax.runs
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # PEP 562: the old names, without an import cycle (vae_jax.runs imports this module)
+        return getattr(importlib.import_module("vae_jax.runs"), name)
+    raise AttributeError(f"module 'vae_jax.checkpoints' has no attribute {name!r}")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder is missing, empty, unreadable or corrupt (the message names it)."""
 
 
-class RunLockedError(RuntimeError):
-    """Another process holds the run folder's lock (the message names its pid)."""
+class ConfigMismatchError(ValueError):
+    """A checkpoint was trained with another configuration than the one given (the message names the fields)."""
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint could not be verified (written before checksums existed)."""
-
-
-class RunLock:
-    """Exclusive lock on the run folder ``folder`` (``folder/.lock``), re-entrant within a process.
-
-    Args:
-      folder: the run folder.
-      create: create ``folder`` (and its parents) if missing; otherwise a missing
-        folder raises ``FileNotFoundError``.
-
-    Raises:
-      RunLockedError: another process holds the lock (names its pid).
-      ValueError: ``folder`` or one of its parents is a file.
-      FileNotFoundError: ``folder`` is missing and ``create`` is False.
-    """
-
-    def __init__(self, folder: str | Path, *, create: bool = True):
-        self.folder, self.create, self._fd = Path(folder), create, None
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        folder = self.folder
-        try:
-            if self.create:
-                folder.mkdir(parents=True, exist_ok=True)
-            elif not folder.is_dir():
-                if folder.exists():
-                    raise NotADirectoryError
-                raise FileNotFoundError(f"Run folder {str(folder)!r} not found.")
-        except (FileExistsError, NotADirectoryError):
-            raise ValueError(f"Run folder {str(folder)!r} is a file or lies under one; choose a folder.") from None
-        key = str(folder.resolve())
-        if key in _HELD:
-            _HELD[key] += 1
-            self._key = key
-            return
-        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            who = f"process {holder}" if holder.isdigit() else "another process"
-            raise RunLockedError(f"Run folder {str(folder)!r} is in use by {who} (a running vae-jax train?); "
-                                 "wait for it to end, or stop it, then try again.") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd, self._key = fd, key
-        _HELD[key] = 1
-
-    def release(self) -> None:
-        key = getattr(self, "_key", None)
-        if key is None or key not in _HELD:
-            return
-        _HELD[key] -= 1
-        if _HELD[key] == 0:
-            del _HELD[key]
-            if self._fd is not None:
-                os.close(self._fd)  # closing the file releases the lock (the pid left in it is harmless)
-                self._fd = None
 
 
 @contextlib.contextmanager
@@ -151,59 +87,9 @@ def _flock(path: Path, mode: int, *, required: bool) -> Iterator[None]:
         os.close(fd)
 
 
-def _call_quietly(fn: Callable[[], Any]) -> tuple[Any, str | None]:
-    """``(fn(), None)``, or ``(None, the first line of its exception)``, with file descriptor 2 captured.
-
-    What ``fn`` printed to file descriptor 2 is replayed when it succeeds and
-    dropped when it fails. When a damaged checkpoint aborts an Orbax read,
-    TensorStore's pending reads call back into a closed asyncio loop and print
-    tracebacks, in TensorStore's threads after Orbax has raised and again when
-    the garbage collector finalises the abandoned reads, at a random later
-    moment (CI caught both in the next command): noise after a clear error. So
-    on an error the exception is let go (it holds the abandoned reads), they
-    are collected, and the capture must be quiet for a moment (at most 2 s)
-    before file descriptor 2 is given back. Hence an error string here, not
-    an exception chained to Orbax's.
-    """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr to capture
-        saved = None
-    error = None
-    with tempfile.TemporaryFile() as capture:
-        if saved is not None:
-            os.dup2(capture.fileno(), 2)
-        try:
-            try:
-                return fn(), None
-            except Exception as e:  # Orbax raises many types for damaged files
-                error = _first_line(e)
-            _settle(capture)  # `e` and its traceback are gone: the abandoned reads can be collected
-            return None, error
-        finally:
-            if saved is not None:
-                os.dup2(saved, 2)
-                os.close(saved)
-                capture.seek(0)
-                text = capture.read()
-                if error is None and text:
-                    os.write(2, text)
-
-
-def _settle(capture: Any, quiet: float = 0.25, limit: float = 2.0) -> None:
-    """Collects garbage until nothing new reaches the file ``capture`` for ``quiet`` s (at most ``limit`` s)."""
-    deadline, size = time.monotonic() + limit, -1
-    while time.monotonic() < deadline:
-        gc.collect()
-        now = os.fstat(capture.fileno()).st_size
-        if now == size:
-            return
-        size = now
-        time.sleep(quiet)
-
-
-def checksum(state: Any, history: list[dict[str, float]]) -> str:
-    """SHA-256 (hex) of every leaf of ``state`` (dtype, shape, bytes, in tree order) and of ``history``."""
+def checksum(state: Any, history: list[dict[str, float]], config: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 (hex) of every leaf of ``state`` (dtype, shape, bytes, in tree order), of ``history`` and,
+    when given, of ``config``."""
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(state):
         array = np.ascontiguousarray(jax.device_get(leaf))
@@ -212,15 +98,44 @@ def checksum(state: Any, history: list[dict[str, float]]) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     digest.update(json.dumps(history, sort_keys=True).encode())
+    if config is not None:
+        digest.update(json.dumps(config, sort_keys=True).encode())
     return digest.hexdigest()
 
 
+def json_sha256(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON (sorted keys): a configuration's or a history's hash."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def changed_fields(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"name=SAVED (now NOW)"`` for every (nested, dotted) field in which ``now`` differs from ``saved``."""
+    changes = []
+    for name in sorted(set(saved) | set(now), key=str):
+        a, b = saved.get(name, "missing"), now.get(name, "missing")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changes += changed_fields(a, b, f"{prefix}{name}.")
+        elif a != b:
+            changes.append(f"{prefix}{name}={a!r} (now {b!r})")
+    return changes
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager without its metrics file: checkpoints are ranked from the checksummed history."""
+
+    def metrics(self, step: int) -> None:
+        return None  # never read: a file outside the checksum must not choose (or delete) a checkpoint
+
+
 class RunCheckpoints:
-    """The checkpoints of one run in ``directory``, ranked by ``metrics[metric]`` (higher is better).
+    """The checkpoints of one run in ``directory``, ranked by ``history[-1][metric]`` (higher is better).
 
     Args:
       directory: the checkpoint folder (created if ``create``).
       metric: name of the metric that ranks checkpoints, e.g. ``"validation_elbo"``.
+      config: the run's configuration (JSON-able; only the fields that may not change on
+        resume): stored in every checkpoint saved, under its checksum, and compared on every
+        restore (``None``: neither).
       create: create ``directory`` if missing; otherwise a missing folder raises.
       read_only: open for reading only (``evaluate``, ``sample``): never writes,
         deletes or cleans up anything, and reads under a shared lock, so it may
@@ -231,25 +146,23 @@ class RunCheckpoints:
         its Orbax metadata cannot be read.
     """
 
-    def __init__(self, directory: str | Path, *, metric: str, create: bool = False, read_only: bool = False):
+    def __init__(self, directory: str | Path, *, metric: str, config: Mapping[str, Any] | None = None,
+                 create: bool = False, read_only: bool = False):
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"No checkpoint folder {str(self.directory)!r}; train a run there first "
                                   "(vae-jax train --out RUN).")
         self.metric, self.read_only = metric, read_only
+        self.config = None if config is None else json.loads(json.dumps(config))  # as stored: lists, not tuples
         self._lock_path = self.directory.with_name(self.directory.name + ".lock")
-        rank = lambda m: float(m[metric])  # noqa: E731
         options = ocp.CheckpointManagerOptions(
-            best_fn=rank, best_mode="max", create=create and not read_only, enable_async_checkpointing=False,
-            cleanup_tmp_directories=False, save_root_metadata=not read_only,
-            todelete_subdir=None if read_only else _TRASH,
-            preservation_policy=policies.AnyPreservationPolicy(
-                [policies.LatestN(n=1), policies.BestN(get_metric_fn=rank, n=1)]))
+            create=create and not read_only, enable_async_checkpointing=False, cleanup_tmp_directories=False,
+            save_root_metadata=not read_only, todelete_subdir=None if read_only else _TRASH)
         with self._locked():
             if not read_only:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._remove_leftovers()
-            self._manager = self._guard(lambda: ocp.CheckpointManager(self.directory, options=options))
+            self._manager = self._guard(lambda: _Manager(self.directory, options=options))
 
     def __enter__(self) -> "RunCheckpoints":
         return self
@@ -266,14 +179,18 @@ class RunCheckpoints:
         return _flock(self._lock_path, mode, required=not self.read_only)
 
     def _guard(self, fn):
-        """``fn()``, with Orbax's errors about the folder's metadata turned into a CheckpointError."""
-        try:
-            return fn()
-        except Exception as e:  # a damaged metrics or metadata file: Orbax raises many types
+        """``fn()`` with Orbax's errors about the folder's metadata turned into a CheckpointError.
+
+        What Orbax logs meanwhile is dropped: it is about damaged step metadata, which
+        :meth:`_small_items` checks and names when that step is read.
+        """
+        value, error = call_quietly(fn, replay=False)
+        if error is not None:
             bad = _damaged_json(self.directory)
             what = f"the damaged file {str(bad)!r}" if bad else f"a damaged metadata file in {str(self.directory)!r}"
-            raise CheckpointError(f"Corrupt checkpoint folder: {what} cannot be read ({_first_line(e)}); "
-                                  "move its step folder away, or train again.") from e
+            raise CheckpointError(f"Corrupt checkpoint folder: {what} cannot be read ({error}); "
+                                  "move its step folder away, or train again.")
+        return value
 
     def _remove_leftovers(self) -> None:
         """Removes what a killed process left: unfinished temporary steps and half-deleted old ones."""
@@ -293,28 +210,85 @@ class RunCheckpoints:
 
     @property
     def best_epoch(self) -> int | None:
-        """Completed epochs of the checkpoint with the highest metric, or None."""
-        return self._guard(self._manager.best_step)
+        """The kept checkpoint with the highest metric in the newest verified history, or None.
+
+        Raises:
+          CheckpointError: no kept checkpoint has a history that reads and matches its checksum.
+        """
+        with self._locked():  # a reader beside a train: no step disappears while the histories are read
+            self._guard(self._manager.reload)
+            return self._best_epoch()
+
+    def _best_epoch(self) -> int | None:
+        epochs = self.epochs
+        return _best(self._ranking_history(epochs), self.metric, epochs) if epochs else None
+
+    def _ranking_history(self, epochs: list[int]) -> list[dict]:
+        """The history of the newest checkpoint whose history reads and matches its checksum."""
+        errors = []
+        for epoch in reversed(epochs):
+            try:
+                return self._small_items(epoch)[0]
+            except CheckpointError as e:
+                errors.append(str(e))
+        raise CheckpointError(f"No checkpoint in {str(self.directory)!r} has a readable history: {' '.join(errors)}")
+
+    def _small_items(self, epoch: int) -> tuple[list[dict], dict | None]:
+        """``(history, integrity)`` of step ``epoch``, read as JSON; the history checked against its hash.
+
+        Raises:
+          CheckpointError: a file does not read, or the history does not match its hash.
+        """
+        step = self.directory / str(epoch)
+        try:
+            json.loads((step / "_CHECKPOINT_METADATA").read_text())
+            history = json.loads((step / "history" / "metadata").read_text())
+            path = step / "integrity" / "metadata"
+            integrity = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as e:  # ValueError: invalid JSON or UTF-8
+            raise CheckpointError(f"Corrupt checkpoint {epoch}: {str(step)!r} is damaged ({first_line(e)}).") from None
+        if integrity is not None and not isinstance(integrity, dict) or not isinstance(history, list):
+            raise CheckpointError(f"Corrupt checkpoint {epoch}: {str(step)!r} holds malformed metadata.")
+        wanted = (integrity or {}).get("history_sha256")
+        if wanted is not None and wanted != json_sha256(history):
+            raise CheckpointError(f"Corrupt checkpoint {epoch}: the history in {str(step)!r} does not match the "
+                                  "checksum written with it.")
+        return history, integrity
 
     def save(self, epoch: int, state: TrainState, *, history: list[dict[str, float]]) -> None:
-        """Writes ``state`` after ``epoch`` completed epochs, atomically, with its checksum.
+        """Writes ``state`` after ``epoch`` completed epochs, atomically, with its checksum; keeps the
+        latest and the best checkpoint (by ``history``) and removes the others.
 
         Args:
           epoch: number of completed epochs (the Orbax step), ``>= 1``.
           state: the train state to save.
           history: one dict of floats per completed epoch; ``history[-1]`` must
             hold the ranking metric.
+
+        Raises:
+          CheckpointError: the checkpoint could not be written (e.g. a full disk); nothing
+            but whole earlier checkpoints is left.
         """
         if self.read_only:
             raise CheckpointError(f"{str(self.directory)!r} was opened read-only.")
         if len(history) != epoch or self.metric not in history[-1]:
             raise ValueError(f"history must hold {epoch} epochs, the last with {self.metric!r}.")
-        integrity = {"sha256": checksum(state, history), "of": "state leaves (dtype, shape, bytes) and history"}
+        integrity = {"sha256": checksum(state, history, self.config), "history_sha256": json_sha256(history),
+                     "of": "state leaves (dtype, shape, bytes), history and config"}
+        if self.config is not None:
+            integrity.update(config=self.config, config_sha256=json_sha256(self.config))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history),
                                   integrity=ocp.args.JsonSave(integrity))
         with self._locked():
-            self._manager.save(epoch, args=args, metrics={self.metric: history[-1][self.metric]})
-            self._manager.wait_until_finished()
+            _, error = call_quietly(lambda: self._manager.save(epoch, args=args))
+            if error is not None:
+                self._remove_leftovers()
+                raise CheckpointError(f"Could not write the checkpoint of epoch {epoch} to "
+                                      f"{str(self.directory)!r} (a full disk?): {error}")
+            keep = {epoch, _best(history, self.metric, self.epochs)}
+            for step in self.epochs:
+                if step not in keep:
+                    self._guard(lambda: self._manager.delete(step))
             shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
 
     def restore(self, template: TrainState, *, which: Which = "latest"
@@ -324,8 +298,8 @@ class RunCheckpoints:
         Args:
           template: a state of the same model and optimiser (e.g. freshly created);
             only its structure, shapes and dtypes are used.
-          which: ``"latest"`` (to resume), ``"best"`` (by the metric) or
-            ``"latest-intact"`` (the newest checkpoint that reads and verifies;
+          which: ``"latest"`` (to resume), ``"best"`` (by the metric in the checksummed
+            history) or ``"latest-intact"`` (the newest checkpoint that reads and verifies;
             ``len(history)`` tells which).
 
         Returns:
@@ -334,6 +308,7 @@ class RunCheckpoints:
         Raises:
           CheckpointError: there is no checkpoint, or it cannot be read, does not
             match ``template``, or fails its checksum ("corrupt checkpoint N").
+          ConfigMismatchError: the checkpoint was trained with another ``config``.
         """
         if which not in WHICH:
             raise ValueError(f"which must be one of {WHICH}; got {which!r}.")
@@ -341,7 +316,7 @@ class RunCheckpoints:
             self._guard(self._manager.reload)
             if which == "latest-intact":
                 return self._restore_newest_intact(template)
-            epoch = self.latest_epoch if which == "latest" else self.best_epoch
+            epoch = self.latest_epoch if which == "latest" else self._best_epoch()
             if epoch is None:
                 raise CheckpointError(f"No checkpoint in {str(self.directory)!r} (an interrupted first epoch "
                                       "leaves none; train again).")
@@ -362,14 +337,24 @@ class RunCheckpoints:
         raise CheckpointError(f"No intact checkpoint in {str(self.directory)!r}: "
                               + (" ".join(errors) if errors else "there is none."))
 
+    def _check_config(self, epoch: int, integrity: dict | None) -> None:
+        """Raises ConfigMismatchError when checkpoint ``epoch`` was trained with another configuration."""
+        saved = (integrity or {}).get("config")
+        if self.config is None or saved is None or saved == self.config:
+            return
+        changes = changed_fields(saved, self.config) if isinstance(saved, dict) else ["the whole configuration"]
+        raise ConfigMismatchError(
+            f"The checkpoint of epoch {epoch} in {str(self.directory)!r} was trained with another configuration: "
+            f"{', '.join(changes)}; restore the run's config.json (or its options), or start a new run in "
+            "another folder.")
+
     def _restore_epoch(self, template: TrainState, epoch: int) -> tuple[TrainState, list[dict[str, float]]]:
         where = f"{str(self.directory / str(epoch))!r}"
+        _, integrity = self._small_items(epoch)
+        self._check_config(epoch, integrity)  # before the arrays: another latent_dim is no corrupt file
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         items = {"state": ocp.args.StandardRestore(abstract), "history": ocp.args.JsonRestore()}
-        verified = (self.directory / str(epoch) / "integrity").is_dir()
-        if verified:
-            items["integrity"] = ocp.args.JsonRestore()
-        restored, error = _call_quietly(lambda: self._manager.restore(epoch, args=ocp.args.Composite(**items)))
+        restored, error = call_quietly(lambda: self._manager.restore(epoch, args=ocp.args.Composite(**items)))
         if error is None:
             state, history = restored.state, list(restored.history)
             if not _same_structure(state, template):
@@ -377,10 +362,10 @@ class RunCheckpoints:
         if error is not None:
             raise CheckpointError(f"Corrupt checkpoint {epoch}: {where} is damaged or does not match this "
                                   f"model ({error}).")
-        if not verified:
+        if integrity is None:
             warnings.warn(f"checkpoint {where} has no checksum (written before checksums existed); "
                           "it is not verified.", CheckpointWarning, stacklevel=3)
-        elif not isinstance(restored.integrity, dict) or restored.integrity.get("sha256") != checksum(state, history):
+        elif integrity.get("sha256") != checksum(state, history, integrity.get("config")):
             raise CheckpointError(f"Corrupt checkpoint {epoch}: the arrays in {where} do not match the "
                                   "checksum written with them.")
         return state, history
@@ -405,20 +390,24 @@ class RunCheckpoints:
         return moved
 
 
+def _best(history: list[dict], metric: str, epochs: list[int]) -> int:
+    """The epoch among ``epochs`` (those ``history`` covers) with the highest ``metric``; the first of equals."""
+    covered = [e for e in epochs if 1 <= e <= len(history) and metric in history[e - 1]]
+    if not covered:
+        raise CheckpointError(f"No kept checkpoint has {metric!r} in its history.")
+    return max(covered, key=lambda e: (float(history[e - 1][metric]), -e))
+
+
 def _damaged_json(directory: Path) -> Path | None:
-    """The first of the steps' JSON metadata files (metrics, checkpoint metadata) that does not parse."""
+    """The first step's Orbax metadata file (``_CHECKPOINT_METADATA``) that does not parse."""
     for step in sorted(p for p in directory.iterdir() if p.name.isdigit()):
-        for path in (step / "metrics" / "metrics", step / "_CHECKPOINT_METADATA"):
-            try:
-                if path.is_file():
-                    json.loads(path.read_text())
-            except (ValueError, UnicodeDecodeError):
-                return path
+        path = step / "_CHECKPOINT_METADATA"
+        try:
+            if path.is_file():
+                json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return path
     return None
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
 def _same_structure(state: Any, template: Any) -> bool:

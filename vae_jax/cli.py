@@ -21,10 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from vae_jax import runner
-from vae_jax.checkpoints import WHICH, CheckpointError, RunLock, RunLockedError
+from vae_jax import runner, runs
+from vae_jax.checkpoints import WHICH, CheckpointError
 from vae_jax.config import (ARCHITECTURES, ESTIMATOR_NAMES, KINDS, LATENTS, OBJECTIVES, ModelConfig, RunConfig,
-                            TrainConfig, load_run_config)
+                            TrainConfig)
+from vae_jax.runs import RunLockedError, load_run_config
 from vae_jax.data import BINARIZATION_MODES
 from vae_jax.discrete import ACTIVATIONS as DISCRETE_ACTIVATIONS
 from vae_jax.distributions import LIKELIHOODS
@@ -48,6 +49,19 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 512,256; got {text!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit code 2), not the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder name; got '' (it would be the current directory)")
+    return Path(text)
+
+
 def _add_config_options(group: argparse._ArgumentGroup, cls: type) -> None:
     """One option per dataclass field; its default stays in the dataclass (the parser's is None)."""
     for f in dataclasses.fields(cls):
@@ -61,7 +75,7 @@ def _add_config_options(group: argparse._ArgumentGroup, cls: type) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``vae-jax`` argument parser with its three sub-commands."""
-    parser = argparse.ArgumentParser(prog="vae-jax", description=__doc__.replace("``", ""),
+    parser = _Parser(prog="vae-jax", description=__doc__.replace("``", ""),
                                      allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample}")
@@ -69,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a VAE or AE, with checkpoints, metrics and figures",
                        description="Train a model; every option defaults to the config dataclasses' value.",
                        allow_abbrev=False)
-    p.add_argument("--out", type=Path, required=True, help="run folder for checkpoints, metrics and figures")
+    p.add_argument("--out", type=_folder, required=True, help="run folder for checkpoints, metrics and figures "
+                   "(new or empty, or a run to --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
                    "(options not given are taken from its config.json; only --epochs may change); an error "
                    "if --out holds no run with a checkpoint")
@@ -98,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
         else:
             p.add_argument("--n", type=int, default=64, help="number of samples (default: 64)")
-            p.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN/samples.png)")
+            p.add_argument("--out", type=_folder, default=None, help="PNG to write, or a folder to write "
+                           "samples.png into (default: RUN/samples.png)")
     return parser
 
 
@@ -137,17 +153,14 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("--checkpoint applies to --resume only.")
         config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
         return runner.train(config, args.out, progress=progress)
-    if not args.out.is_dir():
-        runner.check_run_folder(args.out, resume=True)  # raises: no such run
-    with RunLock(args.out, create=False):  # before config.json is read
-        runner.check_run_folder(args.out, resume=True)
+    with runs.RunFolder(args.out, resume=True) as run:  # locked and checked once, before config.json is read
         saved, _ = load_run_config(args.out)
         config = RunConfig.from_dict({part: {**saved.to_dict()[part], **given[part]} for part in given})
         conflicts = config.resume_conflicts(saved)
         if conflicts:
             raise ValueError(f"--resume of {str(args.out)!r} with other settings than it was trained with: "
                              f"{', '.join(conflicts)}; only --epochs may change.")
-        return runner.train(config, args.out, resume=True, checkpoint=args.checkpoint, progress=progress)
+        return runner.train_run(run, config, checkpoint=args.checkpoint, progress=progress)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,52 +312,3 @@ class RunConfig:
         return [f"{name}={old[part][name]!r} (now {new[part][name]!r})"
                 for part in ("model", "train") for name in new[part]
                 if new[part][name] != old[part][name] and name not in RESUMABLE_CHANGES]
-
-
-def write_json(path: str | Path, obj: Any, *, allow_nan: bool = True) -> None:
-    """Writes ``obj`` as indented JSON atomically (a temporary file of its own, then a rename).
-
-    Readers see the old or the new file, never a part; two processes writing the
-    same file at once do not collide (each has its own temporary file).
-
-    Raises:
-      ValueError: ``allow_nan`` is False and ``obj`` holds NaN or infinity.
-    """
-    path = Path(path)
-    text = json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: str | Path, *, what: str) -> Any:
-    """Reads JSON, raising ``FileNotFoundError`` / ``ValueError`` that name the file and ``what`` it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {str(path)!r} not found.")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({e}).") from None
-
-
-def load_run_config(run: str | Path) -> tuple[RunConfig, tuple[int, ...]]:
-    """The :class:`RunConfig` and image shape ``(H, W, C)`` saved in ``run/config.json``.
-
-    Raises:
-      FileNotFoundError: ``run`` or its ``config.json`` is missing.
-      ValueError: ``config.json`` is not valid JSON or not a run config.
-    """
-    run = Path(run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"Run folder {str(run)!r} not found; create one with vae-jax train --out RUN.")
-    saved = read_json(run / "config.json", what="Run config")
-    try:
-        return RunConfig.from_dict(saved), tuple(int(s) for s in saved["input_shape"])
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"Run config {str(run / 'config.json')!r} is malformed ({e!r}).") from None

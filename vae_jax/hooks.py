@@ -1,4 +1,6 @@
-"""Hooks for :func:`vae_jax.training.fit`: validation, early stopping, time limit, checkpoints, logs.
+"""Hooks for :func:`vae_jax.training.fit`: validation, early stopping, time limit, checkpoints.
+
+The run folder's logs (``CSVLog``) are in :mod:`vae_jax.runs`, with its atomic writers.
 
 A hook is any callable ``hook(epoch, state, history) -> str | None`` run after
 each epoch, with ``epoch`` the number of completed epochs and ``history[-1]``
@@ -13,12 +15,10 @@ uninterrupted one would (:class:`TimeLimit` counts this process's time only).
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jax
@@ -157,24 +157,3 @@ class Uninterrupted:
     def _run(self, epoch: int, state: Any, history: list[dict]) -> str | None:
         reasons = [hook(epoch, state, history) for hook in self.hooks]
         return next((r for r in reversed(reasons) if r), None)
-
-
-class CSVLog:
-    """Rewrites ``path`` from the whole history every epoch (atomically, so it always matches it)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def __call__(self, epoch: int, state: Any, history: list[dict]) -> None:
-        write_csv(self.path, history)
-
-
-def write_csv(path: str | Path, history: list[dict]) -> None:
-    """Writes the history rows as CSV through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["epoch"])
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)

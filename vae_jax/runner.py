@@ -6,8 +6,10 @@ Epoch ``e`` (0-based) trains with ``fold_in(key_fit, e)`` and validates with
 whole train state, so a run resumed from its latest checkpoint ends bitwise
 identical to one never interrupted.
 
-:func:`train` holds the run folder's :class:`vae_jax.checkpoints.RunLock` for its
-whole life, taken before anything in the folder is read or written;
+:func:`train` holds the run folder (:class:`vae_jax.runs.RunFolder`: its lock,
+taken before anything in the folder is read or written, and its check) for its
+whole life and trains with :func:`vae_jax.runs.resumable_fit`; the run's config
+(all but ``epochs`` and ``data_dir``) is bound to every checkpoint.
 :func:`evaluate_run` and :func:`sample_run` only read checkpoints (under the
 checkpoint folder's shared lock), so they may run beside a train.
 """
@@ -18,6 +20,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +32,12 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import discrete_estimators, estimators, evaluation, hooks, plotting, training
+from vae_jax import discrete_estimators, estimators, evaluation, hooks, plotting, runs, training
 from vae_jax._checks import check_positive_int
-from vae_jax.checkpoints import RunCheckpoints, RunLock
-from vae_jax.config import LEARNED_ESTIMATOR_PARAMS, RunConfig, load_run_config, read_json, write_json
+from vae_jax.checkpoints import RunCheckpoints
+from vae_jax.config import LEARNED_ESTIMATOR_PARAMS, RESUMABLE_CHANGES, RunConfig
 from vae_jax.models import build_model
+from vae_jax.runs import load_run_config, write_json
 
 _EVAL_SEED_OFFSET = {"validation": 1, "test": 2}  # static binarisation seeds of the held-out splits
 
@@ -113,62 +117,30 @@ def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[st
 
 
 class _RunLog:
-    """The hook that keeps ``metrics.csv`` and ``run.json`` in step with the checkpoints, and prints a line."""
+    """``run.json`` (status, epochs, checkpoints, versions, seconds) and the one line printed per epoch.
 
-    def __init__(self, out: Path, ckpts: RunCheckpoints, metric: str, epochs: int, seconds: float,
-                 history: list[dict]):
-        self.out, self.ckpts, self.metric, self.epochs = out, ckpts, metric, epochs
-        self.history = list(history)  # the checkpointed epochs (this hook runs after the Checkpoint hook)
+    As a hook it runs right after the checkpoint (Ctrl-C held back), so ``run.json``
+    always names the checkpoints that exist; :func:`vae_jax.runs.resumable_fit`
+    calls :meth:`write` with the final status.
+    """
+
+    def __init__(self, out: Path, metric: str, epochs: int, seconds: float):
+        self.out, self.metric, self.epochs = out, metric, epochs
         self.meta = {"status": "running", "versions": _versions(), "seconds": seconds}
         self.start = time.perf_counter()
 
     def write(self, history: list[dict], **status: Any) -> None:
-        meta = {**self.meta, **status, "epochs_completed": len(history), "latest_checkpoint": self.ckpts.latest_epoch,
-                "best_checkpoint": self.ckpts.best_epoch,
+        best = max(history, key=lambda r: r[self.metric])["epoch"] if history else None  # as the checkpoints rank
+        meta = {**self.meta, **status, "epochs_completed": len(history),
+                "latest_checkpoint": history[-1]["epoch"] if history else None, "best_checkpoint": best,
                 "seconds": self.meta["seconds"] + time.perf_counter() - self.start}
         write_json(self.out / "run.json", meta)
 
     def __call__(self, epoch: int, state: training.TrainState, history: list[dict]) -> None:
-        self.history = list(history)
-        hooks.write_csv(self.out / "metrics.csv", history)
         row = history[-1]
         tqdm.write(f"epoch {epoch}/{self.epochs}: train loss {row['train_loss']:.2f}, "
                    f"{self.metric.replace('_', ' ')} {row[self.metric]:.2f}")
         self.write(history)
-
-
-def check_run_folder(out: Path, *, resume: bool, epochs: int | None = None) -> list[int]:
-    """Whether ``out`` may be trained into; returns the epochs of its checkpoints.
-
-    A fresh run (``resume=False``) needs a folder without checkpoints (a
-    ``config.json`` alone, from a run stopped before its first checkpoint, is
-    replaced). ``--resume`` needs a run with a checkpoint, and ``epochs`` no
-    fewer than the latest checkpoint's.
-
-    Raises:
-      ValueError: the folder does not fit (the message says what to do).
-    """
-    out = Path(out)
-    folder = out / "checkpoints"
-    done = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-    if not resume:
-        if done:
-            raise ValueError(f"{str(out)!r} already holds a run; add --resume to continue it, "
-                             "or choose another --out.")
-        return done
-    if not out.is_dir():
-        raise ValueError(f"--resume needs a run, and there is no folder {str(out)!r}; check the path, "
-                         "or start the run without --resume.")
-    if not (out / "config.json").is_file():
-        raise ValueError(f"--resume needs a run, and {str(out)!r} holds none (no config.json); "
-                         "check the path, or start the run without --resume.")
-    if not done:
-        raise ValueError(f"--resume needs a checkpoint, and {str(out)!r} holds none (its first epoch never "
-                         "finished); start it again without --resume.")
-    if epochs is not None and epochs < done[-1]:
-        raise ValueError(f"--epochs {epochs} is below the {done[-1]} epochs {str(out)!r} has completed; "
-                         f"give --epochs {done[-1]} or more.")
-    return done
 
 
 def train(config: RunConfig, out: Path, *, resume: bool = False, checkpoint: str = "latest",
@@ -177,7 +149,7 @@ def train(config: RunConfig, out: Path, *, resume: bool = False, checkpoint: str
 
     Args:
       config: the run's config (with ``resume``: the saved one, ``epochs`` may differ).
-      out: the run folder, locked for the whole call.
+      out: the run folder, locked and checked once (:class:`vae_jax.runs.RunFolder`) for the whole call.
       resume: continue the run in ``out`` from a checkpoint.
       checkpoint: with ``resume``: ``"latest"`` or ``"latest-intact"`` (the newest
         checkpoint that verifies; the corrupt newer ones move to ``checkpoints.corrupt/``).
@@ -186,57 +158,66 @@ def train(config: RunConfig, out: Path, *, resume: bool = False, checkpoint: str
     Raises:
       FloatingPointError: the loss or the parameters became non-finite (names the
         epoch and its steps; no checkpoint of the bad state is written).
-      ValueError: the folder does not fit (see :func:`check_run_folder`).
+      ValueError: the folder does not fit (see :func:`vae_jax.runs.check_run_folder`).
       RunLockedError: another process writes the folder.
-      CheckpointError: the checkpoint to resume from is corrupt.
+      CheckpointError: the checkpoint to resume from is corrupt, or one could not be written.
+      ConfigMismatchError: the checkpoints were trained with another config.
     """
-    out = Path(out)
-    if checkpoint not in ("latest", "latest-intact") or (checkpoint != "latest" and not resume):
+    with runs.RunFolder(out, resume=resume) as run:
+        return train_run(run, config, checkpoint=checkpoint, progress=progress)
+
+
+def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "latest", progress: bool = True) -> int:
+    """:func:`train` in a run folder already locked and checked (``vae-jax train --resume`` reads its
+    config.json under the lock first)."""
+    out, t = run.path, config.train
+    if checkpoint not in ("latest", "latest-intact") or (checkpoint != "latest" and not run.resume):
         raise ValueError(f"train --checkpoint must be 'latest' or 'latest-intact', with --resume; got {checkpoint!r}.")
-    if resume:
-        check_run_folder(out, resume=True)  # before RunLock, which would create or need the folder
-    with RunLock(out, create=not resume):
-        check_run_folder(out, resume=resume, epochs=config.train.epochs)
-        return _train_locked(config, out, resume=resume, checkpoint=checkpoint, progress=progress)
-
-
-def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str, progress: bool) -> int:
-    t = config.train
+    runs.check_epochs(out, run.epochs, t.epochs)
     images, splits = load_images(config)
     input_shape = images["train"].shape[1:]
     model, state, step, eval_objective, metric = setup(config, input_shape)
     _, key_fit, key_eval = _keys(t.seed)
-    write_json(out / "config.json", {**config.to_dict(), "input_shape": list(input_shape),
-                                     "sizes": {k: len(v) for k, v in images.items()}})
-    with RunCheckpoints(out / "checkpoints", metric=metric, create=True) as ckpts:
-        history, seconds = [], 0.0
-        if resume:
-            state, history = ckpts.restore(state, which=checkpoint)
-            moved = ckpts.discard_after(len(history))
-            if moved:
-                print(f"Resuming from the checkpoint of epoch {len(history)}; the corrupt checkpoint(s) of epoch "
-                      f"{', '.join(map(str, moved))} moved to {str(ckpts.directory) + '.corrupt'!r}.", flush=True)
-            if (out / "run.json").is_file():  # keep counting the time of the earlier sessions
-                seconds = float(read_json(out / "run.json", what="Run metadata").get("seconds", 0.0))
-        hooks.write_csv(out / "metrics.csv", history)
-        log = _RunLog(out, ckpts, metric, t.epochs, seconds, history)
-        run_hooks = [hooks.Validate(eval_objective, images["validation"], key_eval),
-                     hooks.RequireFinite(metric, message=_kept(ckpts)),
-                     hooks.Uninterrupted(hooks.Checkpoint(ckpts), log)]
-        try:
-            result = training.fit(step, state, images["train"], key_fit, epochs=t.epochs, batch_size=t.batch_size,
-                                  history=history, hooks=run_hooks, progress=progress)
-        except KeyboardInterrupt:
-            hooks.write_csv(out / "metrics.csv", log.history)
-            log.write(log.history, status="interrupted")
-            then = ("Continue with the same command and --resume." if ckpts.latest_epoch else
-                    "Run the same command again (without --resume) to start over.")
-            print(f"\nInterrupted after {len(log.history)} complete epochs; {_kept(ckpts)} {then}", flush=True)
-            return 130
-        except FloatingPointError as e:
-            log.write(log.history, status="failed", error=str(e))
-            raise FloatingPointError(f"{e} {_kept(ckpts)} Lower --lr or check the data.") from None
-        log.write(result.history, status="finished")
+    log = _RunLog(out, metric, t.epochs, runs.previous_seconds(out / "run.json") if run.resume else 0.0)
+    saved = {**config.to_dict(), "input_shape": list(input_shape), "sizes": {k: len(v) for k, v in images.items()}}
+    if not run.resume:
+        log.write([], status="starting")  # first: marks the folder as this run's
+        write_json(out / "config.json", saved)
+    plan = runs.FitPlan(step, images["train"], key_fit, t.epochs, t.batch_size, metric,
+                        hooks.Validate(eval_objective, images["validation"], key_eval), config=bound_config(config),
+                        logs=(runs.CSVLog(out / "metrics.csv"), log), progress=progress)
+    try:
+        result = runs.resumable_fit(run, state, plan, checkpoint=checkpoint, status=log.write,
+                                    on_resume=_say_resumed(out, saved))
+    except runs.Interrupted as stop:
+        then = ("Continue with the same command and --resume." if stop.epochs else
+                "Run the same command again (without --resume) to start over.")
+        print(f"\nInterrupted after {stop.epochs} complete epochs; {stop.kept} {then}", flush=True)
+        return 130
+    _finish(out, config, model, result, images, splits, metric)
+    return 0
+
+
+def bound_config(config: RunConfig) -> dict[str, Any]:
+    """What a run's checkpoints are bound to: its config without the fields ``--resume`` may change."""
+    return runs.bound_config(config.to_dict(), RESUMABLE_CHANGES)
+
+
+def _say_resumed(out: Path, saved: dict[str, Any]):
+    """``on_resume`` (after the checkpoint verified against the config): writes ``config.json`` (its
+    ``epochs`` may have changed) and ``metrics.csv`` (the restored history), and says what was moved aside."""
+    def on_resume(history: list[dict], moved: list[int]) -> None:
+        write_json(out / "config.json", saved)
+        runs.write_csv(out / "metrics.csv", history)
+        if moved:
+            print(f"Resuming from the checkpoint of epoch {len(history)}; the corrupt checkpoint(s) of epoch "
+                  f"{', '.join(map(str, moved))} moved to {str(out / 'checkpoints.corrupt')!r}.", flush=True)
+    return on_resume
+
+
+def _finish(out: Path, config: RunConfig, model: Any, result: runs.Fitted, images: dict, splits: dict,
+            metric: str) -> None:
+    """The run's figures and its summary line."""
     history = result.history
     plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
                               metric)
@@ -244,22 +225,14 @@ def _train_locked(config: RunConfig, out: Path, *, resume: bool, checkpoint: str
         print(f"No latent-space figures: the {config.model.latent_dim} {config.model.latent} latents have no "
               "continuous 2-D code to scatter or grid to decode (reconstructions use q's most probable b).",
               flush=True)
-    best = max(history, key=lambda r: r[metric])
+    best = history[result.best_epoch - 1]
     print(f"{len(history)} epochs: {metric} {history[-1][metric]:.2f} (best {best[metric]:.2f} at epoch "
           f"{best['epoch']}); outputs in {out}")
-    return 0
 
 
 def _keys(seed: int) -> jax.Array:
     """The run's three root keys: initialisation, training epochs, validation."""
     return jax.random.split(jax.random.key(seed), 3)
-
-
-def _kept(ckpts: RunCheckpoints) -> str:
-    epoch = ckpts.latest_epoch
-    if not epoch:
-        return f"no checkpoint was written to {str(ckpts.directory)!r}."
-    return f"the checkpoint of epoch {epoch} in {str(ckpts.directory)!r} is intact."
 
 
 def _versions() -> dict[str, str]:
@@ -270,7 +243,7 @@ def _restore(run: Path, which: str):
     """``(config, model, params, eval_objective, epoch)`` of the ``which`` checkpoint of ``run`` (read only)."""
     config, shape = load_run_config(run)
     model, state, _, eval_objective, metric = setup(config, shape)
-    with RunCheckpoints(run / "checkpoints", metric=metric, read_only=True) as ckpts:
+    with RunCheckpoints(run / "checkpoints", metric=metric, config=bound_config(config), read_only=True) as ckpts:
         state, history = ckpts.restore(state, which=which)
     return config, model, state.params, eval_objective, len(history)
 
@@ -308,16 +281,19 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
 
 
 def sample_path(run: Path, out: Path | None) -> Path:
-    """The PNG ``sample`` writes: ``out`` (``.png`` added when it has no suffix) or ``RUN/samples.png``.
+    """The PNG ``sample`` writes: ``out`` (``.png`` added when it has no suffix), ``out/samples.png`` when
+    ``out`` is a folder, or ``RUN/samples.png``.
 
     Raises:
-      ValueError: ``out`` names a folder, another suffix, or lies under a file.
+      ValueError: ``out`` names another suffix, or lies under a file.
     """
     path = Path(out) if out is not None else Path(run) / "samples.png"
+    if path.is_dir():
+        path = path / "samples.png"
     if not path.suffix:
         path = path.with_suffix(".png")
     if path.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file; got {str(out)!r}.")
+        raise ValueError(f"--out must name a .png file or a folder; got {str(out)!r}.")
     if path.is_dir():
         raise ValueError(f"--out {str(path)!r} is a folder; name a .png file.")
     for parent in path.parents:
@@ -331,12 +307,19 @@ def sample_path(run: Path, out: Path | None) -> Path:
 def sample_run(run: Path, out: Path | None = None, *, which: str = "best", seed: int = 0, n: int = 64) -> Path:
     """Decodes ``n`` draws ``z ~ p(z)`` of the run's model into a PNG grid; returns the path written.
 
-    ``out`` as :func:`sample_path` resolves it.
+    ``out`` as :func:`sample_path` resolves it. The PNG is written to a temporary
+    file and renamed, so a full disk leaves no empty or partial PNG.
     """
     run, n = Path(run), check_positive_int(n, "n")
     path = sample_path(run, out)
     _, model, params, _, epoch = _restore(run, which)
     samples = np.asarray(model.sample(params, jax.random.key(seed), n))
     ncols = max(1, int(round(n ** 0.5)))
-    return plotting.save_image_grid(samples, path, ncols=ncols,
-                                    title=f"{run.name}: {which} checkpoint (epoch {epoch})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        plotting.save_image_grid(samples, tmp, ncols=ncols, title=f"{run.name}: {which} checkpoint (epoch {epoch})")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
