@@ -13,7 +13,6 @@ import functools
 import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import optax
 
 from vae_jax import data as vdata
 from vae_jax import models, objectives, training
-from vae_jax.runs import write_json
+from vae_jax.runs import write_bytes, write_json
 
 
 class StudyError(RuntimeError):
@@ -350,14 +349,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and a rename: never a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")  # one writer per part file: a fixed name suffices
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """``arrays`` as the bytes of a compressed ``.npz`` file."""
     buffer = io.BytesIO()
@@ -448,7 +439,8 @@ class Parts:
 
     def write_file(self, filename: str, data: bytes) -> None:
         """Writes ``data`` to ``folder / filename`` atomically."""
-        write_bytes_atomic(self.folder / filename, data)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_bytes(self.folder / filename, data)
 
 
 def _piece(saved: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import scipy.stats
 
 from experiments import _common
 from vae_jax import dsprites, plotting
-from vae_jax.config import write_json
+from vae_jax.runs import write_json
 
 TRAVERSAL_STEPS = 9
 ALPHA = 0.05  # family-wise error rate of the comparisons with beta = 1

@@ -138,14 +138,15 @@ def _lock_file(path: Path) -> int | None:
     return fd
 
 
-def _write_atomic(path: str | Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file of its own in the same folder and a rename."""
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file of its own in the same folder and a rename:
+    readers see the old or the new file, never a part, and two writers never share a temporary file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0o600 would hide the run's files from other users
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -158,7 +159,7 @@ def write_json(path: str | Path, obj: Any, *, allow_nan: bool = True) -> None:
     Raises:
       ValueError: ``allow_nan`` is False and ``obj`` holds NaN or infinity.
     """
-    _write_atomic(path, json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n")
+    write_bytes(path, (json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n").encode())
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -167,7 +168,7 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["epoch"])
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, text.getvalue())
+    write_bytes(path, text.getvalue().encode())
 
 
 def read_json(path: str | Path, *, what: str) -> Any:
