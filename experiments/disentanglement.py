@@ -58,7 +58,7 @@ import scipy.stats
 
 from experiments import _common
 from vae_jax import disentanglement as metrics
-from vae_jax import dsprites, evaluation, models, plotting, tc, training
+from vae_jax import dsprites, evaluation, models, plotting, tc, tc_training, training
 
 TRAVERSAL_STEPS = 9
 TRAVERSAL_SPAN = 2.5
@@ -116,8 +116,8 @@ def _train_step(model, method: str, dataset_size: int, discriminator_lr: float):
     if method == "beta_vae":
         return training.make_train_step(model.objective)
     if method == "beta_tcvae":
-        return tc.make_tc_train_step(model, dataset_size=dataset_size)
-    return tc.make_factor_vae_train_step(model, _adam(discriminator_lr, 0.5, 0.9))
+        return tc_training.make_tc_train_step(model, dataset_size=dataset_size)
+    return tc_training.make_factor_vae_train_step(model, _adam(discriminator_lr, 0.5, 0.9))
 
 
 @functools.lru_cache(maxsize=None)
