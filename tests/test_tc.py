@@ -96,7 +96,8 @@ def test_weight_matrices():
         np.testing.assert_allclose(np.exp(np.asarray(tc.log_weight_matrix(m, n, "batch"))).sum(1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(weighting="nope"), "Unknown weighting"), (dict(dataset_size=3), "dataset_size"),
+@pytest.mark.parametrize("kwargs, match", [(dict(weighting="nope"), "Unknown weighting"),
+                                           (dict(dataset_size=3), "dataset_size"),
                                            (dict(dataset_size=0), "dataset_size"), (dict(dataset_size=2.5), "dataset_size")])
 def test_bad_arguments_raise(kwargs, match):
     z = jnp.zeros((4, 2))

@@ -32,7 +32,8 @@ Why a batch-level objective: ``q(z)`` mixes every example's posterior, so no
 per-example function can compute it; :func:`tc_vae_objective` takes the whole
 batch and still returns per-example values and aux ``[M]`` (averaged by the
 step, like :func:`vae_jax.training.make_train_step`).
-:func:`vae_jax.tc_training.make_tc_train_step` returns the same ``(state, batch, key) -> (state, metrics)`` contract, so it
+:func:`vae_jax.tc_training.make_tc_train_step` returns the same ``(state, batch, key) ->
+(state, metrics)`` contract, so it
 plugs into ``train_epoch``, ``train_epoch_stacked`` and ``fit``; the TC weight is
 ``state.hparams["beta"]``, so a sweep over it is one vmapped computation.
 

@@ -35,7 +35,8 @@ def make_tc_train_step(model: Any, *, dataset_size: int, weighting: str = "mws",
 
     Returns:
       The compiled step (:func:`vae_jax.training.make_loss_step`); the TC weight is
-      ``state.hparams["beta"]`` (a constant or a schedule, see :mod:`vae_jax.schedules`). ``metrics`` are batch means of ``loss`` (= -objective)
+      ``state.hparams["beta"]`` (a constant or a schedule, see :mod:`vae_jax.schedules`).
+      ``metrics`` are batch means of ``loss`` (= -objective)
       and every aux entry (and ``grad_norm``).
     """
     tc.check_sizes(2, dataset_size, weighting)

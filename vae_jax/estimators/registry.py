@@ -16,6 +16,7 @@ import math
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from vae_jax import discrete as discrete_latents
 from vae_jax.estimators import discrete, gaussian, relaxed
@@ -190,7 +191,7 @@ def init_estimator_params(name: str, model: Any, key: jax.Array, x: jax.Array, *
     """
     record = get(name)
     if record.learned == "baseline":
-        return {"baseline": baseline_init(key, math.prod(jax.numpy.shape(x)), hidden or record.hidden)}
+        return {"baseline": baseline_init(key, math.prod(jnp.shape(x)), hidden or record.hidden)}
     if record.learned == "control":
         units = (hidden or record.hidden) if record.hidden else None
         return {"control": init_control(key, model.latent_shape, hidden=units)}

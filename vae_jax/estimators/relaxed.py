@@ -127,7 +127,8 @@ def _relax_family(key, x, encode, decode, control, prior_logits, latent, likelih
 
 def rebar(key, x, encode, decode, *, control, prior_logits=None, latent="bernoulli", likelihood="bernoulli",
           decode_constant=None):
-    """REBAR with learned temperature and scale ``eta`` (``control`` from :func:`vae_jax.estimators.init_control`). Bernoulli.
+    """REBAR with learned temperature and scale ``eta`` (``control`` from
+    :func:`vae_jax.estimators.init_control`). Bernoulli.
 
     ``g = (f(b) - eta f(s_t(z~))) score(b) + eta grad f(s_t(z)) - eta grad f(s_t(z~))`` at one draw
     ``b = H(z)``, ``z~ ~ p(z | b)``; unbiased for every ``control``. ``control`` gets the gradient of
@@ -149,7 +150,7 @@ def rebar(key, x, encode, decode, *, control, prior_logits=None, latent="bernoul
 
 def relax(key, x, encode, decode, *, control, prior_logits=None, latent="bernoulli", likelihood="bernoulli",
           decode_constant=None):
-    """RELAX: REBAR's control variate plus a learned network ``r(z)`` (``vae_jax.estimators.init_control(..., hidden=H)``).
+    """RELAX: REBAR's control variate plus a learned network ``r(z)`` (``init_control(..., hidden=H)``).
 
     Returns:
       ``(value, {"elbo", "logit_gradient_sq"})`` as for :func:`rebar`.
