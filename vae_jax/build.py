@@ -116,7 +116,8 @@ def _check_estimator(config: RunConfig) -> None:
                          f"needs --num-samples 2 or more; got {train.num_samples}.")
     if hidden is not None:
         if record.hidden is None:
-            with_net = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.hidden is not None)
+            *others, last = [n for n, e in registry.ESTIMATORS.items() if e.hidden is not None]
+            with_net = f"{', '.join(others)} and {last}" if others else last
             raise ValueError(f"the option hidden (units of a learned network) is for {with_net}, "
                              f"not {record.name!r}.")
         check_positive_int(hidden, "hidden")
