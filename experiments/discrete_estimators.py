@@ -53,8 +53,8 @@ import optax
 from experiments import _common
 from experiments._discrete_report import plot, summarise_runs
 from vae_jax import data as vdata
-from vae_jax import discrete
-from vae_jax import discrete_estimators as DE
+from vae_jax import estimators as DE
+from vae_jax import models as discrete
 from vae_jax import enumeration as EN
 from vae_jax import training
 
@@ -160,7 +160,7 @@ class Config(_common.StudyConfig):
 
 def estimator(model, label):
     name, options = SETTINGS[label]
-    return DE.make_discrete_estimator(name, model, **options)
+    return DE.make_estimator(name, model, **options)
 
 
 def with_extras(model, params, key, x, labels):
@@ -304,7 +304,7 @@ def _bound_function(model):
         if num_samples == 0:  # the ELBO with 10 draws
             objective = functools.partial(model.objective, num_samples=10)
         else:  # the k-sample bound is VIMCO's value (one route to it, as make_estimator("iwae") for Gaussians)
-            objective = DE.make_discrete_estimator("vimco", model, num_samples=num_samples)
+            objective = DE.make_estimator("vimco", model, num_samples=num_samples)
         return jnp.mean(jax.vmap(lambda kk, v: objective(params, kk, v)[0])(keys, data))
     return bound
 

@@ -65,7 +65,7 @@ from experiments import _common
 from experiments._disentanglement_report import (METHODS, TRAVERSAL_STEPS, Setting, compare_to_vae,
                                                   save_metric_figure, save_traversals, summarize, traversal_panels)
 from vae_jax import disentanglement as metrics
-from vae_jax import dsprites, evaluation, models, tc, training
+from vae_jax import dsprites, evaluation, models, tc, tc_training, training
 
 PROG = "experiments.disentanglement"
 TRAVERSAL_SPAN = 2.5
@@ -189,8 +189,8 @@ def _train_step(model, method: str, dataset_size: int, discriminator_lr: float):
     if method == "beta_vae":
         return training.make_train_step(model.objective)
     if method == "beta_tcvae":
-        return tc.make_tc_train_step(model, dataset_size=dataset_size)
-    return tc.make_factor_vae_train_step(model, _adam(discriminator_lr, 0.5, 0.9))
+        return tc_training.make_tc_train_step(model, dataset_size=dataset_size)
+    return tc_training.make_factor_vae_train_step(model, _adam(discriminator_lr, 0.5, 0.9))
 
 
 @functools.lru_cache(maxsize=None)

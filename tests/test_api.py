@@ -32,7 +32,8 @@ def _module_table() -> dict[str, str]:
 
 def _public_module_files() -> set[str]:
     package = Path(vae_jax.__file__).parent
-    return {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
+    modules = {p.stem for p in package.glob("*.py")} | {p.parent.name for p in package.glob("*/__init__.py")}
+    return {name for name in modules if not name.startswith("_")}
 
 
 def test_module_table_lists_every_module_of_the_package():

@@ -275,7 +275,7 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Orbax's abandoned reads
 @pytest.mark.parametrize("argv, code, message", [
     (["train", "--dataset", "no_such_dataset", "--out", "{tmp}/a"], 2, "Unknown dataset 'no_such_dataset'"),
-    (["train", "--beta", "-0.5", "--out", "{tmp}/a"], 2, "beta must be >= 0; got -0.5"),
+    (["train", "--beta", "-0.5", "--out", "{tmp}/a"], 2, "beta must be finite and >= 0; got -0.5"),
     (["train", "--beta", "inf", "--out", "{tmp}/a"], 2, "beta must be a finite number; got inf"),
     (["train", "--lr", "inf", "--out", "{tmp}/a"], 2, "learning_rate must be a finite number > 0; got inf"),
     (["train", "--latent-dim", "0", "--out", "{tmp}/a"], 2, "latent_dim must be a positive int; got 0"),
@@ -327,6 +327,8 @@ def _corrupt_copy(run, tmp_path, how="garbage"):
     (["train", "--model", "ae", "--estimator", "pathwise", "--out", "{tmp}/a"], 2, "--estimator needs a VAE"),
     (["train", "--estimator-options", "baseline=leave_one_out", "--out", "{tmp}/a"], 2,
      "estimator_options need an --estimator"),
+    (["train", "--latent", "bernoulli", "--estimator", "gumbel_softmax", "--estimator-options", "temperature=nan",
+      "--out", "{tmp}/a"], 2, "estimator option temperature must be a finite number; got 'nan'"),
 ])
 def test_bad_input_gives_a_one_line_error(argv, code, message, run, tmp_path, capsys):
     names = {"tmp": tmp_path, "run": run}
@@ -614,6 +616,7 @@ def test_discrete_latent_run_trains_resumes_and_evaluates(extra, group, tmp_path
 
 
 def test_estimator_options_parse_to_typed_values():
+    from vae_jax.build import estimator_options
     from vae_jax.config import parse_options
 
     assert parse_options("baseline=leave_one_out, num_pairs=2,temperature=0.5") == {
@@ -622,7 +625,7 @@ def test_estimator_options_parse_to_typed_values():
     with pytest.raises(ValueError, match="given twice"):
         parse_options("a=1,a=2")
     config = TrainConfig(estimator="reinforce", estimator_options="baseline=leave_one_out,hidden=5", num_samples=3)
-    assert config.estimator_kwargs() == ({"baseline": "leave_one_out", "num_samples": 3}, 5)
+    assert estimator_options(config) == ({"baseline": "leave_one_out", "num_samples": 3}, 5)
 
 
 def test_short_fashion_mnist_run_reaches_a_stated_validation_elbo(tmp_path):

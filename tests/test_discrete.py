@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import discrete
-from vae_jax import discrete_estimators as DE
+from vae_jax import discrete, models
 from vae_jax import enumeration as EN
+from vae_jax import estimators
 
 N = 40000  # draws in the frequency tests: a probability's standard error is at most 0.0025
 
@@ -87,7 +87,7 @@ def test_relaxed_bernoulli_is_a_binary_concrete():
 
 @pytest.mark.parametrize("hidden,num_categories", [((7, 5), None), ((6,), 4)])
 def test_model_shapes_and_log_weights(hidden, num_categories):
-    model = discrete.DiscreteVAE((4, 4, 1), 3, hidden_sizes=hidden, num_categories=num_categories)
+    model = models.DiscreteVAE((4, 4, 1), 3, hidden_sizes=hidden, num_categories=num_categories)
     x = jnp.round(jax.random.uniform(jax.random.key(0), (4, 4, 1)))
     params = model.init(jax.random.key(1), x)
     logits = model.encode(params, x)
@@ -101,14 +101,14 @@ def test_model_shapes_and_log_weights(hidden, num_categories):
     value, aux = jax.jit(model.objective, static_argnames="num_samples")(params, jax.random.key(3), x,
                                                                         num_samples=4)
     assert np.isfinite(float(value)) and float(aux["kl"]) >= 0
-    iwae = jax.jit(DE.make_discrete_estimator("vimco", model, num_samples=4))(params, jax.random.key(3), x)[0]
+    iwae = jax.jit(estimators.make_estimator("vimco", model, num_samples=4))(params, jax.random.key(3), x)[0]
     assert float(iwae) >= float(value) - 1e-4  # same key, same draws: log mean w >= mean log w
     assert model.sample(params, jax.random.key(4), 6).shape == (6, 4, 4, 1)
 
 
 @pytest.mark.parametrize("num_categories", [None, 3])
 def test_bind_code_and_log_marginal(num_categories):
-    model = discrete.DiscreteVAE((3, 4, 1), 3, hidden_sizes=(5,), num_categories=num_categories)
+    model = models.DiscreteVAE((3, 4, 1), 3, hidden_sizes=(5,), num_categories=num_categories)
     x = jnp.round(jax.random.uniform(jax.random.key(0), (3, 4, 1)))
     params = model.init(jax.random.key(1), x)
     params["decoder"]["prior_logits"] = jax.random.normal(jax.random.key(2), model.latent_shape)
@@ -134,7 +134,7 @@ def test_bind_code_and_log_marginal(num_categories):
 
 
 def test_disarm_paper_models():
-    lin, non = discrete.linear_sbn((28, 28, 1)), discrete.nonlinear_sbn((28, 28, 1))
+    lin, non = models.linear_sbn((28, 28, 1)), models.nonlinear_sbn((28, 28, 1))
     params = non.init(jax.random.key(0), jnp.zeros((28, 28, 1)))
     shapes = [layer["w"].shape for layer in params["encoder"]]
     assert shapes == [(784, 200), (200, 200), (200, 200)] and non.hidden_sizes == (200, 200)
@@ -147,12 +147,12 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="Unknown latent"):
         discrete.log_prob(jnp.zeros(2), jnp.zeros(2), latent="gaussian")
     with pytest.raises(ValueError, match="num_categories"):
-        discrete.DiscreteVAE((2,), 3, num_categories=1)
+        models.DiscreteVAE((2,), 3, num_categories=1)
     with pytest.raises(ValueError, match="activation"):
-        discrete.DiscreteVAE((2,), 3, activation="swish")
+        models.DiscreteVAE((2,), 3, activation="swish")
     with pytest.raises(ValueError, match="latent_dim"):
-        discrete.DiscreteVAE((2,), 0)
+        models.DiscreteVAE((2,), 0)
     with pytest.raises(ValueError, match="expects"):
-        discrete.DiscreteVAE((2,), 3).init(jax.random.key(0), jnp.zeros(3))
+        models.DiscreteVAE((2,), 3).init(jax.random.key(0), jnp.zeros(3))
     with pytest.raises(ValueError, match="logits of shape"):
         discrete.check_logits(jnp.zeros((2, 2)), "bernoulli")

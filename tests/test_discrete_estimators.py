@@ -16,14 +16,13 @@ import numpy as np
 import optax
 import pytest
 
-from vae_jax import discrete
-from vae_jax import discrete_estimators as DE
+from vae_jax import discrete, models
 from vae_jax import enumeration as EN
 from vae_jax import estimators
 from vae_jax import training
 
 LATENT, BATCH, DRAWS, MAX_Z = 8, 3, 10000, 5.0
-MODEL = discrete.DiscreteVAE((3, 4, 1), LATENT)
+MODEL = models.DiscreteVAE((3, 4, 1), LATENT)
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,7 +37,7 @@ def _setup():
 def _random_extras(name):
     """Estimator parameters far from their initial values: unbiasedness must not depend on them."""
     params, x = _setup()
-    extra = DE.init_estimator_params(name, MODEL, jax.random.key(13), x[0], hidden=7)
+    extra = estimators.init_estimator_params(name, MODEL, jax.random.key(13), x[0], hidden=7)
     if name in ("rebar", "relax"):
         extra["control"] = {**extra["control"], "log_temperature": jnp.asarray(0.6), "eta": jnp.asarray(-0.7)}
         if name == "relax":
@@ -71,7 +70,7 @@ def _stats(name, *, seed=3, hparams=None, **options):
     cache_key = (name, tuple(sorted(options.items())), seed, repr(hparams))
     if cache_key not in _CACHE:
         params, x = _setup()
-        estimator = DE.make_discrete_estimator(name, MODEL, **options)
+        estimator = estimators.make_estimator(name, MODEL, **options)
         _CACHE[cache_key] = estimators.gradient_statistics(estimator, _random_extras(name), jax.random.key(seed), x,
                                                   num_draws=DRAWS, hparams=hparams)
     return _CACHE[cache_key]
@@ -147,7 +146,7 @@ def test_nvil_baseline_gets_the_gradient_of_its_squared_error():
     fns = dict(encode=lambda v: MODEL.encode(p, v), decode=lambda b: MODEL.decode(p, b),
                prior_logits=MODEL.prior_logits(p))
     elbo = jax.vmap(lambda xi: EN.exact_elbo(xi, **fns))(x)
-    c = jax.vmap(lambda xi: DE.baseline_apply(p["baseline"], xi))(x)
+    c = jax.vmap(lambda xi: estimators.baseline_apply(p["baseline"], xi))(x)
     truth = jnp.mean(2 * (elbo - (-4.0) - c))
     mean, var = stats["baseline"].mean[-1]["b"][0], stats["baseline"].variance[-1]["b"][0]
     assert abs(float(mean - truth)) < MAX_Z * float(jnp.sqrt(var / DRAWS))
@@ -160,14 +159,14 @@ def test_rebar_control_gets_gradient_and_decoder_gradient_does_not_depend_on_it(
     for name, scale in [("rebar", 1.0), ("rebar", -2.0), ("relax", 1.0)]:
         p = _random_extras(name)
         p["control"] = {**p["control"], "eta": scale * p["control"]["eta"]}
-        objective = DE.make_discrete_estimator(name, MODEL)
+        objective = estimators.make_estimator(name, MODEL)
         grads.append(jax.jit(jax.grad(lambda q: objective(q, key, x[0])[0]))(p))
     for g in grads[1:]:  # same key, same b: the decoder gradient is grad log p(x, b), whatever the control
         for a, b in zip(jax.tree.leaves(grads[0]["decoder"]), jax.tree.leaves(g["decoder"])):
             np.testing.assert_array_equal(a, b)
     # The generic function without decode_constant cancels the decoder's share in float32 arithmetic.
     p = _random_extras("rebar")
-    loose = jax.jit(jax.grad(lambda q: DE.rebar(key, x[0], lambda v: MODEL.encode(q, v),
+    loose = jax.jit(jax.grad(lambda q: estimators.relaxed.rebar(key, x[0], lambda v: MODEL.encode(q, v),
                                                  lambda b: MODEL.decode(q, b), prior_logits=MODEL.prior_logits(q),
                                                  control=q["control"])[0]))(p)
     for a, b in zip(jax.tree.leaves(grads[0]["decoder"]), jax.tree.leaves(loose["decoder"])):
@@ -185,24 +184,24 @@ def test_values_are_the_true_objectives():
     for name, options, expected in [("reinforce", {"num_samples": 3}, mc), ("vimco", {"num_samples": 3}, bound),
                                     ("gumbel_softmax", {"num_samples": 3}, mc),
                                     ("straight_through", {"num_samples": 3}, mc)]:
-        value, aux = jax.jit(DE.make_discrete_estimator(name, MODEL, **options))(params, key, x[0])
+        value, aux = jax.jit(estimators.make_estimator(name, MODEL, **options))(params, key, x[0])
         np.testing.assert_allclose(value, expected, rtol=1e-5)
         np.testing.assert_allclose(aux["iwae" if name == "vimco" else "elbo"], expected, rtol=1e-5)
     # ARM/DisARM: the mean of f over the antithetic pair, both exact draws of q.
-    value = jax.jit(DE.make_discrete_estimator("disarm", MODEL))(params, key, x[0])[0]
+    value = jax.jit(estimators.make_estimator("disarm", MODEL))(params, key, x[0])[0]
     u = jax.random.uniform(key, (1, LATENT))
     prob = jax.nn.sigmoid(MODEL.encode(params, x[0]))[None]
     b = jnp.concatenate([(u < prob), (1 - u < prob)]).astype(jnp.float32)
     np.testing.assert_allclose(value, jnp.mean(MODEL.log_weights(params, x[0], b)), rtol=1e-5)
     # DisARM-IW: the k-sample bound of the first draws of its k antithetic pairs.
-    value, aux = jax.jit(DE.make_discrete_estimator("disarm_iw", MODEL, num_samples=3))(params, key, x[0])
+    value, aux = jax.jit(estimators.make_estimator("disarm_iw", MODEL, num_samples=3))(params, key, x[0])
     b = (jax.random.uniform(key, (3, LATENT)) < prob).astype(jnp.float32)
     np.testing.assert_allclose(value, jax.nn.logsumexp(MODEL.log_weights(params, x[0], b)) - np.log(3), rtol=1e-5)
     np.testing.assert_allclose(aux["iwae"], value, rtol=1e-6)
 
 
 def test_categorical_latents():
-    model = discrete.DiscreteVAE((3, 4, 1), 2, num_categories=3)
+    model = models.DiscreteVAE((3, 4, 1), 2, num_categories=3)
     x = jax.random.bernoulli(jax.random.key(0), 0.5, (2, 3, 4, 1)).astype(jnp.float32)
     params = jax.jit(model.init)(jax.random.key(1), x[0])
     params["encoder"] = jax.tree.map(lambda w: 2.0 * w, params["encoder"])
@@ -214,16 +213,16 @@ def test_categorical_latents():
                                                           latent="categorical"))(x))
 
     truth = jax.grad(exact)(params)
-    est = DE.make_discrete_estimator("reinforce", model, baseline="leave_one_out", num_samples=2)
+    est = estimators.make_estimator("reinforce", model, baseline="leave_one_out", num_samples=2)
     stats = estimators.gradient_statistics(est, params, jax.random.key(2), x, num_draws=DRAWS)
     assert _max_z(stats, truth) < MAX_Z
-    gs = estimators.gradient_statistics(DE.make_discrete_estimator("gumbel_softmax", model, temperature=0.5),
+    gs = estimators.gradient_statistics(estimators.make_estimator("gumbel_softmax", model, temperature=0.5),
                                params, jax.random.key(2), x, num_draws=DRAWS)
     assert _max_z(gs, truth) > 10
-    for name in DE.BERNOULLI_ONLY:
+    for name in [n for n, e in estimators.ESTIMATORS.items() if e.latents == ("bernoulli",)]:
         with pytest.raises(ValueError, match="Bernoulli"):
-            DE.make_discrete_estimator(name, model, **({"num_samples": 2} if name == "disarm_iw" else {}))(
-                DE.with_estimator_params(model, name).init(
+            estimators.make_estimator(name, model, **({"num_samples": 2} if name == "disarm_iw" else {}))(
+                estimators.with_estimator_params(model, name).init(
                 jax.random.key(0), x[0]), jax.random.key(0), x[0])
 
 
@@ -231,7 +230,7 @@ def test_disarm_training_through_fit_improves_the_elbo():
     from vae_jax import data
 
     images = jnp.asarray(data.load_digits().images[:1000])
-    model = discrete.linear_sbn(images.shape[1:])  # the DisARM paper's linear model, 200 binary latents
+    model = models.linear_sbn(images.shape[1:])  # the DisARM paper's linear model, 200 binary latents
     state = training.create_train_state(model, jax.random.key(0), images[0], optax.adam(3e-3))
     binary = jax.random.bernoulli(jax.random.key(1), images).astype(jnp.float32)
 
@@ -241,7 +240,7 @@ def test_disarm_training_through_fit_improves_the_elbo():
         return jnp.mean(jax.vmap(lambda k, v: model.objective(params, k, v, num_samples=4)[0])(keys, binary))
 
     before = elbo(state.params)
-    step = training.make_train_step(DE.make_discrete_estimator("disarm", model), dynamic_binarization=True)
+    step = training.make_train_step(estimators.make_estimator("disarm", model), dynamic_binarization=True)
     result = training.fit(step, state, images, jax.random.key(3), epochs=4, batch_size=50, progress=False)
     state, history = result[0], result[1]
     after = elbo(state.params)
@@ -254,11 +253,11 @@ def test_learned_estimator_parameters_train_in_the_state(name):
     from vae_jax import data
 
     images = jnp.asarray(data.load_digits().images[:100])
-    model = DE.with_estimator_params(discrete.DiscreteVAE(images.shape[1:], 10), name, hidden=8)
+    model = estimators.with_estimator_params(models.DiscreteVAE(images.shape[1:], 10), name, hidden=8)
     state = training.create_train_state(model, jax.random.key(0), images[0], optax.adam(1e-2))
     extra = "baseline" if name == "nvil" else "control"
     start = jax.tree.map(np.asarray, state.params[extra])
-    step = training.make_train_step(DE.make_discrete_estimator(name, model), dynamic_binarization=True)
+    step = training.make_train_step(estimators.make_estimator(name, model), dynamic_binarization=True)
     result = training.fit(step, state, images, jax.random.key(1), epochs=2, batch_size=10, progress=False)
     state, history = result[0], result[1]
     assert all(np.isfinite(_row(h, "loss")) for h in history)
@@ -273,23 +272,23 @@ def test_bad_arguments_raise_clear_errors():
     params, x = _setup()
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="Unknown estimator"):
-        DE.make_discrete_estimator("score", MODEL)
+        estimators.make_estimator("score", MODEL)
     with pytest.raises(ValueError, match="unknown options"):
-        DE.make_discrete_estimator("disarm", MODEL, num_samples=2)
+        estimators.make_estimator("disarm", MODEL, num_samples=2)
     with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
-        DE.make_discrete_estimator("reinforce", MODEL, baseline="leave_one_out")(params, key, x[0])
+        estimators.make_estimator("reinforce", MODEL, baseline="leave_one_out")(params, key, x[0])
     with pytest.raises(ValueError, match="num_samples must be an int >= 2"):
-        DE.make_discrete_estimator("vimco", MODEL, num_samples=1)(params, key, x[0])
+        estimators.make_estimator("vimco", MODEL, num_samples=1)(params, key, x[0])
     with pytest.raises(ValueError, match="baseline_value"):
-        DE.make_discrete_estimator("reinforce", MODEL, baseline="running_mean")(params, key, x[0])
+        estimators.make_estimator("reinforce", MODEL, baseline="running_mean")(params, key, x[0])
     with pytest.raises(ValueError, match="Unknown baseline"):
-        DE.make_discrete_estimator("reinforce", MODEL, baseline="mean")(params, key, x[0])
+        estimators.make_estimator("reinforce", MODEL, baseline="mean")(params, key, x[0])
     with pytest.raises(ValueError, match="temperature"):
-        DE.make_discrete_estimator("gumbel_softmax", MODEL, temperature=0.0)(params, key, x[0])
+        estimators.make_estimator("gumbel_softmax", MODEL, temperature=0.0)(params, key, x[0])
     with pytest.raises(ValueError, match="control"):
-        DE.make_discrete_estimator("rebar", MODEL)({**params, "control": {"eta": 1.0}}, key, x[0])
+        estimators.make_estimator("rebar", MODEL)({**params, "control": {"eta": 1.0}}, key, x[0])
     with pytest.raises(ValueError, match="net"):
-        DE.make_discrete_estimator("relax", MODEL)(_random_extras("rebar"), key, x[0])
+        estimators.make_estimator("relax", MODEL)(_random_extras("rebar"), key, x[0])
     with pytest.raises(ValueError, match="prior_logits"):
-        DE.reinforce(key, x[0], lambda v: MODEL.encode(params, v), lambda b: MODEL.decode(params, b),
+        estimators.discrete.reinforce(key, x[0], lambda v: MODEL.encode(params, v), lambda b: MODEL.decode(params, b),
                      prior_logits=jnp.zeros(3))

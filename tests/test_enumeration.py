@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import discrete
+from vae_jax import models
 from vae_jax import enumeration as EN
 
 
 def _model(num_categories=None, latent_dim=5, hidden=()):
-    return discrete.DiscreteVAE((3, 2, 1), latent_dim, hidden_sizes=hidden, activation="tanh",
+    return models.DiscreteVAE((3, 2, 1), latent_dim, hidden_sizes=hidden, activation="tanh",
                           num_categories=num_categories)
 
 

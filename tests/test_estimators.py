@@ -236,6 +236,8 @@ def test_bad_arguments_raise_clear_errors():
     params, x = _setup()
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="Unknown estimator"):
+        estimators.make_estimator("reinforced", MODEL)
+    with pytest.raises(ValueError, match="'reinforce' is for discrete latents, not latent='gaussian'"):
         estimators.make_estimator("reinforce", MODEL)
     with pytest.raises(ValueError, match="unknown options"):
         estimators.make_estimator("stl", MODEL, baseline="none")

@@ -139,3 +139,20 @@ def test_bad_inputs_raise():
         evaluation.log_marginal(bernoulli, params, 2.0 * np.ones((3, 2, 2, 1), np.float32), key, progress=False)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluation.active_units(bernoulli, params, -np.ones((3, 2, 2, 1), np.float32))
+
+
+def test_examples_of_the_wrong_shape_name_the_shape_the_model_takes():
+    model = vj.build_model(vj.ModelConfig(latent_dim=2, hidden_sizes=(8,)), (8, 8, 1))
+    params = model.init(jax.random.key(0), jnp.zeros((8, 8, 1)))
+    one, other = jnp.full((8, 8, 1), 0.5), jnp.full((3, 4, 4, 1), 0.5)
+    with pytest.raises(ValueError, match=r"data must be \[N, 8, 8, 1\] for this model; got shape \(8, 8, 1\) "
+                                         r"\(one example\? add the batch axis"):
+        evaluation.log_marginal(model, params, one, jax.random.key(1), num_samples=2, progress=False)
+    with pytest.raises(ValueError, match=r"data must be \[N, 8, 8, 1\]"):
+        evaluation.log_marginal(model, params, other, jax.random.key(1), num_samples=2, progress=False)
+    for data in (one, other):  # evaluate sees the objective only: the model says what it takes
+        with pytest.raises(ValueError, match=r"the model takes ONE example of shape \(8, 8, 1\); got shape"):
+            vj.evaluate(model.objective, params, data, jax.random.key(1))
+    discrete = vj.build_model(vj.ModelConfig(latent="bernoulli", latent_dim=3, hidden_sizes=()), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"ONE example of shape \(8, 8, 1\)"):
+        vj.evaluate(discrete.objective, discrete.init(jax.random.key(0), one), other, jax.random.key(1))

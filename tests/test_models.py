@@ -76,8 +76,9 @@ class ModelTransformsTest(chex.TestCase):
     (dict(hidden_sizes=()), "hidden_sizes must be positive"),
 ])
 def test_bad_configs(kwargs, match):
+    config = ModelConfig(**kwargs)  # a plain record: build_model checks it, once
     with pytest.raises(ValueError, match=match):
-        ModelConfig(**kwargs)
+        build_model(config, (4, 4, 1))
 
 
 def test_bad_input_shapes():
@@ -153,4 +154,4 @@ def test_learned_priors_live_in_the_params_and_drive_bind_elbo_and_sample(prior)
                                            (dict(architecture="gated"), "Unknown architecture")])
 def test_bad_prior_configs_raise(changes, match):
     with pytest.raises(ValueError, match=match):
-        ModelConfig(**changes)
+        build_model(ModelConfig(**changes), (4, 4, 1))

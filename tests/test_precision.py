@@ -44,7 +44,7 @@ def fashion():
 
 def test_compute_dtype_is_validated_and_recorded():
     with pytest.raises(ValueError, match="compute_dtype"):
-        vj.ModelConfig(compute_dtype="float16")
+        vj.build_model(vj.ModelConfig(compute_dtype="float16"), (4, 4, 1))
     config = vj.config.RunConfig(vj.ModelConfig(compute_dtype="bfloat16"), vj.config.TrainConfig())
     assert config.to_dict()["model"]["compute_dtype"] == "bfloat16"
     assert vj.config.RunConfig.from_dict(config.to_dict()) == config

@@ -136,3 +136,20 @@ def test_importance_sampled_log_px_converges_to_the_closed_form_gaussian_mixture
     many = estimate(100_000, 20)
     assert np.abs(many).max() < 0.02 and np.abs(many).mean() < 0.006 and np.abs(few).mean() > 10 * np.abs(many).mean()
     assert few.mean() < 0  # the small-K estimate is biased low (Jensen), as an IWAE bound must be
+
+
+def test_prior_constructors_refuse_bad_arguments():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="latent_dim must be a positive int; got -1"):
+        priors.StandardNormal(-1)
+    with pytest.raises(ValueError, match="scale must be a finite number; got nan"):
+        priors.init_mixture(key, num_components=2, latent_dim=3, scale=float("nan"))
+    with pytest.raises(ValueError, match="std must be a finite number >= 0; got -1"):
+        priors.init_vamp(key, num_components=2, input_shape=(2, 2, 1), std=-1)
+    with pytest.raises(ValueError, match="input_shape's sides must be a positive int"):
+        priors.init_vamp(key, num_components=2, input_shape=(2, 0, 1))
+    good = priors.init_mixture(key, num_components=2, latent_dim=3)
+    for name, shape in (("logits", (3,)), ("means", (2, 4)), ("log_stds", (2, 2))):
+        with pytest.raises(ValueError, match=r"logits \[K\], means \[K, d\] and log_stds \[K, d\]"):
+            priors.mixture({**good, name: jnp.zeros(shape)})
+    assert priors.StandardNormal(3).latent_dim == 3 and priors.mixture(good).means.shape == (2, 3)

@@ -12,7 +12,7 @@ from scipy.special import logsumexp
 from scipy.stats import norm
 
 from vae_jax import distributions
-from vae_jax import models, tc, training
+from vae_jax import models, tc, tc_training, training
 
 
 def _gaussian_posteriors(key, cov, n, s):
@@ -31,12 +31,12 @@ def test_tc_of_a_correlated_gaussian_matches_the_closed_form(cov):
     cov = np.asarray(cov)
     exact = 0.5 * (np.sum(np.log(np.diag(cov))) - np.linalg.slogdet(cov)[1])
     z, mean, log_std = _gaussian_posteriors(jax.random.key(0), cov, 3000, 0.4)
-    for estimator in ("mss", "batch"):
-        estimate = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator=estimator))
-        assert estimate == pytest.approx(exact, abs=0.03), estimator
+    for weighting in ("mss", "batch"):
+        estimate = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, weighting=weighting))
+        assert estimate == pytest.approx(exact, abs=0.03), weighting
     # the paper's minibatch-weighted sampling: the batch estimate plus (L - 1) log N, exactly
-    mws = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator="mws"))
-    batch = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, estimator="batch"))
+    mws = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, weighting="mws"))
+    batch = float(tc.total_correlation(z, mean, log_std, dataset_size=10 ** 6, weighting="batch"))
     assert mws - batch == pytest.approx((len(cov) - 1) * math.log(10 ** 6), rel=1e-5)
 
 
@@ -50,7 +50,7 @@ def test_decomposition_terms_equal_a_direct_numpy_computation():
     mean, log_std = _mixture_setup()
     z = mean + jnp.exp(log_std) * jax.random.normal(jax.random.key(1), mean.shape)
     n_data = 1000
-    out = tc.kl_decomposition(z, mean, log_std, dataset_size=n_data, estimator="mws")
+    out = tc.kl_decomposition(z, mean, log_std, dataset_size=n_data, weighting="mws")
     zn, mn, sn = (np.asarray(a, np.float64) for a in (z, mean, jnp.exp(log_std)))
     m = len(zn)
     log_q = norm.logpdf(zn[:, None, :], mn[None], sn[None])  # [i, j, l]
@@ -82,7 +82,7 @@ def test_batch_estimator_is_unbiased_when_the_batch_is_the_dataset():
     keys = jax.random.split(jax.random.key(2), 20000)
     draw = jax.vmap(lambda k: mean + jnp.exp(log_std) * jax.random.normal(k, mean.shape))(keys)
     estimates = np.asarray(jax.vmap(lambda z: tc.total_correlation(z, mean, log_std, dataset_size=5,
-                                                                    estimator="batch"))(draw))
+                                                                    weighting="batch"))(draw))
     stderr = estimates.std() / np.sqrt(len(estimates))
     assert abs(estimates.mean() - exact) < 4 * stderr + 1e-4, (estimates.mean(), exact, stderr)
 
@@ -96,7 +96,8 @@ def test_weight_matrices():
         np.testing.assert_allclose(np.exp(np.asarray(tc.log_weight_matrix(m, n, "batch"))).sum(1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(estimator="nope"), "estimator"), (dict(dataset_size=3), "dataset_size"),
+@pytest.mark.parametrize("kwargs, match", [(dict(weighting="nope"), "Unknown weighting"),
+                                           (dict(dataset_size=3), "dataset_size"),
                                            (dict(dataset_size=0), "dataset_size"), (dict(dataset_size=2.5), "dataset_size")])
 def test_bad_arguments_raise(kwargs, match):
     z = jnp.zeros((4, 2))
@@ -126,7 +127,7 @@ def _state(model, data, beta):
 def test_beta_one_is_the_monte_carlo_elbo_step(tiny):
     model, data = tiny
     batch, key = data[:16], jax.random.key(5)
-    tc_step = tc.make_tc_train_step(model, dataset_size=64, grad_norm=True)
+    tc_step = tc_training.make_tc_train_step(model, dataset_size=64, grad_norm=True)
     elbo_step = training.make_train_step(functools.partial(model.objective, kl="monte_carlo"), grad_norm=True)
     s1, m1 = tc_step(_state(model, data, 1.0), batch, key)
     s2, m2 = elbo_step(_state(model, data, 1.0), batch, key)
@@ -140,7 +141,7 @@ def test_beta_one_is_the_monte_carlo_elbo_step(tiny):
 def test_the_tc_weight_adds_beta_minus_one_times_tc(tiny):
     model, data = tiny
     batch, key = data[:16], jax.random.key(6)
-    step = tc.make_tc_train_step(model, dataset_size=64, estimator="mss")
+    step = tc_training.make_tc_train_step(model, dataset_size=64, weighting="mss")
     _, m1 = step(_state(model, data, 1.0), batch, key)
     _, m6 = step(_state(model, data, 6.0), batch, key)
     np.testing.assert_allclose(m6["loss"] - m1["loss"], 5.0 * m1["total_correlation"], rtol=1e-4, atol=1e-5)
@@ -150,7 +151,7 @@ def test_the_tc_weight_adds_beta_minus_one_times_tc(tiny):
 
 def test_tc_step_runs_in_fit_and_stacked_epochs(tiny):
     model, data = tiny
-    step = tc.make_tc_train_step(model, dataset_size=64, dynamic_binarization=True)
+    step = tc_training.make_tc_train_step(model, dataset_size=64, dynamic_binarization=True)
     result = training.fit(step, _state(model, data, 4.0), data, jax.random.key(2), epochs=3, batch_size=16,
                           progress=False)
     state, history = result[0], result[1]
@@ -170,7 +171,7 @@ def test_missing_beta_raises(tiny):
     model, data = tiny
     state = training.create_train_state(model, jax.random.key(1), data[0], optax.adam(1e-3))
     with pytest.raises(ValueError, match="beta"):
-        tc.make_tc_train_step(model, dataset_size=64)(state, data[:8], jax.random.key(0))
+        tc_training.make_tc_train_step(model, dataset_size=64)(state, data[:8], jax.random.key(0))
 
 
 # ---------------------------------------------------------------- FactorVAE
@@ -193,7 +194,7 @@ TC_OPTIMIZER = optax.adam(3e-3)
 def _train_discriminator(disc, chol, key, *, steps, batch):
     def body(disc, k):
         k_z, k_perm = jax.random.split(k)
-        disc, _ = tc.discriminator_step(disc, TC_OPTIMIZER, k_perm, jax.random.normal(k_z, (batch, 2)) @ chol.T)
+        disc, _ = tc_training.discriminator_step(disc, TC_OPTIMIZER, k_perm, jax.random.normal(k_z, (batch, 2)) @ chol.T)
         return disc, None
     return jax.lax.scan(body, disc, jax.random.split(key, steps))[0]
 
@@ -229,7 +230,7 @@ D_OPTIMIZER = optax.adam(1e-3, b1=0.5, b2=0.9)
 
 @pytest.fixture(scope="module")
 def factor_step(tiny):
-    return tc.make_factor_vae_train_step(tiny[0], D_OPTIMIZER)  # one step, compiled once for the tests below
+    return tc_training.make_factor_vae_train_step(tiny[0], D_OPTIMIZER)  # one step, compiled once for the tests below
 
 
 def _factor_state(model, data, gamma, optimizer, hidden=(32, 32)):

@@ -8,6 +8,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import vae_jax as vj
+from vae_jax import schedules
 from vae_jax.training import stack, train_epoch_stacked, unstack
 
 
@@ -188,26 +189,32 @@ def test_fit_resumed_from_state_and_history_is_bitwise_identical(digits):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_kl_warmup_ramps_beta_linearly_with_the_step(digits):
-    """With a warm-up of W steps, step s optimises beta * (s + 1) / W: measured through the KL weight
-    that the objective receives (an objective that returns its beta as aux)."""
+@pytest.mark.parametrize("name, kwargs", [
+    ("beta", dict(beta=2.0, kl_warmup_steps=10)),  # the KL warm-up shorthand
+    ("temperature", dict(temperature=schedules.linear_warmup(2.0, steps=10))),  # any hyper-parameter
+])
+def test_warmup_ramps_a_hyperparameter_linearly_with_the_step(digits, name, kwargs):
+    """With a warm-up of W steps, step s optimises value * (s + 1) / W: measured through the value
+    that the objective receives (an objective that returns it as aux)."""
     train, _ = digits
 
     class Scalar:
         def init(self, key, x):
             return {"w": jnp.zeros(())}
 
-    def objective(params, key, x, *, beta):
-        return params["w"] * 0.0, {"beta": beta}
+    def objective(params, key, x, **hparams):
+        return params["w"] * 0.0, {"value": hparams[name]}
 
-    state = vj.create_train_state(Scalar(), jax.random.key(0), train[0], optax.sgd(0.1), beta=2.0,
-                                  kl_warmup_steps=10)
+    state = vj.create_train_state(Scalar(), jax.random.key(0), train[0], optax.sgd(0.1), **kwargs)
+    assert int(state.kl_warmup_steps) == (10 if name == "beta" else 0)
     step = vj.make_train_step(objective)
     seen = []
     for i in range(12):
         state, metrics = step(state, train[:8], jax.random.key(i))
-        seen.append(float(metrics["beta"]))
+        seen.append(float(metrics["value"]))
     np.testing.assert_allclose(seen, [2.0 * min(1.0, (s + 1) / 10) for s in range(12)], rtol=1e-6)
+    stacked = stack([state, state])  # a schedule is a pytree: it stacks like any hyper-parameter
+    assert stacked.hparams[name].steps.shape == (2,)
 
 
 def test_hooks_add_metrics_and_early_stopping_uses_them(digits):
@@ -257,11 +264,16 @@ def test_create_train_state_rejects_bad_hyperparameters(digits):
     for bad, match in [(dict(beta=-1.0), "beta must be finite and >= 0"),
                        (dict(beta=float("inf")), "must be finite"),
                        (dict(kl_warmup_steps=5), "needs a beta"),
-                       (dict(beta=1.0, kl_warmup_steps=-1), "kl_warmup_steps must be an int >= 0")]:
+                       (dict(beta=1.0, kl_warmup_steps=-1), "must be an int >= 0"),
+                       (dict(beta=schedules.linear_warmup(-1.0, steps=3)), "beta must be finite and >= 0")]:
         with pytest.raises(ValueError, match=match):
             vj.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3), **bad)
     with pytest.raises(ValueError, match="ONE input of shape"):
         vj.create_train_state(model, jax.random.key(0), train[:4], optax.adam(1e-3))
+    with pytest.raises(ValueError, match="must be finite"):
+        schedules.linear_warmup(float("nan"), steps=3)
+    with pytest.raises(ValueError, match="warm-up steps must be an int >= 0"):
+        schedules.linear_warmup(1.0, steps=1.5)
 
 
 def test_uninterrupted_holds_ctrl_c_until_its_hooks_are_done():

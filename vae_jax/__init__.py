@@ -36,16 +36,17 @@ __version__ = "0.1.0"
 
 # name -> module that defines it, imported on first access
 _LAZY = {
-    "AE": "models", "VAE": "models", "Bound": "models", "ModelConfig": "config", "build_model": "models",
+    "AE": "models", "VAE": "models", "Bound": "models", "DiscreteVAE": "models", "ModelConfig": "config",
+    "build_model": "models",
     "ConvDecoder": "networks", "ConvEncoder": "networks", "MLPDecoder": "networks", "MLPEncoder": "networks",
     "TrainState": "training", "FitResult": "training", "create_train_state": "training", "fit": "training",
     "make_train_step": "training", "train_epoch": "training",
     "evaluate": "evaluation",
     "checked": "_checks",
 }
-_LAZY_MODULES = ("checkpoints", "cli", "config", "data", "discrete", "discrete_estimators", "disentanglement",
-                 "dsprites", "enumeration", "evaluation", "hooks", "models", "networks", "parallel", "plotting",
-                 "runner", "runs", "tc", "training")
+_LAZY_MODULES = ("build", "checkpoints", "cli", "config", "data", "discrete", "disentanglement", "dsprites",
+                 "enumeration", "evaluation", "hooks", "mlp", "models", "networks", "parallel", "plotting", "runner",
+                 "runs", "schedules", "streaming", "tc", "tc_training", "tracking", "training")
 
 __all__ = sorted([
     "LIKELIHOODS", "bernoulli_log_prob", "gaussian_log_prob", "kl_to_standard_normal", "likelihood_mean",

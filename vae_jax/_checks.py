@@ -123,12 +123,10 @@ def check_unit_interval(x: Any, *, what: str = "likelihood='bernoulli' needs dat
     Tracers pass, except while :func:`checked` traces: then the check is staged
     into the computation.
     """
+    check_finite(x, what=what)
     if is_traced(x):
         if _checkify_active():
             x = jnp.asarray(x)
-            finite = jnp.isfinite(x)
-            _staged_check(jnp.all(finite), f"{what} without NaN or inf; got {{}} non-finite values.",
-                          jnp.sum(~finite))
             _staged_check(jnp.all((x >= 0) & (x <= 1)), f"{what} in [0, 1]; got values in [{{}}, {{}}]. "
                           "Scale images to [0, 1] (e.g. divide uint8 pixels by 255) or use a Gaussian likelihood.",
                           jnp.min(x), jnp.max(x))
@@ -136,13 +134,27 @@ def check_unit_interval(x: Any, *, what: str = "likelihood='bernoulli' needs dat
     x = np.asarray(x)
     if x.size == 0:
         return
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what} without NaN or inf; got {int(np.sum(~np.isfinite(x)))} non-finite values.")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"{what} in [0, 1]; got values in [{lo:g}, {hi:g}]. "
             "Scale images to [0, 1] (e.g. divide uint8 pixels by 255) or use a Gaussian likelihood.")
+
+
+def check_finite(x: Any, *, what: str) -> None:
+    """``ValueError`` unless every value of a concrete ``x`` is finite (NaN and inf refused).
+
+    Tracers pass, except while :func:`checked` traces: then the check is staged.
+    """
+    if is_traced(x):
+        if _checkify_active():
+            finite = jnp.isfinite(jnp.asarray(x))
+            _staged_check(jnp.all(finite), f"{what} without NaN or inf; got {{}} non-finite values.",
+                          jnp.sum(~finite))
+        return
+    x = np.asarray(x)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{what} without NaN or inf; got {int(np.sum(~np.isfinite(x)))} non-finite values.")
 
 
 def check_finite_nonnegative(value: Any, name: str) -> None:
@@ -152,9 +164,10 @@ def check_finite_nonnegative(value: Any, name: str) -> None:
     """
     if is_traced(value):
         if _checkify_active():
-            v = jnp.asarray(value)
-            _staged_check(jnp.all(jnp.isfinite(v) & (v >= 0)), f"{name} must be finite and >= 0; got {{}}.",
-                          jnp.min(jnp.where(jnp.isnan(v), -jnp.inf, v)) if v.size else jnp.zeros(()))
+            v = jnp.ravel(jnp.asarray(value))
+            ok = jnp.isfinite(v) & (v >= 0)
+            _staged_check(jnp.all(ok), f"{name} must be finite and >= 0; got {{}}.",
+                          v[jnp.argmin(ok)] if v.size else jnp.zeros(()))  # the first bad value, NaN included
         return
     v = np.asarray(value, dtype=np.float64)
     if not (np.all(np.isfinite(v)) and np.all(v >= 0.0)):
@@ -167,6 +180,14 @@ def check_posterior(mean: jax.Array, log_std: jax.Array) -> None:
         raise ValueError(
             "encode must return (mean, log_std), both of shape [latent_dim] for one example; "
             f"got shapes {jnp.shape(mean)} and {jnp.shape(log_std)}.")
+
+
+def check_example(x: jax.Array, input_shape: tuple[int, ...] | None) -> None:
+    """``ValueError`` naming ``input_shape`` unless ``x`` is one example of it (``None``: any shape)."""
+    if input_shape is not None and tuple(jnp.shape(x)) != tuple(input_shape):
+        raise ValueError(f"the model takes ONE example of shape {tuple(input_shape)}; got shape {jnp.shape(x)} "
+                         f"(batch with jax.vmap; vae_jax.evaluate and evaluation.log_marginal take "
+                         f"[N, {', '.join(map(str, input_shape))}]).")
 
 
 def check_dataset(data: Any, *, likelihood: str | None = None) -> np.ndarray:

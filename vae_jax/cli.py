@@ -22,22 +22,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vae_jax import runner, runs
+from vae_jax.build import CHOICES as _CHOICES
+from vae_jax.build import estimator_help, validate
 from vae_jax.checkpoints import WHICH, CheckpointError
-from vae_jax.config import (ARCHITECTURES, ESTIMATOR_NAMES, KINDS, LATENTS, OBJECTIVES, ModelConfig, RunConfig,
-                            TrainConfig)
+from vae_jax.config import ModelConfig, RunConfig, TrainConfig
 from vae_jax.runs import RunLockedError, load_run_config
-from vae_jax.data import BINARIZATION_MODES
-from vae_jax.discrete import ACTIVATIONS as DISCRETE_ACTIVATIONS
-from vae_jax.distributions import LIKELIHOODS
-from vae_jax.networks import ACTIVATIONS, COMPUTE_DTYPES
-from vae_jax.priors import PRIORS
 
 _FLAGS = {"kind": ("--model",), "learning_rate": ("--lr",), "binarization": ("--binarize",),
           "compute_dtype": ("--compute-dtype", "--precision")}
-_CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
-            "activation": tuple(dict.fromkeys([*ACTIVATIONS, *DISCRETE_ACTIVATIONS])), "objective": OBJECTIVES,
-            "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
-            "compute_dtype": COMPUTE_DTYPES, "latent": LATENTS, "estimator": ESTIMATOR_NAMES}
+_HELP = {"estimator": estimator_help()}  # the registry's names, by latent kind
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -67,7 +60,7 @@ def _add_config_options(group: argparse._ArgumentGroup, cls: type) -> None:
     for f in dataclasses.fields(cls):
         default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         kind = _int_list if isinstance(f.default, tuple) else type(f.default)
-        text = f.metadata.get("help") or f"{cls.__name__}.{f.name}"
+        text = " ".join(filter(None, (f.metadata.get("help") or f"{cls.__name__}.{f.name}", _HELP.get(f.name))))
         help_text = f"{text} (default: {default!r})".replace("%", "%%")
         group.add_argument(*_FLAGS.get(f.name, ("--" + f.name.replace("_", "-"),)), dest=f.name, type=kind,
                            choices=_CHOICES.get(f.name), default=None, help=help_text)
@@ -151,11 +144,11 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume:
         if args.checkpoint != "latest":
             raise ValueError("--checkpoint applies to --resume only.")
-        config = RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"]))
+        config = validate(RunConfig(ModelConfig(**given["model"]), TrainConfig(**given["train"])))
         return runner.train(config, args.out, progress=progress)
     with runs.RunFolder(args.out, resume=True) as run:  # locked and checked once, before config.json is read
         saved, _ = load_run_config(args.out)
-        config = RunConfig.from_dict({part: {**saved.to_dict()[part], **given[part]} for part in given})
+        config = validate(RunConfig.from_dict({part: {**saved.to_dict()[part], **given[part]} for part in given}))
         conflicts = config.resume_conflicts(saved)
         if conflicts:
             raise ValueError(f"--resume of {str(args.out)!r} with other settings than it was trained with: "

@@ -6,13 +6,12 @@ scalar summed over all dimensions, in nats. This module imports ``jax`` only.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax._checks import LOG_2PI
+from vae_jax._checks import LOG_2PI, check_finite
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 """Observation models: ``"bernoulli"`` (decoder gives logits), ``"gaussian"``
@@ -93,9 +92,14 @@ def log_likelihood(likelihood: str, x: jax.Array, params: Any) -> jax.Array:
       Scalar log-likelihood in nats, summed over all dimensions of ``x``.
 
     Raises:
-      ValueError: unknown likelihood, or decoder output of the wrong shape.
+      ValueError: unknown likelihood, decoder output of the wrong shape, or (Gaussian
+        likelihoods, concrete ``x`` or under :func:`vae_jax.checked`) NaN or inf in ``x``:
+        one ``isfinite`` pass over the example, where a NaN would otherwise turn the whole
+        bound into NaN without a word. Bernoulli data are checked by the objectives.
     """
     check_likelihood(likelihood)
+    if likelihood != "bernoulli":
+        check_finite(x, what=f"likelihood={likelihood!r} needs data")
     if likelihood == "gaussian_learned":
         if not (isinstance(params, (tuple, list)) and len(params) == 2):
             raise ValueError(

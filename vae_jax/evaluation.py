@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from vae_jax._checks import check_dataset, check_hparams, check_positive_int
+from vae_jax._checks import check_dataset, check_hparams, check_positive_int, checked
 from vae_jax.training import batch_objective
 
 
@@ -76,6 +76,17 @@ def _batch_posterior_mean(model, params, batch):
     return jax.vmap(lambda x: model.encode(params, x)[0])(batch)
 
 
+def _check_examples(model: Any, data: Any) -> np.ndarray:
+    """``data`` as NumPy, checked against ``model.likelihood`` and (when the model has one) ``model.input_shape``."""
+    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(data.shape[1:]) != tuple(expected):
+        hint = " (one example? add the batch axis: x[None])" if tuple(data.shape) == tuple(expected) else ""
+        raise ValueError(f"data must be [N, {', '.join(map(str, expected))}] for this model; got shape "
+                         f"{tuple(data.shape)}{hint}.")
+    return data
+
+
 def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samples: int = 5000,
                  chunk_size: int = 500, batch_size: int = 100, progress: bool = True,
                  desc: str = "log p(x)") -> MarginalEstimate:
@@ -103,10 +114,11 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
       :class:`MarginalEstimate` with per-example values, mean and standard error (nats).
 
     Raises:
-      ValueError: empty data, a bad ``batch_size``/``num_samples``/``chunk_size``, or
-        data outside ``[0, 1]`` for a Bernoulli model.
+      ValueError: empty data, examples of another shape than ``model.input_shape``, a bad
+        ``batch_size``/``num_samples``/``chunk_size``, or data outside ``[0, 1]`` for a
+        Bernoulli model.
     """
-    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+    data = _check_examples(model, data)
     check_positive_int(batch_size, "batch_size")
     n = data.shape[0]
     batch_size = min(batch_size, n)
@@ -141,7 +153,7 @@ def posterior_mean_variance(model: Any, params: Any, data: Any, *, batch_size: i
       ValueError: empty data, a bad ``batch_size``, or data outside ``[0, 1]``
         for a Bernoulli model.
     """
-    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+    data = _check_examples(model, data)
     check_positive_int(batch_size, "batch_size")
     means = [np.asarray(_batch_posterior_mean(model, params, jnp.asarray(data[i:i + batch_size])), np.float64)
              for i in range(0, data.shape[0], batch_size)]
@@ -171,8 +183,7 @@ def active_units(model: Any, params: Any, data: Any, *, threshold: float = 0.01,
     return int(np.sum(variances > threshold))
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "batch_size"))
-def _evaluate(objective, params, data, key, hparams, *, batch_size):
+def _evaluate_sums(objective, params, data, key, hparams, *, batch_size):
     n = data.shape[0]
     num_batches = -(-n // batch_size)
     padded = jnp.concatenate([data, jnp.zeros((num_batches * batch_size - n, *data.shape[1:]), data.dtype)])
@@ -192,6 +203,16 @@ def _evaluate(objective, params, data, key, hparams, *, batch_size):
     return jax.tree.map(lambda t: t / n, totals)
 
 
+_evaluate = jax.jit(_evaluate_sums, static_argnames=("objective", "batch_size"))
+
+
+@functools.lru_cache(maxsize=16)
+def _evaluate_checked(objective, batch_size):
+    # One compilation per objective and batch size, like _evaluate; the objective's own value checks
+    # (e.g. Bernoulli data in [0, 1]) run inside it, however the objective was wrapped.
+    return checked(functools.partial(_evaluate_sums, objective, batch_size=batch_size))
+
+
 def as_device_data(data: Any) -> jax.Array:
     """``data`` as a float32 device array with at least one example."""
     data = jnp.asarray(data)
@@ -200,16 +221,7 @@ def as_device_data(data: Any) -> jax.Array:
     return data
 
 
-def likelihood_of(objective: Any) -> str | None:
-    """The ``likelihood`` of the model behind ``objective`` (a bound method, a partial of one,
-    or a closure with a ``model`` attribute), or None when it cannot be told."""
-    while isinstance(objective, functools.partial):
-        objective = objective.func
-    owner = getattr(objective, "__self__", None) or getattr(objective, "model", None)
-    return getattr(owner, "likelihood", None)
-
-
-def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *,
+def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *, likelihood: str | None = None,
              hparams: Mapping[str, Any] | None = None, batch_size: int = 500, check: bool = True) -> dict[str, float]:
     """Mean objective and aux over every example of ``data`` (no example dropped).
 
@@ -219,12 +231,15 @@ def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *,
       params: model parameters.
       data: ``[N, H, W, C]``; binarise it beforehand if the model expects binary data.
       key: PRNG key for the objective's draws.
+      likelihood: the model's likelihood, for the data check before anything is compiled
+        (``"bernoulli"``: values in ``[0, 1]``); ``None``: finite values only.
       hparams: forwarded to the objective (e.g. ``state.hparams``).
       batch_size: examples evaluated at once (memory only; results do not depend on it
         beyond the random draws).
-      check: check the data's values (finite; in ``[0, 1]`` for a Bernoulli model). The
-        check runs here, where the values are concrete, because it cannot run inside
-        the compiled computation.
+      check: check the data's values: here, against ``likelihood``, and inside the compiled
+        computation the objective's own value checks (those :func:`vae_jax.checked` keeps,
+        e.g. Bernoulli data in ``[0, 1]``), whether ``objective`` is a bound method, a
+        ``jax.jit`` of one or a lambda around it. ``False`` skips both (and the checks' cost).
 
     Returns:
       Dict of Python floats: ``objective`` and every aux entry (e.g. ``elbo``,
@@ -236,8 +251,12 @@ def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *,
     check_positive_int(batch_size, "batch_size")
     check_hparams(hparams)
     if check:
-        check_dataset(data, likelihood=likelihood_of(objective))
+        check_dataset(data, likelihood=likelihood)
     data = as_device_data(data)
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
-    out = _evaluate(objective, params, data, key, hparams, batch_size=min(batch_size, data.shape[0]))
+    batch_size = min(batch_size, data.shape[0])
+    if check:
+        out = _evaluate_checked(objective, batch_size)(params, data, key, hparams)
+    else:
+        out = _evaluate(objective, params, data, key, hparams, batch_size=batch_size)
     return {k: float(v) for k, v in out.items()}

@@ -30,22 +30,32 @@ any Monte-Carlo error it enters. Imports ``jax`` only.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax._checks import LOG_2PI, check_positive_int
+from vae_jax._checks import LOG_2PI, check_finite_number, check_positive_int
 
 PRIORS = ("standard_normal", "mixture", "vamp")
 # The authors' defaults (vae_vampprior's load_data: pseudoinputs_mean = 0.05, pseudoinputs_std = 0.01).
 PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD = 0.05, 0.01
 
 
-class StandardNormal(NamedTuple):
-    """N(0, I_d). ``latent_dim``: d (a Python int)."""
-
+class _StandardNormalFields(NamedTuple):
     latent_dim: int
+
+
+class StandardNormal(_StandardNormalFields):
+    """N(0, I_d). ``latent_dim``: d (a Python int ``>= 1``)."""
+
+    __slots__ = ()
+
+    def __new__(cls, latent_dim: int) -> "StandardNormal":
+        if isinstance(latent_dim, (numbers.Number, str)):  # not a pytree placeholder of jax.tree utilities
+            check_positive_int(latent_dim, "latent_dim")
+        return super().__new__(cls, latent_dim)
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         """``log N(z; 0, I)`` of one ``z [d]``, nats."""
@@ -97,17 +107,30 @@ def init_mixture(key: jax.Array, *, num_components: int, latent_dim: int, scale:
 
     Returns:
       ``{"logits": [K], "means": [K, d], "log_stds": [K, d]}`` (float32).
+
+    Raises:
+      ValueError: ``num_components`` or ``latent_dim`` not a positive int, or ``scale`` not a
+        finite number ``>= 0``.
     """
     check_positive_int(num_components, "num_components")
     check_positive_int(latent_dim, "latent_dim")
+    _check_nonnegative(scale, "scale")
     return {"logits": jnp.zeros((num_components,)),
             "means": scale * jax.random.normal(key, (num_components, latent_dim)),
             "log_stds": jnp.zeros((num_components, latent_dim))}
 
 
 def mixture(params: dict) -> GaussianMixture:
-    """The :class:`GaussianMixture` of learned ``params`` (see :func:`init_mixture`)."""
+    """The :class:`GaussianMixture` of learned ``params`` (see :func:`init_mixture`).
+
+    Raises:
+      ValueError: missing keys, or shapes other than ``logits [K]``, ``means [K, d]``, ``log_stds [K, d]``.
+    """
     _check_keys(params, ("logits", "means", "log_stds"), "mixture")
+    shapes = [jnp.shape(params[k]) for k in ("logits", "means", "log_stds")]
+    if len(shapes[0]) != 1 or len(shapes[1]) != 2 or shapes[1] != shapes[2] or shapes[1][0] != shapes[0][0]:
+        raise ValueError(f"the mixture prior needs logits [K], means [K, d] and log_stds [K, d]; got shapes "
+                         f"{shapes[0]}, {shapes[1]} and {shapes[2]}.")
     return GaussianMixture(params["logits"], params["means"], params["log_stds"])
 
 
@@ -117,9 +140,15 @@ def init_vamp(key: jax.Array, *, num_components: int, input_shape: Sequence[int]
 
     Returns:
       ``{"pseudo_inputs": [K, *input_shape]}`` (float32, unclipped).
+
+    Raises:
+      ValueError: ``num_components`` or a side of ``input_shape`` not a positive int, ``mean``
+        not finite, or ``std`` not a finite number ``>= 0``.
     """
     check_positive_int(num_components, "num_components")
-    shape = (num_components, *(int(s) for s in input_shape))
+    shape = (num_components, *(check_positive_int(s, "input_shape's sides") for s in input_shape))
+    check_finite_number(mean, "mean")
+    _check_nonnegative(std, "std")
     return {"pseudo_inputs": mean + std * jax.random.normal(key, shape)}
 
 
@@ -141,6 +170,11 @@ def vamp(params: dict, encode: Callable[[jax.Array], tuple[jax.Array, jax.Array]
     """
     means, log_stds = jax.vmap(encode)(pseudo_inputs(params))
     return GaussianMixture(jnp.zeros(means.shape[:1], means.dtype), means, log_stds)
+
+
+def _check_nonnegative(value: float, name: str) -> None:
+    if check_finite_number(value, name) < 0:
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
 
 
 def _check_keys(params: dict, keys: tuple[str, ...], name: str) -> None:

@@ -17,7 +17,6 @@ checkpoint folder's shared lock), so they may run beside a train.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
 import math
 import os
@@ -32,10 +31,11 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import discrete_estimators, estimators, evaluation, hooks, plotting, runs, training
+from vae_jax import estimators, evaluation, hooks, plotting, runs, training
 from vae_jax._checks import check_positive_int
+from vae_jax.build import training_objective, validate
 from vae_jax.checkpoints import RunCheckpoints
-from vae_jax.config import LEARNED_ESTIMATOR_PARAMS, RESUMABLE_CHANGES, RunConfig
+from vae_jax.config import RESUMABLE_CHANGES, RunConfig
 from vae_jax.models import build_model
 from vae_jax.runs import load_run_config, write_json
 
@@ -88,32 +88,6 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
         step = estimators.with_running_baseline(step)
     metric = "validation_elbo" if config.model.kind == "vae" else "validation_reconstruction"
     return model, state, step, model.objective, metric
-
-
-def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[str, float], dict[str, float]]:
-    """What ``config.train`` trains ``model`` with: ``(model, objective, hparams, estimator_state)``.
-
-    Without ``estimator``: the ELBO (pathwise, with ``beta``), the IWAE bound, or an AE's
-    reconstruction. With one: :func:`vae_jax.estimators.make_estimator` (Gaussian latents) or
-    :func:`vae_jax.discrete_estimators.make_discrete_estimator` by name; NVIL, REBAR and RELAX
-    get their parameter groups in the model's ``init`` (so in the train state), and
-    ``baseline=running_mean`` a running ELBO mean in ``estimator_state`` (starting at 0).
-    """
-    t = config.train
-    if config.model.kind == "ae":
-        return model, model.objective, {}, {}
-    if not t.estimator:
-        if t.objective == "iwae":
-            return model, estimators.make_estimator("iwae", model, num_samples=t.num_samples), {}, {}
-        return model, functools.partial(model.objective, num_samples=t.num_samples), {"beta": t.beta}, {}
-    options, hidden = t.estimator_kwargs()
-    estimator_state = {"baseline_value": 0.0} if options.get("baseline") == "running_mean" else {}
-    if config.model.latent == "gaussian":
-        hparams = {"beta": t.beta} if t.estimator == "pathwise" else {}
-        return model, estimators.make_estimator(t.estimator, model, **options), hparams, estimator_state
-    if t.estimator in LEARNED_ESTIMATOR_PARAMS:
-        model = discrete_estimators.with_estimator_params(model, t.estimator, hidden=hidden)
-    return model, discrete_estimators.make_discrete_estimator(t.estimator, model, **options), {}, estimator_state
 
 
 class _RunLog:
@@ -242,7 +216,7 @@ def _versions() -> dict[str, str]:
 def _restore(run: Path, which: str):
     """``(config, model, params, eval_objective, epoch)`` of the ``which`` checkpoint of ``run`` (read only)."""
     config, shape = load_run_config(run)
-    model, state, _, eval_objective, metric = setup(config, shape)
+    model, state, _, eval_objective, metric = setup(validate(config), shape)
     with RunCheckpoints(run / "checkpoints", metric=metric, config=bound_config(config), read_only=True) as ckpts:
         state, history = ckpts.restore(state, which=which)
     return config, model, state.params, eval_objective, len(history)

@@ -1,6 +1,7 @@
 """Total-correlation penalties (jax only): beta-TCVAE (Chen et al., 2018), the KL split into
 index-code MI, total correlation and dimension-wise KL estimated over a minibatch, and FactorVAE
-(Kim & Mnih, 2018), the TC estimated by a discriminator (the density-ratio trick); their train steps.
+(Kim & Mnih, 2018), the TC estimated by a discriminator (the density-ratio trick). Their train
+steps are in the training layer, :mod:`vae_jax.tc_training`.
 
 For a batch ``x_1..x_M`` from a dataset of ``N`` examples with one draw
 ``z_i ~ q(z | x_i)`` each, the aggregate posterior ``q(z) = (1/N) sum_n q(z | x_n)``
@@ -15,7 +16,7 @@ and the per-example Monte-Carlo KL ``log q(z_i|x_i) - log p(z_i)`` telescopes in
     TC_i  = log q(z_i) - sum_l log q(z_il)           (total correlation)
     DKL_i = sum_l log q(z_il) - sum_l log p(z_il)    (dimension-wise KL)
 
-Weights ``w`` (:data:`ESTIMATORS`):
+Weightings ``w`` (:data:`WEIGHTINGS`; they weight the batch, they are not gradient estimators):
 
 * ``"mws"``: minibatch-weighted sampling as in the paper and its code,
   ``w_ij = 1 / (N M)``. Its log q estimates sit ``log N`` below the batch's own
@@ -30,8 +31,9 @@ Weights ``w`` (:data:`ESTIMATORS`):
 Why a batch-level objective: ``q(z)`` mixes every example's posterior, so no
 per-example function can compute it; :func:`tc_vae_objective` takes the whole
 batch and still returns per-example values and aux ``[M]`` (averaged by the
-step, like :func:`vae_jax.training.make_train_step`). :func:`make_tc_train_step`
-returns the same ``(state, batch, key) -> (state, metrics)`` contract, so it
+step, like :func:`vae_jax.training.make_train_step`).
+:func:`vae_jax.tc_training.make_tc_train_step` returns the same ``(state, batch, key) ->
+(state, metrics)`` contract, so it
 plugs into ``train_epoch``, ``train_epoch_stacked`` and ``fit``; the TC weight is
 ``state.hparams["beta"]``, so a sweep over it is one vmapped computation.
 
@@ -42,7 +44,8 @@ and ``TC ~ E_q[logit D(z)]``. The VAE maximises ``ELBO - gamma * logit D(z)`` pe
 (:func:`make_factor_vae_objective`: pure in ``(params, key, x)``, the discriminator comes in
 as a keyword like any hyper-parameter); the discriminator, with its own parameters and
 Optax state (:class:`Discriminator`, kept in ``TrainState.estimator_state["discriminator"]``),
-takes its own step after the VAE's (:func:`with_discriminator`), as the running baseline of
+takes its own step after the VAE's (:func:`vae_jax.tc_training.with_discriminator`), as the
+running baseline of
 :func:`vae_jax.estimators.with_running_baseline` does.
 """
 
@@ -54,10 +57,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from vae_jax import discrete, distributions, objectives
+from vae_jax import distributions, mlp, objectives
 from vae_jax._checks import check_finite_nonnegative, check_positive_int
 
-ESTIMATORS = ("mws", "mss", "batch")
+WEIGHTINGS = ("mws", "mss", "batch")  # how the batch stands in for the dataset in q(z)
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -74,13 +77,13 @@ def log_density_matrix(z: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax
     return -0.5 * (standardized ** 2 + _LOG_2PI) - log_std[None, :, :]
 
 
-def log_weight_matrix(batch_size: int, dataset_size: int, estimator: str = "mws") -> jax.Array:
-    """``[M, M]`` log importance weights ``log w_ij`` of the batch estimators (see module doc)."""
-    _check_sizes(batch_size, dataset_size, estimator)
+def log_weight_matrix(batch_size: int, dataset_size: int, weighting: str = "mws") -> jax.Array:
+    """``[M, M]`` log importance weights ``log w_ij`` of the batch weightings (see module doc)."""
+    check_sizes(batch_size, dataset_size, weighting)
     m, n = batch_size, float(dataset_size)
-    if estimator == "mws":
+    if weighting == "mws":
         return jnp.full((m, m), -math.log(n * m))
-    if estimator == "batch":
+    if weighting == "batch":
         return jnp.full((m, m), -math.log(m))
     eye = jnp.eye(m, dtype=bool)
     nxt = jnp.roll(eye, 1, axis=1)  # (i, i + 1 mod M): the example stratum of the paper's appendix
@@ -89,21 +92,21 @@ def log_weight_matrix(batch_size: int, dataset_size: int, estimator: str = "mws"
 
 
 def kl_decomposition(z: jax.Array, mean: jax.Array, log_std: jax.Array, *, dataset_size: int,
-                     estimator: str = "mws") -> dict[str, jax.Array]:
+                     weighting: str = "mws") -> dict[str, jax.Array]:
     """Per-example MI, TC and dimension-wise KL of the batch (nats; they sum to ``kl``).
 
     Args:
       z: ``[M, L]`` draws, ``z_i ~ q(z | x_i)``.
       mean, log_std: ``[M, L]`` posterior parameters.
       dataset_size: ``N``, the number of training examples (``>= M``).
-      estimator: ``"mws"``, ``"mss"`` or ``"batch"``.
+      weighting: ``"mws"``, ``"mss"`` or ``"batch"``.
 
     Returns:
       Dict of ``[M]`` arrays: ``mutual_information``, ``total_correlation``,
       ``dimensionwise_kl`` and ``kl`` (= ``log q(z_i|x_i) - log N(z_i; 0, I)``, their sum).
     """
     log_q = log_density_matrix(z, mean, log_std)
-    log_w = log_weight_matrix(z.shape[0], dataset_size, estimator)
+    log_w = log_weight_matrix(z.shape[0], dataset_size, weighting)
     log_qz_given_x = jnp.sum(jnp.diagonal(log_q, axis1=0, axis2=1), axis=0)
     log_qz = jax.nn.logsumexp(log_w + jnp.sum(log_q, axis=2), axis=1)
     log_prod_qz = jnp.sum(jax.nn.logsumexp(log_w[:, :, None] + log_q, axis=1), axis=1)
@@ -113,14 +116,14 @@ def kl_decomposition(z: jax.Array, mean: jax.Array, log_std: jax.Array, *, datas
 
 
 def total_correlation(z: jax.Array, mean: jax.Array, log_std: jax.Array, *, dataset_size: int,
-                      estimator: str = "mws") -> jax.Array:
+                      weighting: str = "mws") -> jax.Array:
     """Batch estimate of ``TC = KL(q(z) || prod_l q(z_l))``, scalar nats (see :func:`kl_decomposition`)."""
     return jnp.mean(kl_decomposition(z, mean, log_std, dataset_size=dataset_size,
-                                     estimator=estimator)["total_correlation"])
+                                     weighting=weighting)["total_correlation"])
 
 
 def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Callable, *, likelihood: str,
-                     beta: float | jax.Array, dataset_size: int, estimator: str = "mws"
+                     beta: float | jax.Array, dataset_size: int, weighting: str = "mws"
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """beta-TCVAE objective of a batch: ``log p(x_i|z_i) - MI_i - beta TC_i - DKL_i`` per example.
 
@@ -134,7 +137,7 @@ def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Cal
       likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
       beta: weight of the total correlation (1: plain VAE).
       dataset_size: ``N``, training examples the batches are drawn from (``>= M``).
-      estimator: ``"mws"`` (the paper's), ``"mss"`` or ``"batch"``.
+      weighting: ``"mws"`` (the paper's), ``"mss"`` or ``"batch"``.
 
     Returns:
       ``(values [M], aux)`` to maximise; aux entries ``[M]``: ``reconstruction``, ``kl``
@@ -148,50 +151,16 @@ def tc_vae_objective(key: jax.Array, x: jax.Array, encode: Callable, decode: Cal
     eps = jax.vmap(lambda k, m: jax.random.normal(k, m.shape, m.dtype))(keys, mean)
     z = mean + jnp.exp(log_std) * eps
     reconstruction = jax.vmap(lambda xi, zi: distributions.log_likelihood(likelihood, xi, decode(zi)))(x, z)
-    terms = kl_decomposition(z, mean, log_std, dataset_size=dataset_size, estimator=estimator)
+    terms = kl_decomposition(z, mean, log_std, dataset_size=dataset_size, weighting=weighting)
     value = (reconstruction - terms["mutual_information"] - beta * terms["total_correlation"]
              - terms["dimensionwise_kl"])
     return value, {"reconstruction": reconstruction, "elbo": reconstruction - terms["kl"], **terms}
 
 
-def make_tc_train_step(model: Any, *, dataset_size: int, estimator: str = "mws",
-                       dynamic_binarization: bool = False, grad_norm: bool = False) -> Callable:
-    """``train_step(state, batch, key) -> (state, metrics)`` of beta-TCVAE, jitted, state donated.
-
-    Same contract as :func:`vae_jax.training.make_train_step`, so it runs in
-    ``training.train_epoch``, ``train_epoch_stacked`` and ``fit``.
-
-    Args:
-      model: a VAE (``encode(params, x)``, ``decode(params, z)``, ``likelihood``).
-      dataset_size: ``N`` of the training data.
-      estimator: see :func:`tc_vae_objective`.
-      dynamic_binarization: replace the batch by a Bernoulli draw of its pixels each step.
-      grad_norm: also report the gradient's global norm.
-
-    Returns:
-      The compiled step (:func:`vae_jax.training.make_loss_step`); the TC weight is
-      ``state.hparams["beta"]``. ``metrics`` are batch means of ``loss`` (= -objective)
-      and every aux entry (and ``grad_norm``).
-    """
-    from vae_jax import training  # here, not at the top: this module imports only JAX
-
-    _check_sizes(2, dataset_size, estimator)
-
-    def batch_loss(params, state, batch, key):
-        if "beta" not in state.hparams:
-            raise ValueError("beta-TCVAE needs the TC weight in the state: create_train_state(..., beta=...).")
-        values, aux = tc_vae_objective(
-            key, batch, lambda v: model.encode(params, v), lambda z: model.decode(params, z),
-            likelihood=model.likelihood, beta=state.hparams["beta"], dataset_size=dataset_size,
-            estimator=estimator)
-        return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
-
-    return training.make_loss_step(batch_loss, dynamic_binarization=dynamic_binarization, grad_norm=grad_norm)
-
-
-def _check_sizes(batch_size: int, dataset_size: int, estimator: str) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+def check_sizes(batch_size: int, dataset_size: int, weighting: str) -> None:
+    """``ValueError`` unless ``weighting`` is one of :data:`WEIGHTINGS` and ``2 <= batch_size <= dataset_size``."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(dataset_size, "dataset_size")
     if batch_size < 2 or dataset_size < batch_size:
@@ -223,13 +192,13 @@ def init_discriminator(key: jax.Array, latent_dim: int, optimizer: Any, *,
     """A discriminator ``z [L] -> logit`` (leaky-ReLU MLP; the paper's 6 x 1000 by default) and its
     optimizer state (``optimizer``: an Optax transformation, e.g. ``optax.adam(1e-4, b1=0.5, b2=0.9)``)."""
     check_positive_int(latent_dim, "latent_dim")
-    params = discrete.mlp_init(key, (latent_dim, *hidden_sizes, 1))
+    params = mlp.init(key, (latent_dim, *hidden_sizes, 1))
     return Discriminator(params, optimizer.init(params))
 
 
 def discriminator_logit(params: list, z: jax.Array) -> jax.Array:
     """``logit D(z)`` for one ``z [L]``: the estimate of ``log q(z) - log prod_l q(z_l)``, nats."""
-    return discrete.mlp_apply(params, z, "leaky_relu")[0]
+    return mlp.apply(params, z, "leaky_relu")[0]
 
 
 def discriminator_loss(params: list, z: jax.Array, z_permuted: jax.Array) -> tuple[jax.Array, dict]:
@@ -244,23 +213,6 @@ def discriminator_loss(params: list, z: jax.Array, z_permuted: jax.Array) -> tup
     loss = 0.5 * (jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake)))
     accuracy = 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))
     return loss, {"accuracy": accuracy, "total_correlation": jnp.mean(real)}
-
-
-def discriminator_step(discriminator: Discriminator, optimizer: Any, key: jax.Array, z: jax.Array
-                       ) -> tuple[Discriminator, dict[str, jax.Array]]:
-    """One Optax step of ``D`` on ``z [M, L]`` (draws of q(z)) against :func:`permute_dims` of them.
-
-    Returns:
-      ``(discriminator, metrics)``: ``discriminator_loss``, ``discriminator_accuracy`` and
-      ``discriminator_tc`` (before the step).
-    """
-    z = jax.lax.stop_gradient(z)
-    (loss, aux), grads = jax.value_and_grad(discriminator_loss, has_aux=True)(
-        discriminator.params, z, permute_dims(key, z))
-    updates, opt_state = optimizer.update(grads, discriminator.opt_state, discriminator.params)
-    params = jax.tree.map(lambda p, u: p + u, discriminator.params, updates)
-    return Discriminator(params, opt_state), {"discriminator_loss": loss, "discriminator_accuracy": aux["accuracy"],
-                                              "discriminator_tc": aux["total_correlation"]}
 
 
 def make_factor_vae_objective(model: Any) -> Callable:
@@ -291,40 +243,9 @@ def make_factor_vae_objective(model: Any) -> Callable:
     return objective
 
 
-def with_discriminator(train_step: Callable, model: Any, optimizer: Any) -> Callable:
-    """Adds FactorVAE's discriminator step to a VAE train step (same contract, jitted, state donated).
-
-    The VAE step (e.g. ``training.make_train_step(make_factor_vae_objective(model))``) runs first with
-    ``split(key)[0]``; then ``D`` takes one ``optimizer`` step on fresh draws ``z ~ q(z|x)`` of the same
-    batch under the updated encoder, against their :func:`permute_dims`. ``D`` lives in
-    ``state.estimator_state["discriminator"]`` (see :func:`add_discriminator`); its metrics join the step's.
-    """
-    def step(state, batch, key):
-        if "discriminator" not in state.estimator_state or "gamma" not in state.hparams:
-            raise ValueError("FactorVAE needs create_train_state(..., gamma=...) and add_discriminator(state, ...).")
-        key_vae, key_draw, key_perm = jax.random.split(key, 3)
-        state, metrics = train_step(state, batch, key_vae)
-        encode = lambda x: model.encode(state.params, x)  # noqa: E731
-        keys = jax.random.split(key_draw, batch.shape[0])
-        z = jax.vmap(lambda k, x: objectives.reparameterize(k, *encode(x)))(keys, batch)
-        disc, d_metrics = discriminator_step(state.estimator_state["discriminator"], optimizer, key_perm, z)
-        return state.replace(estimator_state={**state.estimator_state, "discriminator": disc}), {**metrics, **d_metrics}
-
-    return jax.jit(step, donate_argnums=0)
-
-
 def add_discriminator(state: Any, key: jax.Array, optimizer: Any, *, latent_dim: int,
                       hidden_sizes: Sequence[int] = (1000,) * 6) -> Any:
-    """``state`` with a fresh :func:`init_discriminator` in ``estimator_state["discriminator"]``."""
+    """``state`` with a fresh :func:`init_discriminator` in ``estimator_state["discriminator"]``
+    (what :func:`vae_jax.tc_training.with_discriminator` trains)."""
     disc = init_discriminator(key, latent_dim, optimizer, hidden_sizes=hidden_sizes)
     return state.replace(estimator_state={**state.estimator_state, "discriminator": disc})
-
-
-def make_factor_vae_train_step(model: Any, optimizer: Any, *, dynamic_binarization: bool = False) -> Callable:
-    """FactorVAE's ``train_step(state, batch, key) -> (state, metrics)``: :func:`with_discriminator` of
-    ``training.make_train_step(make_factor_vae_objective(model))``; ``gamma`` is ``state.hparams["gamma"]``,
-    ``optimizer`` the discriminator's (the VAE's is the state's own ``tx``)."""
-    from vae_jax import training  # the training layer (Flax, Optax) only when a step is built
-
-    vae_step = training.make_train_step(make_factor_vae_objective(model), dynamic_binarization=dynamic_binarization)
-    return with_discriminator(vae_step, model, optimizer)

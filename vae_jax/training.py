@@ -4,8 +4,9 @@ An *objective* is a per-example function ``objective(params, key, x, **hparams)
 -> (value, aux)`` to MAXIMISE (e.g. :meth:`vae_jax.models.VAE.objective`),
 where ``aux`` is a dict of scalars. The train step vmaps it over the batch with
 one key per example, averages, and takes an Optax step on ``-mean(value)``.
-Hyper-parameters such as ``beta`` live in :attr:`TrainState.hparams`, so a
-sweep is a stack of states trained by one ``jax.vmap``-ed step.
+Hyper-parameters such as ``beta`` live in :attr:`TrainState.hparams`, each a
+constant or a schedule of the step (:mod:`vae_jax.schedules`), so a sweep is a
+stack of states trained by one ``jax.vmap``-ed step.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from vae_jax import schedules
+from vae_jax._checks import check_hparams, check_positive_int
 from vae_jax.data import binarize_dynamic
-from vae_jax._checks import check_finite_nonnegative, check_positive_int
 
 Objective = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
 Metrics = dict[str, Any]
@@ -33,34 +35,37 @@ class TrainState(train_state.TrainState):
     """Flax's ``TrainState`` plus what the objective needs besides the parameters.
 
     Attributes:
-      hparams: scalar arrays passed to the objective as keyword arguments (e.g. ``beta``);
-        a stacked sweep varies them along its leading axis.
-      kl_warmup_steps: KL warm-up length in steps (int32 scalar; 0: none). While
-        ``step < kl_warmup_steps`` the step uses ``beta * (step + 1) / kl_warmup_steps``
-        (a linear rise from ~0 to ``beta``, as in the VampPrior recipe). It is part of the
-        state, so a resumed run continues the schedule exactly.
+      hparams: the objective's hyper-parameters (e.g. ``beta``), each a scalar array or a
+        schedule of the step (:mod:`vae_jax.schedules`, e.g. a KL warm-up), passed to the
+        objective as keyword arguments at their value of the step; a stacked sweep varies
+        them along its leading axis. Schedules are part of the state, so a resumed run
+        continues them exactly.
       estimator_state: state that a gradient estimator updates as it trains (e.g. the
         running mean ``baseline_value`` of :func:`vae_jax.estimators.with_running_baseline`),
         passed to the objective like ``hparams`` but changed by the step, never by the user.
     """
 
     hparams: dict = flax.struct.field(default_factory=dict)
-    kl_warmup_steps: jax.Array = flax.struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
     estimator_state: dict = flax.struct.field(default_factory=dict)
 
+    @property
+    def kl_warmup_steps(self) -> jax.Array:
+        """The warm-up length of a :class:`vae_jax.schedules.LinearWarmup` ``beta`` (int32; 0: none)."""
+        beta = self.hparams.get("beta")
+        return beta.steps if isinstance(beta, schedules.LinearWarmup) else jnp.zeros((), jnp.int32)
+
+    def hparams_at_step(self) -> dict[str, jax.Array]:
+        """Every hyper-parameter at this step (schedules evaluated)."""
+        return {name: schedules.value_at(h, self.step) for name, h in self.hparams.items()}
+
     def objective_kwargs(self) -> dict[str, jax.Array]:
-        """The keyword arguments of the objective at this step: hparams (with the warm-up
-        applied to ``beta``) and the estimator state."""
-        hparams = dict(self.hparams)
-        if "beta" in hparams:
-            ramp = (self.step + 1).astype(jnp.float32) / jnp.maximum(self.kl_warmup_steps, 1).astype(jnp.float32)
-            hparams["beta"] = hparams["beta"] * jnp.where(self.kl_warmup_steps > 0, jnp.minimum(ramp, 1.0), 1.0)
-        return {**hparams, **self.estimator_state}
+        """The keyword arguments of the objective at this step: hparams and the estimator state."""
+        return {**self.hparams_at_step(), **self.estimator_state}
 
 
 def create_train_state(model: Any, key: jax.Array, example: jax.Array, optimizer: optax.GradientTransformation,
                        *, kl_warmup_steps: int = 0, estimator_state: Mapping[str, Any] | None = None,
-                       **hparams: float) -> TrainState:
+                       **hparams: Any) -> TrainState:
     """Initialises ``model`` on one ``example [H, W, C]`` and wraps it with ``optimizer``.
 
     Args:
@@ -68,34 +73,33 @@ def create_train_state(model: Any, key: jax.Array, example: jax.Array, optimizer
       key: PRNG key for the initial parameters.
       example: ONE input example (no batch axis), used for shapes only.
       optimizer: an Optax transformation, e.g. ``optax.adam(1e-3)``.
-      kl_warmup_steps: steps over which ``beta`` rises linearly from ~0 (0: no warm-up);
-        needs a ``beta`` hyper-parameter.
+      kl_warmup_steps: shorthand for ``beta=schedules.linear_warmup(beta, steps=kl_warmup_steps)``
+        (0: no warm-up); needs a constant ``beta``.
       estimator_state: initial estimator state (e.g. ``{"baseline_value": -200.0}``).
-      **hparams: finite scalars forwarded to the objective on every step (e.g. ``beta=4.0``;
-        ``beta`` must be ``>= 0``).
+      **hparams: forwarded to the objective on every step: finite scalars or schedules of the
+        step (e.g. ``beta=4.0`` or ``beta=schedules.linear_warmup(1.0, steps=1000)``).
 
     Raises:
       ValueError: a non-finite hyper-parameter, a negative beta or warm-up, a warm-up
-        without beta, or an ``example`` whose rank differs from the model's input.
+        without a constant beta, or an ``example`` whose shape differs from the model's input.
     """
-    for name, value in hparams.items():
-        if not np.all(np.isfinite(np.asarray(value, np.float64))):
-            raise ValueError(f"hyper-parameter {name} must be finite; got {value!r}.")
-    if "beta" in hparams:
-        check_finite_nonnegative(hparams["beta"], "beta")
-    if isinstance(kl_warmup_steps, bool) or int(kl_warmup_steps) != kl_warmup_steps or kl_warmup_steps < 0:
+    check_hparams({name: schedules.final_value(h) for name, h in hparams.items()})
+    if kl_warmup_steps:
+        if "beta" not in hparams or schedules.is_schedule(hparams["beta"]):
+            raise ValueError("kl_warmup_steps needs a beta hyper-parameter, a constant (create_train_state(..., "
+                             "beta=1.0)); or pass beta=schedules.linear_warmup(...) alone.")
+        hparams["beta"] = schedules.linear_warmup(hparams["beta"], steps=kl_warmup_steps)
+    elif isinstance(kl_warmup_steps, bool) or kl_warmup_steps != 0:
         raise ValueError(f"kl_warmup_steps must be an int >= 0; got {kl_warmup_steps!r}.")
-    if kl_warmup_steps and "beta" not in hparams:
-        raise ValueError("kl_warmup_steps needs a beta hyper-parameter (create_train_state(..., beta=1.0)).")
     example = jnp.asarray(example)
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(example.shape) != tuple(expected):
         raise ValueError(f"example must be ONE input of shape {tuple(expected)}; got shape {example.shape} "
                          "(pass data[0], not a batch).")
     params = model.init(key, example)
-    as_arrays = lambda d: {k: jnp.asarray(v, jnp.float32) for k, v in (d or {}).items()}  # noqa: E731
+    as_arrays = lambda d: {k: v if schedules.is_schedule(v) else jnp.asarray(v, jnp.float32)  # noqa: E731
+                           for k, v in (d or {}).items()}
     state = TrainState.create(apply_fn=None, params=params, tx=optimizer, hparams=as_arrays(hparams),
-                              kl_warmup_steps=jnp.asarray(kl_warmup_steps, jnp.int32),
                               estimator_state=as_arrays(estimator_state))
     # An array step (not Python's 0) keeps the step's input types fixed: one compilation.
     return state.replace(step=jnp.zeros((), jnp.int32))

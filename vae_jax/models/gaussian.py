@@ -1,4 +1,4 @@
-"""VAE and AE: Flax networks bundled into pure functions of ``(params, ...)``.
+"""VAE and AE with Gaussian latents: networks bundled into pure functions of ``(params, ...)``.
 
 All methods work on ONE example (``x [H, W, C]``, ``z [d]``) except
 :meth:`VAE.sample`; batch with ``jax.vmap(fn, in_axes=(None, 0))``.
@@ -9,47 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import discrete, distributions, networks, objectives, priors
-from vae_jax.config import ARCHITECTURES, KINDS, ModelConfig  # noqa: F401  (re-exported)
+from vae_jax import distributions, objectives, priors
+from vae_jax._checks import check_example
 
 Params = Any
-
-
-def build_model(config: ModelConfig, input_shape: Sequence[int]) -> "VAE | AE | discrete.DiscreteVAE":
-    """The :class:`VAE`, :class:`AE` or (``config.latent`` ``"bernoulli"`` / ``"categorical"``)
-    :class:`vae_jax.discrete.DiscreteVAE` that ``config`` describes, for images ``[H, W, C]``."""
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (H, W, C); got {input_shape}.")
-    if config.latent != "gaussian":
-        return discrete.DiscreteVAE(input_shape, config.latent_dim, hidden_sizes=config.hidden_sizes,
-                                    activation=config.activation,
-                                    num_categories=config.num_categories if config.latent == "categorical" else None)
-    stochastic = config.kind == "vae"
-    num_outputs = 2 if config.likelihood == "gaussian_learned" else 1
-    dtype = None if config.compute_dtype == "float32" else config.compute_dtype
-    if config.architecture == "mlp":
-        encoder = networks.MLPEncoder(config.latent_dim, config.hidden_sizes, config.activation, stochastic,
-                                      dtype=dtype)
-        decoder = networks.MLPDecoder(input_shape, config.hidden_sizes[::-1], config.activation, num_outputs,
-                                      dtype=dtype)
-    elif config.architecture == "gated_mlp":
-        encoder = networks.GatedMLPEncoder(config.latent_dim, config.hidden_sizes, stochastic, dtype=dtype)
-        decoder = networks.GatedMLPDecoder(input_shape, config.hidden_sizes[::-1], num_outputs, dtype=dtype)
-    else:
-        encoder = networks.ConvEncoder(config.latent_dim, activation=config.activation, stochastic=stochastic,
-                                       dtype=dtype)
-        decoder = networks.ConvDecoder(input_shape, activation=config.activation, num_outputs=num_outputs,
-                                       dtype=dtype)
-    cls = VAE if stochastic else AE
-    return cls(encoder, decoder, config.likelihood, config.latent_dim, input_shape, config.prior,
-               config.num_components)
 
 
 class Bound(NamedTuple):
@@ -108,6 +77,8 @@ class _Model:
         return Bound(functools.partial(self.encode, params), functools.partial(self.decode, params), prior)
 
     def encode(self, params: Params, x: jax.Array) -> Any:
+        """ONE example ``x`` (``input_shape``, when the model has one) ``->`` the encoder's output."""
+        check_example(x, self.input_shape)
         return self.encoder.apply({"params": params["encoder"]}, x)
 
     def decode(self, params: Params, z: jax.Array) -> Any:

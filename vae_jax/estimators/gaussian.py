@@ -1,0 +1,152 @@
+"""Gradient estimators of Gaussian latents as surrogate objectives.
+
+Each estimator is a per-example function ``(key, x, encode, decode, *,
+likelihood, ...) -> (value, aux)`` whose ``value`` is numerically the true
+objective (the ELBO or IWAE bound estimate, nats) and whose gradient with
+respect to the parameters inside ``encode`` and ``decode`` is the estimator.
+So it drops into ``jax.grad`` and into :func:`vae_jax.training.make_train_step`
+unchanged (via :func:`vae_jax.estimators.make_estimator`), and the step's ``loss``
+stays the true objective. ``aux`` repeats the objective as ``"elbo"`` or ``"iwae"``.
+
+- ``pathwise``: reparameterisation gradient of the ELBO (:func:`vae_jax.objectives.elbo`).
+- ``score_function``: REINFORCE on the Monte-Carlo ELBO ``f = log p(x,z) - log q(z|x)``:
+  surrogate ``f(stop_gradient(z)) + stop_gradient(f - b) * log q(z|x)``, with baseline
+  ``b`` none, a running mean (a functional ``baseline_value`` carried in
+  ``TrainState.estimator_state`` by :func:`vae_jax.estimators.with_running_baseline`)
+  or leave-one-out over k draws.
+- ``stl``: sticking the landing (Roeder et al. 2017), pathwise with ``log q`` evaluated
+  at stop-gradiented encoder outputs, which removes the zero-mean score term.
+- ``iwae``: gradient of the IWAE bound (Burda et al. 2016).
+- ``dreg``: doubly reparameterised IWAE gradient for the encoder (Tucker et al. 2018),
+  the usual IWAE gradient for the decoder.
+
+Stopping the gradient at the encoder outputs ``(mean, log_std)`` is the same as
+stopping it at the encoder parameters (they reach the loss only through those
+outputs), so these functions need plain callables, like :mod:`vae_jax.objectives`.
+Which bound each estimates and what it takes is its record in
+:mod:`vae_jax.estimators.registry`. Imports ``jax`` only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vae_jax import distributions, objectives
+from vae_jax._checks import check_positive_int
+from vae_jax.estimators._surrogate import attach, check_baseline, sg
+
+pathwise = objectives.elbo  # the reparameterisation gradient IS the gradient of the ELBO estimate
+
+
+def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, baseline="none",
+                   baseline_value=None, prior=None):
+    """REINFORCE (score-function) gradient of the Monte-Carlo ELBO.
+
+    With ``f_i = log p(x, z_i) - log q(z_i|x)`` at ``k`` draws ``z_i`` (no path
+    derivative: ``z`` is stop-gradiented), the surrogate is
+    ``mean_i [f_i + stop_gradient(f_i - b_i) * log q(z_i|x)]``: its decoder
+    gradient is ``mean_i grad log p(x|z_i)``, its encoder gradient
+    ``mean_i (f_i - b_i - 1) grad log q(z_i|x)``; both unbiased when ``b_i`` does
+    not depend on ``z_i``.
+
+    Args:
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
+      num_samples: ``k >= 1`` draws (``>= 2`` for ``"leave_one_out"``).
+      baseline: ``"none"`` (b = 0), ``"running_mean"`` (b = ``baseline_value``, a
+        running mean of past ELBO estimates, see :func:`with_running_baseline`) or
+        ``"leave_one_out"`` (``b_i`` = mean of the other draws' ``f_j``).
+      baseline_value: scalar (nats), required by and only allowed with ``"running_mean"``.
+
+    Returns:
+      ``(value, aux)``: the Monte-Carlo ELBO estimate ``mean_i f_i`` and ``{"elbo": value}``.
+
+    Raises:
+      ValueError: unknown baseline, missing/unexpected ``baseline_value``, or
+        ``num_samples < 2`` with ``"leave_one_out"``.
+    """
+    check_baseline(baseline, baseline_value, num_samples)
+    objectives._check_objective_args(x, likelihood)
+    mean, log_std = encode(x)
+    z = sg(objectives.reparameterize(key, mean, log_std, num_samples))
+    log_w = objectives.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
+    log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+    f = sg(log_w)
+    if baseline == "leave_one_out":
+        b = (jnp.sum(f) - f) / (num_samples - 1)
+    elif baseline == "running_mean":
+        b = sg(jnp.asarray(baseline_value, f.dtype))
+    else:
+        b = jnp.zeros((), f.dtype)
+    value = jnp.mean(f)
+    return attach(value, jnp.mean(log_w + (f - b) * log_q)), {"elbo": value}
+
+
+def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, prior=None):
+    """Sticking-the-landing gradient: the total pathwise gradient of the Monte-Carlo
+    ELBO with ``log q(z|x)`` evaluated at stop-gradiented ``(mean, log_std)``.
+
+    Unbiased for the ELBO gradient; its encoder gradient is exactly zero when q is
+    the true posterior (then ``log p(x, z) - log q(z|x) = log p(x)`` for every z).
+
+    Args:
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
+      num_samples: draws of z averaged, ``>= 1``.
+
+    Returns:
+      ``(value, aux)``: the Monte-Carlo ELBO estimate and ``{"elbo": value}``.
+    """
+    objectives._check_objective_args(x, likelihood)
+    check_positive_int(num_samples)
+    mean, log_std = encode(x)
+    z = objectives.reparameterize(key, mean, log_std, num_samples)
+    value = jnp.mean(objectives.log_importance_weights(z, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
+                                                       prior=prior))
+    return value, {"elbo": value}
+
+
+def iwae(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=None):
+    """Pathwise gradient of the IWAE bound (:func:`vae_jax.objectives.iwae_bound`).
+
+    Returns:
+      ``(value, aux)``: the bound estimate (nats) and ``{"iwae": value}``.
+    """
+    value = objectives.iwae_bound(key, x, encode, decode, likelihood=likelihood, num_samples=num_samples,
+                                  prior=prior)
+    return value, {"iwae": value}
+
+
+def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=None):
+    """Doubly reparameterised IWAE gradient (Tucker et al. 2018).
+
+    Encoder: ``sum_i w_i^2 (d log w_i / d z_i) (d z_i / d phi)`` with normalised
+    weights ``w_i`` and ``log w_i`` taken with q's parameters stopped; decoder:
+    the IWAE gradient ``sum_i w_i grad log p(x, z_i)``. The encoder part is the
+    surrogate ``sum_i stop_gradient(w_i^2 g_i) . z_i`` with ``g_i = d log w_i / d z_i``
+    computed by an inner ``jax.grad``, which keeps the decoder out of it without
+    access to the decoder's parameters.
+
+    Args:
+      key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
+      num_samples: ``k >= 1`` (``k = 1`` gives the STL gradient for the encoder).
+
+    Returns:
+      ``(value, aux)``: the IWAE bound estimate and ``{"iwae": value}``.
+    """
+    objectives._check_objective_args(x, likelihood)
+    check_positive_int(num_samples)
+    mean, log_std = encode(x)
+    z = objectives.reparameterize(key, mean, log_std, num_samples)
+
+    def log_weights(zz):
+        return objectives.log_importance_weights(zz, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
+                                                 prior=prior)
+
+    log_w = log_weights(sg(z))  # decoder path only
+    g = jax.grad(lambda zz: jnp.sum(log_weights(zz)))(sg(z))  # [k, d]; row i is d log w_i / d z_i
+    weights = jax.nn.softmax(sg(log_w))
+    surrogate = jnp.sum(weights * log_w) + jnp.sum(sg(jnp.square(weights)[:, None] * g) * z)
+    value = jax.nn.logsumexp(log_w) - math.log(num_samples)
+    return attach(value, surrogate), {"iwae": value}
