@@ -492,9 +492,9 @@ def test_the_best_checkpoint_is_ranked_from_the_checksummed_history(noisy, tmp_p
 
 def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_a_failed_run(tmp_path):
     # Issue 24: 183 lines of asyncio/absl tracebacks, exit 2 and run.json 'running'. Here no file may grow
-    # past 20 kB: the checkpoint's array file cannot be written (the config, log and status files can).
+    # past 8 kB: the checkpoint's array file cannot be written (the config, log and status files can).
     out = tmp_path / "full"
-    proc = _cli("train", *DIGITS, "--epochs", "2", "--out", out, limit=20_000)
+    proc = _cli("train", *DIGITS, "--epochs", "2", "--out", out, limit=8_000)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("vae-jax train: error: Could not write the checkpoint of epoch 1")
     assert "no checkpoint was written" in proc.stderr
