@@ -51,7 +51,7 @@ import optax
 from experiments import _common
 from vae_jax import data as vdata
 from vae_jax import estimators as DE
-from vae_jax import models as discrete
+from vae_jax import models
 from vae_jax import enumeration as EN
 from vae_jax import training
 
@@ -169,7 +169,7 @@ def enumerable_study(args, key, parts):
         print(f"study A: loaded from {parts.folder}", flush=True)
         return done
     digits = vdata.load_digits().images
-    model = discrete.DiscreteVAE(digits.shape[1:], args.enum_latents)
+    model = models.DiscreteVAE(digits.shape[1:], args.enum_latents)
     k_init, k_batch, k_fit, k_measure, k_extra = jax.random.split(key, 5)
     state = training.create_train_state(model, k_init, digits[0], optax.adam(args.enum_learning_rate))
     batch = jax.random.bernoulli(k_batch, jnp.asarray(digits[:args.enum_batch])).astype(jnp.float32)
@@ -215,7 +215,7 @@ def fashion_mnist_study(args, key, parts):
     """Study B: equal-step training of the DisARM paper's linear model, per estimator and seed."""
     ds = _common.load_data(args, quick_train=args.quick_train, quick_test=500)
     train, test = ds.train.images[:args.train_size], ds.test.images
-    model = discrete.linear_sbn(train.shape[1:], args.latents)
+    model = models.linear_sbn(train.shape[1:], args.latents)
     k_data, k_measure = jax.random.split(key)
     fixed_train = jax.random.bernoulli(k_data, jnp.asarray(train[:args.eval_size])).astype(jnp.float32)
     fixed_test = jax.random.bernoulli(jax.random.fold_in(k_data, 1),
