@@ -54,7 +54,7 @@ from experiments import _common
 from experiments._discrete_report import plot, summarise_runs
 from vae_jax import data as vdata
 from vae_jax import estimators as DE
-from vae_jax import models as discrete
+from vae_jax import models
 from vae_jax import enumeration as EN
 from vae_jax import training
 
@@ -247,7 +247,7 @@ def enumerable_study(cfg: Config, key, parts: _common.Parts) -> dict:
         print(f"study A: loaded from {parts.folder}", flush=True)
         return done
     digits = vdata.load_digits().images
-    model = discrete.DiscreteVAE(digits.shape[1:], enum.latents)
+    model = models.DiscreteVAE(digits.shape[1:], enum.latents)
     k_init, k_batch, k_fit, k_measure, k_extra = jax.random.split(key, 5)
     state = training.create_train_state(model, k_init, digits[0], optax.adam(enum.learning_rate))
     batch = jax.random.bernoulli(k_batch, jnp.asarray(digits[:enum.batch])).astype(jnp.float32)
@@ -358,7 +358,7 @@ def fashion_mnist_study(cfg: Config, key, parts: _common.Parts) -> dict:
     fm = cfg.fashion
     k_data, k_measure = jax.random.split(key)
     data = fashion_data(cfg, k_data)
-    model = discrete.linear_sbn(data.train.shape[1:], fm.latents)
+    model = models.linear_sbn(data.train.shape[1:], fm.latents)
     bound = _bound_function(model)
     runs, final = {label: [] for label in fm.estimators}, {}
     for seed in range(fm.seeds):

@@ -252,6 +252,7 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
         (names the epoch and its steps).
       ValueError: ``epochs`` or ``batch_size`` is not a positive int, or the data is empty.
     """
+    # Over 60 lines for its docstring only: THE loop's contract (resume, hooks, stop) is stated here once.
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     data = jnp.asarray(data)

@@ -11,6 +11,7 @@ import operator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 sg = jax.lax.stop_gradient
 BASELINES = ("none", "running_mean", "leave_one_out")
@@ -45,3 +46,13 @@ def check_baseline(baseline: str, baseline_value: Any, num_samples: Any) -> None
     loo = baseline == "leave_one_out"
     check_int(num_samples, "num_samples", 2 if loo else 1,
               " (baseline='leave_one_out' needs num_samples >= 2)" if loo else "")
+
+
+def baseline_values(f: jax.Array, baseline: str, baseline_value: Any) -> jax.Array:
+    """The baselines ``c [k]`` of ``k`` draws with (stop-gradiented) signals ``f [k]``: leave-one-out
+    (the mean of the other draws' ``f``), ``baseline_value`` (a running mean) or 0."""
+    if baseline == "leave_one_out":
+        return (jnp.sum(f) - f) / (f.shape[0] - 1)
+    if baseline_value is None:
+        return jnp.zeros_like(f)
+    return jnp.broadcast_to(sg(jnp.asarray(baseline_value, f.dtype)), f.shape)

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import discrete
-from vae_jax.estimators._surrogate import attach, check_baseline, check_int, sg
+from vae_jax.estimators._surrogate import attach, baseline_values, check_baseline, check_int, sg
 
 
 def _setup(x, encode, decode, prior_logits, latent, likelihood, *, bernoulli_only=None):
@@ -81,10 +81,7 @@ def _score_estimate(key, x, encode, decode, prior_logits, latent, likelihood, nu
     logits, log_p = _setup(x, encode, decode, prior_logits, latent, likelihood)
     b = discrete.sample(key, sg(logits), latent=latent, num_samples=num_samples)
     lp, f = _evaluate(logits, log_p, b, latent)
-    if baseline == "leave_one_out":
-        c = (jnp.sum(f) - f) / (num_samples - 1)
-    else:
-        c = jnp.zeros_like(f) if baseline_value is None else jnp.broadcast_to(sg(baseline_value), f.shape)
+    c = baseline_values(f, baseline, baseline_value)
     if learned is not None:
         c = c + sg(learned)
     scores = jax.vmap(lambda v: discrete.score(sg(logits), v, latent=latent))(b)

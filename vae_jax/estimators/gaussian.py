@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from vae_jax import distributions, objectives
 from vae_jax._checks import check_positive_int
-from vae_jax.estimators._surrogate import attach, check_baseline, sg
+from vae_jax.estimators._surrogate import attach, baseline_values, check_baseline, sg
 
 pathwise = objectives.elbo  # the reparameterisation gradient IS the gradient of the ELBO estimate
 
@@ -56,7 +56,7 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
       key, x, encode, decode, likelihood, prior: as for :func:`vae_jax.objectives.elbo`.
       num_samples: ``k >= 1`` draws (``>= 2`` for ``"leave_one_out"``).
       baseline: ``"none"`` (b = 0), ``"running_mean"`` (b = ``baseline_value``, a
-        running mean of past ELBO estimates, see :func:`with_running_baseline`) or
+        running mean of past ELBO estimates, see :func:`vae_jax.estimators.with_running_baseline`) or
         ``"leave_one_out"`` (``b_i`` = mean of the other draws' ``f_j``).
       baseline_value: scalar (nats), required by and only allowed with ``"running_mean"``.
 
@@ -74,12 +74,7 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
     log_w = objectives.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
     log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
     f = sg(log_w)
-    if baseline == "leave_one_out":
-        b = (jnp.sum(f) - f) / (num_samples - 1)
-    elif baseline == "running_mean":
-        b = sg(jnp.asarray(baseline_value, f.dtype))
-    else:
-        b = jnp.zeros((), f.dtype)
+    b = baseline_values(f, baseline, baseline_value)
     value = jnp.mean(f)
     return attach(value, jnp.mean(log_w + (f - b) * log_q)), {"elbo": value}
 
