@@ -30,10 +30,15 @@ def test_exact_posterior_makes_every_bound_log_p_x_given_y(num_classes, learned_
     xs, ys = 2.0 * jax.random.normal(jax.random.key(2), (5, D)), _labels(num_classes)
     keys = jax.random.split(jax.random.key(3), 5)
     truth = jax.vmap(lambda x, y: lg.log_marginal(x, conditional.condition(y, num_classes=num_classes)))(xs, ys)
-    elbo = jax.vmap(lambda k, x, y: model.objective(params, k, (x, y), kl="monte_carlo", num_samples=2)[0])
-    iwae = jax.vmap(lambda k, x, y: model.iwae_bound(params, k, (x, y), num_samples=3))
-    marginal = jax.vmap(lambda k, x, y: model.log_marginal(params, k, (x, y), num_samples=8, chunk_size=3))
-    for got in (elbo(keys, xs, ys), iwae(keys, xs, ys), marginal(keys, xs, ys)):
+
+    @jax.jit
+    @jax.vmap
+    def bounds(k, x, y):
+        return (model.objective(params, k, (x, y), kl="monte_carlo", num_samples=2)[0],
+                model.iwae_bound(params, k, (x, y), num_samples=3),
+                model.log_marginal(params, k, (x, y), num_samples=8, chunk_size=3))
+
+    for got in bounds(keys, xs, ys):
         np.testing.assert_allclose(got, truth, rtol=2e-6, atol=2e-4)
     # The label matters: the wrong label's log p(x|y') differs by nats, not rounding.
     wrong = jax.vmap(lambda x, y: lg.log_marginal(x, conditional.condition(y, num_classes=num_classes)))(
