@@ -85,7 +85,7 @@ def test_masks_never_let_a_position_see_itself_or_later_ones():
     height, width, num_codes = 3, 4, 3
     prior, params = _random_prior((height, width), num_codes, 0.7)
     one_hot = jax.random.uniform(jax.random.key(2), (height, width, num_codes))  # any input: the maps are affine-ReLU
-    jac = jax.jacfwd(lambda h: prior.net.apply({"params": params}, h))(one_hot)
+    jac = jax.jit(jax.jacfwd(lambda h: prior.net.apply({"params": params}, h)))(one_hot)
     jac = np.abs(np.asarray(jac)).reshape(height * width, num_codes, height * width, num_codes).sum((1, 3))
     for i in range(height * width):
         np.testing.assert_array_equal(jac[i, i:], 0.0)     # itself and every later position: exactly zero
