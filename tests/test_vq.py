@@ -122,33 +122,45 @@ def test_log_joint_lower_bounds_the_enumerated_log_p_x():
     x = jax.random.uniform(jax.random.key(4), (4, 4, 1))
     params = model.init(jax.random.key(5), x)
     grids = jnp.asarray(list(itertools.product(range(2), repeat=4)), jnp.int32).reshape(16, 2, 2)
-    log_joint = jax.vmap(lambda c: distributions.log_likelihood("bernoulli", x, model.decode_codes(params, c))
-                         + prior.log_prob(prior_params, c))(grids)
+    log_joint = jax.jit(jax.vmap(lambda c: distributions.log_likelihood("bernoulli", x, model.decode_codes(params, c))
+                                 + prior.log_prob(prior_params, c)))(grids)
     code_log_prob = lambda c: prior.log_prob(prior_params, c)  # noqa: E731
-    bound = model.log_joint(params, x, code_log_prob)
-    codes = model.codes(params, x)
+    bound, codes = jax.jit(lambda p: (model.log_joint(p, x, code_log_prob), model.codes(p, x)))(params)
     np.testing.assert_allclose(bound, log_joint[int(codes.reshape(-1) @ (2 ** jnp.arange(3, -1, -1)))], rtol=1e-6)
     assert float(bound) <= float(jax.nn.logsumexp(log_joint))
     np.testing.assert_allclose(vq.bits_per_dim(0.0, 784), 8.0, rtol=1e-6)    # the uniform density
     np.testing.assert_allclose(vq.bits_per_dim(-784 * np.log(2), 784), 9.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("update", ["loss", "ema"])
-def test_train_steps_on_digits(update):
+def test_objective_terms_of_both_codebook_updates():
+    x = jax.random.uniform(jax.random.key(0), (4, 4, 1))
+    for update in vq.CODEBOOK_UPDATES:
+        model = vq.vq_vae((4, 4, 1), num_codes=3, embedding_dim=2, features=(4,), likelihood="bernoulli",
+                          codebook_update=update)
+        params = model.init(jax.random.key(1), x)
+        value, aux = model.objective(params, jax.random.key(2), x, beta=0.5)
+        z_q = params["codebook"][model.codes(params, x)]
+        z_e = model.encode(params, x)
+        np.testing.assert_allclose(aux["codebook_loss"], jnp.sum((z_e - z_q) ** 2), rtol=1e-6)
+        np.testing.assert_allclose(aux["commitment_loss"], aux["codebook_loss"], rtol=1e-6)  # equal in value
+        expected = aux["reconstruction"] - 0.5 * aux["commitment_loss"] - (update == "loss") * aux["codebook_loss"]
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_ema_train_step_on_digits():
     x = jnp.asarray(data.load_digits().images[:128])
     model = vq.vq_vae((8, 8, 1), num_codes=8, embedding_dim=4, features=(16,), likelihood="bernoulli",
-                      codebook_update=update)
-    state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3), beta=0.25)
-    if update == "ema":
-        state = vq.with_codebook_ema(state)
-        z_e = jax.vmap(model.encode, in_axes=(None, 0))(state.params, x[:64])
-        _, expected = vq.ema_update(vq.init_ema(state.params["codebook"]), z_e.reshape(-1, 4),
-                                    vq.quantize(z_e, state.params["codebook"])[1].reshape(-1), decay=0.9)
+                      codebook_update="ema")
+    state = vq.with_codebook_ema(training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3),
+                                                             beta=0.25))
+    z_e = jax.vmap(model.encode, in_axes=(None, 0))(state.params, x[:64])
+    _, expected = vq.ema_update(vq.init_ema(state.params["codebook"]), z_e.reshape(-1, 4),
+                                vq.quantize(z_e, state.params["codebook"])[1].reshape(-1), decay=0.9)
     step = vq.make_train_step(model, decay=0.9)
     losses = []
     for i in range(40):
         state, metrics = step(state, x[64 * (i % 2):64 * (i % 2 + 1)], jax.random.key(i))
-        if i == 0 and update == "ema":
+        if i == 0:  # the step's codebook is the EMA of the codes it assigned, by hand
             np.testing.assert_allclose(state.params["codebook"], expected, rtol=1e-5, atol=1e-6)
         losses.append(float(metrics["loss"]))
     assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
