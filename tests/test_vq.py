@@ -151,8 +151,16 @@ def test_ema_train_step_on_digits():
     x = jnp.asarray(data.load_digits().images[:128])
     model = vq.vq_vae((8, 8, 1), num_codes=8, embedding_dim=4, features=(16,), likelihood="bernoulli",
                       codebook_update="ema")
-    state = vq.with_codebook_ema(training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3),
-                                                             beta=0.25))
+    state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3), beta=0.25)
+    noise = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))        # no two grid vectors alike
+    params = vq.codebook_from_data(model, state.params, jax.random.key(1), noise)
+    z_e = np.asarray(jax.vmap(model.encode, in_axes=(None, 0))(params, noise)).reshape(-1, 4)
+    rows = [int(np.flatnonzero((z_e == code).all(1))[0]) for code in np.asarray(params["codebook"])]
+    assert len(set(rows)) == 8                           # 8 encoder outputs of 8 different grid positions
+    params = vq.codebook_from_data(model, state.params, jax.random.key(1), x[:2])
+    with pytest.raises(ValueError, match="holds 4 encoder outputs; initialising 8 codes"):
+        vq.codebook_from_data(model, state.params, jax.random.key(1), x[:1, :4, :4])
+    state = vq.with_codebook_ema(state.replace(params=params))
     z_e = jax.vmap(model.encode, in_axes=(None, 0))(state.params, x[:64])
     _, expected = vq.ema_update(vq.init_ema(state.params["codebook"]), z_e.reshape(-1, 4),
                                 vq.quantize(z_e, state.params["codebook"])[1].reshape(-1), decay=0.9)

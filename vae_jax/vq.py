@@ -245,6 +245,19 @@ def vq_vae(input_shape: Sequence[int], *, num_codes: int = 64, embedding_dim: in
                  num_codes, embedding_dim, input_shape, likelihood, codebook_update)
 
 
+def codebook_from_data(model: VQVAE, params: Params, key: jax.Array, x: jax.Array) -> Params:
+    """``params`` with the codebook set to the encoder outputs of ``K`` grid positions of the batch
+    ``x [B, ...]``, drawn without replacement from its ``B * h * w`` positions (``>= K``): a
+    data-dependent start that puts every code where the data is (an ``N(0, 1)`` codebook can leave
+    most codes dead; ``docs/model_families.md``)."""
+    z_e = jax.vmap(model.encode, in_axes=(None, 0))(params, x).reshape(-1, model.embedding_dim)
+    if z_e.shape[0] < model.num_codes:
+        raise ValueError(f"the batch holds {z_e.shape[0]} encoder outputs; initialising {model.num_codes} codes "
+                         "needs at least as many.")
+    chosen = jax.random.choice(key, z_e.shape[0], (model.num_codes,), replace=False)
+    return {**params, "codebook": z_e[chosen]}
+
+
 def with_codebook_ema(state: training.TrainState) -> training.TrainState:
     """``state`` with :func:`init_ema` of its codebook in ``estimator_state["codebook_ema"]``."""
     return state.replace(estimator_state={**state.estimator_state,
