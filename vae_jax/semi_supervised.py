@@ -14,8 +14,8 @@ uniform ``p(y) = 1 / K``; the label-conditioned parts are a
   to an objective SUMMED over the ``N`` training examples, with ``alpha = 0.1 * N``; per
   labelled example that is the weight ``0.1 * N / N_l`` (``N_l`` labelled examples) on
   ``log q(y | x)``, which is what the ``alpha`` of :meth:`M2.objective` is
-  (:func:`paper_alpha`). It is the weight of the reimplementations that average labelled and
-  unlabelled batches separately, too.
+  (:func:`paper_alpha`). Reimplementations that average labelled and unlabelled batches
+  separately use about the same per-example weight (``0.1 * N_unlabelled / N_l``).
 
 An example is ``(x, y)`` with ``y = -1`` (:data:`UNLABELLED`) for an unlabelled one, so a
 mixed batch is one array pair and one per-example objective.
