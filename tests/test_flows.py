@@ -1,0 +1,114 @@
+"""Flows against autodiff: log_det equals slogdet of jax.jacfwd, inverses invert, MADE is autoregressive."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import flows
+from vae_jax.posteriors import FlowPosterior
+
+DIM, CONTEXT = 4, 3
+
+
+def _iaf_params(key, context=True):
+    k_made, k_h = jax.random.split(key)
+    # output_scale=1 and forget_bias=0: far from the identity, so the Jacobian is a real test.
+    params = flows.init_iaf(k_made, dim=DIM, hidden_sizes=(8, 6), context_dim=CONTEXT if context else 0,
+                            output_scale=1.0, forget_bias=0.0)
+    if context:
+        params["context"] = jax.random.normal(k_h, (CONTEXT,))
+    return params
+
+
+def _planar_params(key):
+    k_u, k_w, k_b = jax.random.split(key, 3)
+    # w.u < -1 for some draws: the u_hat correction is exercised.
+    return {"u": 2.0 * jax.random.normal(k_u, (DIM,)), "w": jax.random.normal(k_w, (DIM,)),
+            "b": jax.random.normal(k_b, ())}
+
+
+STEPS = {
+    "iaf": (flows.iaf, _iaf_params),
+    "iaf_no_context": (flows.iaf, lambda k: _iaf_params(k, context=False)),
+    "planar": (flows.planar, _planar_params),
+    "householder": (flows.householder, lambda k: {"v": jax.random.normal(k, (DIM,))}),
+    "reverse": (flows.reverse, lambda k: None),
+}
+DEPTHS = {  # name: steps of a composed flow
+    "iaf_x1": ["iaf"], "iaf_x3": ["iaf", "reverse", "iaf", "reverse", "iaf"],
+    "planar_x1": ["planar"], "planar_x4": ["planar"] * 4,
+    "householder_x2": ["householder"] * 2,
+    "mixed": ["iaf", "reverse", "planar", "householder", "iaf_no_context", "planar"],
+}
+
+
+def _flow(names, key):
+    steps = [STEPS[n][0] for n in names]
+    params = [STEPS[n][1](k) for n, k in zip(names, jax.random.split(key, len(names)))]
+    return steps, params
+
+
+@pytest.mark.parametrize("name", sorted(DEPTHS))
+def test_log_det_is_slogdet_of_the_autodiff_jacobian(name):
+    steps, params = _flow(DEPTHS[name], jax.random.key(0))
+    flow = flows.compose(steps)
+    for z in 1.5 * jax.random.normal(jax.random.key(1), (3, DIM)):
+        z_out, log_det = jax.jit(flow)(params, z)
+        jacobian = jax.jacfwd(lambda v: flow(params, v)[0])(z)
+        sign, expected = np.linalg.slogdet(np.asarray(jacobian, np.float64))
+        assert sign != 0 and np.all(np.isfinite(np.asarray(z_out)))
+        np.testing.assert_allclose(log_det, expected, rtol=1e-4, atol=2e-5)
+    if DEPTHS[name] != ["householder"] * 2:  # reflections have log_det 0 by construction
+        assert abs(float(log_det)) > 1e-3
+
+
+def test_made_outputs_depend_on_earlier_inputs_only():
+    params = _iaf_params(jax.random.key(2))
+    z = jax.random.normal(jax.random.key(3), (DIM,))
+    for jac in jax.jacfwd(lambda v: flows.made(params["made"], v, params["context"]))(z):
+        jac = np.asarray(jac)
+        np.testing.assert_array_equal(np.triu(jac), 0.0)          # d out_i / d z_j = 0 for j >= i
+        assert np.all(np.abs(np.diag(jac, -1)) > 0)               # ... and is used for j = i - 1
+    hidden, output = flows.made_masks(DIM, (8, 6))
+    assert [m.shape for m in hidden] == [(DIM, 8), (8, 6)] and output.shape == (6, DIM)
+
+
+@pytest.mark.parametrize("name", ["iaf_x1", "iaf_x3", "householder_x2"])
+def test_inverse_inverts_and_negates_log_det(name):
+    steps, params = _flow(DEPTHS[name], jax.random.key(4))
+    flow, inverse = flows.compose(steps), flows.compose_inverse(steps)
+    z = jax.random.normal(jax.random.key(5), (DIM,))
+    y, log_det = flow(params, z)
+    z_back, inverse_log_det = jax.jit(inverse)(params, y)
+    np.testing.assert_allclose(z_back, z, atol=1e-5)
+    np.testing.assert_allclose(inverse_log_det, -log_det, rtol=1e-5, atol=1e-6)
+
+
+def test_flows_without_an_inverse_and_bad_params_raise():
+    with pytest.raises(ValueError, match="no inverse.*planar"):
+        flows.compose_inverse([flows.iaf, flows.planar])
+    with pytest.raises(ValueError, match="2 steps needs 2 parameter entries; got 1"):
+        flows.compose([flows.reverse, flows.reverse])([None], jnp.zeros(DIM))
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        flows.init_made(jax.random.key(0), dim=DIM, hidden_sizes=())
+
+
+def test_flow_posterior_log_q_is_the_change_of_variables_density():
+    """log q(z) from sample_and_log_prob equals log N(f^-1(z)) + log |det d f^-1 / dz|, the
+    latter from jax.jacfwd of the inverse (independent of the flow's own log_det)."""
+    steps, params = _flow(DEPTHS["iaf_x3"], jax.random.key(6))
+    mean, log_std = jnp.array([0.3, -1.0, 0.5, 0.0]), jnp.array([-0.5, 0.2, 0.0, -1.0])
+    posterior = FlowPosterior.create(mean, log_std, jax.tree_util.Partial(flows.compose(steps), params))
+    z, log_q = posterior.sample_and_log_prob(jax.random.key(7), 5)
+    inverse = flows.compose_inverse(steps)
+    for zk, lq in zip(z, log_q):
+        z0 = inverse(params, zk)[0]
+        _, log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(lambda v: inverse(params, v)[0])(zk), np.float64))
+        base = -0.5 * np.sum(((z0 - mean) / np.exp(log_std)) ** 2) - np.sum(log_std) - 2 * np.log(2 * np.pi)
+        np.testing.assert_allclose(lq, base + log_det, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(posterior.mean, flows.compose(steps)(params, mean)[0], rtol=1e-6)
+    one = posterior.sample_and_log_prob(jax.random.key(7), 1)
+    assert one[0].shape == (1, DIM) and one[1].shape == (1,)
+    with pytest.raises(ValueError, match="shape \\[d\\]"):
+        FlowPosterior.create(mean[None], log_std[None], lambda v: (v, 0.0))
