@@ -112,3 +112,55 @@ def test_flow_posterior_log_q_is_the_change_of_variables_density():
     assert one[0].shape == (1, DIM) and one[1].shape == (1,)
     with pytest.raises(ValueError, match="shape \\[d\\]"):
         FlowPosterior.create(mean[None], log_std[None], lambda v: (v, 0.0))
+
+
+def _correlated_model():
+    """Nearly parallel decoder columns: the exact posterior's correlation is about -0.9."""
+    from vae_jax.linear_gaussian import LinearGaussian
+
+    weight = jnp.array([[1.0, 0.9], [0.8, 1.0], [0.5, 0.45], [-0.3, -0.2]])
+    model = LinearGaussian(weight, jnp.zeros(4), jnp.log(jnp.asarray(0.4)))
+    return model, model.sample(jax.random.key(1), 1)[0]
+
+
+@pytest.mark.parametrize("kind, closed_at_least", [("iaf", 0.9), ("householder", 0.9)])
+def test_a_trained_flow_posterior_closes_most_of_the_diagonal_gap(kind, closed_at_least):
+    """The best diagonal Gaussian misses log p(x) by the closed-form gap (0.89 nats here); a flow
+    posterior trained on the Monte-Carlo ELBO (600 Adam steps, 8 draws each) closes most of it:
+    measured 94.6% (IAF, 2 steps) and 96.2% (one Householder reflection), +-0.2% (1 s.e.). Its
+    ELBO never exceeds log p(x)."""
+    import optax
+
+    from vae_jax import elbo
+
+    model, x = _correlated_model()
+    gap, best, log_p = model.diagonal_gap(), model.elbo(x, *model.best_diagonal(x)), model.log_marginal(x)
+    np.testing.assert_allclose(best, log_p - gap, rtol=1e-5)
+    assert gap > 0.8
+    if kind == "iaf":
+        steps = [flows.iaf, flows.reverse, flows.iaf]
+        flow_params = [flows.init_iaf(jax.random.key(2), dim=2, hidden_sizes=(8,)), None,
+                       flows.init_iaf(jax.random.key(3), dim=2, hidden_sizes=(8,))]
+    else:
+        steps, flow_params = [flows.householder], [{"v": jnp.array([1.0, 0.3])}]
+    flow = flows.compose(steps)
+
+    def objective(p, key, n):
+        encode = lambda _: FlowPosterior.create(p["mean"], p["log_std"], jax.tree_util.Partial(flow, p["flow"]))
+        return elbo(key, x, encode, model.decode, likelihood="gaussian_learned", num_samples=n)[0]
+
+    optimizer = optax.adam(0.02)
+
+    def step(carry, key):
+        p, opt_state = carry
+        updates, opt_state = optimizer.update(jax.grad(lambda q: -objective(q, key, 8))(p), opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), None
+
+    params = {"mean": jnp.zeros(2), "log_std": jnp.zeros(2), "flow": flow_params}
+    (params, _), _ = jax.jit(lambda c, k: jax.lax.scan(step, c, k))(
+        (params, optimizer.init(params)), jax.random.split(jax.random.key(4), 600))
+    values = np.asarray(jax.jit(jax.vmap(lambda k: objective(params, k, 1)))(
+        jax.random.split(jax.random.key(5), 20000)), np.float64)
+    value, stderr = values.mean(), values.std(ddof=1) / np.sqrt(values.size)
+    assert (value - float(best)) / float(gap) >= closed_at_least
+    assert value <= float(log_p) + 3 * stderr
