@@ -284,8 +284,9 @@ class TwoLevelLinearGaussian(NamedTuple):
         k2, k1, kx = jax.random.split(key, 3)
         d1, d2 = self.sizes()
         z2 = jax.random.normal(k2, (n, d2))
-        z1 = z2 @ self.weight2.T + self.bias2 + jnp.exp(self.log_std1) * jax.random.normal(k1, (n, d1))
-        return z1 @ self.weight.T + self.bias + jnp.exp(self.log_sigma) * jax.random.normal(kx, (n, self.bias.shape[0]))
+        z1 = z2 @ self.weight2.T + self.bias2[None] + jnp.exp(self.log_std1)[None] * jax.random.normal(k1, (n, d1))
+        noise = jnp.exp(self.log_sigma) * jax.random.normal(kx, (n, self.bias.shape[0]))
+        return z1 @ self.weight.T + self.bias[None] + noise
 
     def log_marginal(self, x: jax.Array) -> jax.Array:
         """Exact ``log p(x) = log N(x; W a + b, W (A A^T + S1) W^T + sigma^2 I)``, nats."""
