@@ -10,8 +10,13 @@ from vae_jax.linear_gaussian import LinearGaussian, TwoLevelLinearGaussian
 D, D1, D2 = 6, 3, 2
 
 
+_exact_factors = jax.jit(lambda model, x: model.exact_factors(x))
+
+
 def _model(diagonal_posterior):
-    model = TwoLevelLinearGaussian.random(jax.random.key(0), D, D1, D2, diagonal_posterior=diagonal_posterior)
+    # jitted: eagerly, the construction's dozens of small linear-algebra ops each compile (~14 s)
+    model = jax.jit(TwoLevelLinearGaussian.random, static_argnums=(1, 2, 3), static_argnames="diagonal_posterior")(
+        jax.random.key(0), D, D1, D2, diagonal_posterior=diagonal_posterior)
     return model, model.sample(jax.random.key(1), 1)[0]
 
 
@@ -74,7 +79,7 @@ def test_hierarchical_elbo_is_log_marginal_minus_joint_kl(diagonal_posterior):
     """ELBO(q) = log p(x) - KL(q(z1, z2 | x) || p(z1, z2 | x)) for the exact factors (KL = 0 when the
     model's posterior factors are diagonal) and for perturbed ones."""
     model, x = _model(diagonal_posterior)
-    factors = model.exact_factors(x)
+    factors = _exact_factors(model, x)
     post_mean, post_cov = _joint_posterior(model, x)
     log_p = float(model.log_marginal(x))
     if diagonal_posterior:

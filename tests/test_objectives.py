@@ -170,3 +170,38 @@ def test_bad_inputs_raise_clear_errors():
         elbo(key, x, _other_encoder, lambda z: z, likelihood="gaussian")
     with pytest.raises(ValueError, match="num_samples must be a positive int"):
         reparameterize(key, jnp.zeros(2), jnp.zeros(2), num_samples=-3)
+
+
+@pytest.mark.parametrize("kl, mixture_prior", [("auto", False), ("monte_carlo", False), ("monte_carlo", True)])
+def test_the_mean_log_std_path_is_bitwise_the_reference_computation(kl, mixture_prior):
+    """The (mean, log_std) path of elbo / iwae_bound is the pre-posterior-object computation, bit for bit
+    (reparameterise, mean log-likelihood, closed-form or Monte-Carlo KL), so committed results do not move."""
+    from vae_jax import distributions, priors
+
+    model, x = _setup(orthogonal=False)
+    prior = (priors.GaussianMixture(jnp.zeros(3), jnp.arange(6.0).reshape(3, 2) - 2.0, jnp.zeros((3, 2))).log_prob
+             if mixture_prior else None)
+    key, lik = jax.random.key(7), "gaussian_learned"
+
+    def reference(k):
+        mean, log_std = _other_encoder(x)
+        z = reparameterize(k, mean, log_std, 3)
+        recon = jnp.mean(jax.vmap(lambda zk: distributions.log_likelihood(lik, x, model.decode(zk)))(z))
+        if kl == "auto":
+            kl_value = distributions.kl_to_standard_normal(mean, log_std)
+        else:
+            log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+            kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
+        log_w = jax.vmap(lambda zk: distributions.log_likelihood(lik, x, model.decode(zk))
+                         + (prior or distributions.standard_normal_log_prob)(zk)
+                         - distributions.gaussian_log_prob(zk, mean, log_std))(z)
+        return recon - kl_value, recon, kl_value, jax.nn.logsumexp(log_w) - math.log(3)
+
+    def library(k):
+        value, aux = elbo(k, x, _other_encoder, model.decode, likelihood=lik, num_samples=3, kl=kl, prior=prior)
+        bound = iwae_bound(k, x, _other_encoder, model.decode, likelihood=lik, num_samples=3, prior=prior)
+        return value, aux["reconstruction"], aux["kl"], bound
+
+    for fn in (jax.jit, lambda f: f):
+        for got, want in zip(fn(library)(key), fn(reference)(key)):
+            np.testing.assert_array_equal(got, want)

@@ -2,7 +2,7 @@
 
 A mixin (no fields) for frozen dataclasses that define ``likelihood``, ``prior`` (a name of
 :data:`vae_jax.priors.PRIORS`), ``num_components``, ``top_latent_dim``, ``encode``,
-``decode``, ``bind`` and ``top_gaussian(params, x) -> (mean, log_std)`` (the Gaussian of the
+``decode``, ``bind``, ``init_params(key, x)`` and ``top_gaussian(params, x) -> (mean, log_std)`` (the Gaussian of the
 top layer, which the VampPrior mixes at its pseudo-inputs). It gives them the objective,
 ``log_marginal``, the learned top prior's parameters and the deterministic uses.
 """
@@ -19,8 +19,18 @@ from vae_jax import distributions, objectives, priors
 Params = Any
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: Any, key: jax.Array, x: jax.Array) -> Params:
+    return model.init_params(key, x)
+
+
 class PosteriorModelMixin:
-    """``objective``, ``log_marginal``, ``top_prior``, ``decode_mean``, ``code``, ``reconstruct``."""
+    """``init``, ``objective``, ``log_marginal``, ``top_prior``, ``decode_mean``, ``code``, ``reconstruct``."""
+
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        """Parameters for one example ``x [H, W, C]`` (:meth:`init_params`, compiled: run eagerly, the
+        many small initialisers of a deep model each compile on their own, ~10x slower)."""
+        return _init(self, key, x)
 
     def init_top_prior(self, key: jax.Array, x: jax.Array) -> dict:
         """``{"prior": ...}`` for a learned top prior (mixture or VampPrior pseudo-inputs), else ``{}``."""

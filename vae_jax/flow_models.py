@@ -144,7 +144,7 @@ class FlowVAE(PosteriorModelMixin):
         return GatedMLPDecoder(self.input_shape, self.hidden_sizes[::-1],
                                2 if self.likelihood == "gaussian_learned" else 1)
 
-    def init(self, key: jax.Array, x: jax.Array) -> Params:
+    def init_params(self, key: jax.Array, x: jax.Array) -> Params:
         """Parameters for one example ``x [H, W, C]`` (IAF's MADE weights live in ``encoder``)."""
         k_enc, k_dec = jax.random.split(key)
         return {"encoder": self.encoder.init(k_enc, x)["params"],

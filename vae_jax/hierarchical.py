@@ -184,7 +184,7 @@ class HierarchicalVAE(PosteriorModelMixin):
         num_outputs = 2 if self.likelihood == "gaussian_learned" else 1
         return HierarchicalDecoder(self.input_shape, self.latent_sizes, self.hidden_size, num_outputs)
 
-    def init(self, key: jax.Array, x: jax.Array) -> Params:
+    def init_params(self, key: jax.Array, x: jax.Array) -> Params:
         """Parameters for one example ``x [H, W, C]``."""
         k_enc, k_dec = jax.random.split(key)
         return {"encoder": self.encoder.init(k_enc, x)["params"],
