@@ -10,7 +10,7 @@ import optax
 import pytest
 from sklearn.datasets import load_digits
 
-from vae_jax import elbo, evaluation, iwae_bound, log_marginal, training
+from vae_jax import elbo, evaluation, iwae_bound, log_importance_weights, log_marginal, training
 from vae_jax.flow_models import FlowVAE
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax.linear_gaussian import TwoLevelLinearGaussian
@@ -89,6 +89,8 @@ def test_iwae_at_one_sample_is_the_elbo_and_analytic_kl_is_refused():
     value, _ = elbo(key, x, encode, model.decode, likelihood=LIK, prior=model.prior_log_prob)
     np.testing.assert_allclose(iwae_bound(key, x, encode, model.decode, likelihood=LIK, num_samples=1,
                                           prior=model.prior_log_prob), value, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs mean and log_std of a Gaussian q, or the draws' log_q"):
+        log_importance_weights(jnp.zeros((2, D1 + D2)), x, None, None, model.decode, likelihood=LIK)
     with pytest.raises(ValueError, match="kl='analytic' needs a \\(mean, log_std\\) encoder"):
         elbo(key, x, encode, model.decode, likelihood=LIK, kl="analytic")
 

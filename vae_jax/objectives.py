@@ -170,6 +170,8 @@ def log_importance_weights(
 
     if log_q is not None:
         return jax.vmap(log_joint)(z) - log_q
+    if mean is None or log_std is None:
+        raise ValueError("log_importance_weights needs mean and log_std of a Gaussian q, or the draws' log_q=.")
 
     def one(zk):
         return log_joint(zk) - distributions.gaussian_log_prob(zk, mean, log_std)
