@@ -110,7 +110,7 @@ def test_flow_posterior_log_q_is_the_change_of_variables_density():
     np.testing.assert_allclose(posterior.mean, flows.compose(steps)(params, mean)[0], rtol=1e-6)
     one = posterior.sample_and_log_prob(jax.random.key(7), 1)
     assert one[0].shape == (1, DIM) and one[1].shape == (1,)
-    with pytest.raises(ValueError, match="shape \\[d\\]"):
+    with pytest.raises(ValueError, match="needs \\(mean \\[d\\], log_std \\[d\\]\\)"):
         FlowPosterior.create(mean[None], log_std[None], lambda v: (v, 0.0))
 
 
@@ -164,3 +164,36 @@ def test_a_trained_flow_posterior_closes_most_of_the_diagonal_gap(kind, closed_a
     value, stderr = values.mean(), values.std(ddof=1) / np.sqrt(values.size)
     assert (value - float(best)) / float(gap) >= closed_at_least
     assert value <= float(log_p) + 3 * stderr
+
+
+def test_hierarchical_posterior_with_flows_has_the_change_of_variables_density():
+    """Two layers, an IAF on each (the bottom one's context depends on z2): log q(z1, z2) from
+    sample_and_log_prob equals the two change-of-variables densities computed from the inverses."""
+    from vae_jax.posteriors import HierarchicalPosterior
+
+    steps, top_params = _flow(DEPTHS["iaf_x3"], jax.random.key(8))
+    flow, inverse = flows.compose(steps), flows.compose_inverse(steps)
+    bottom_params = _flow(DEPTHS["iaf_x3"], jax.random.key(9))[1]
+    top = (jnp.array([0.2, -0.4, 0.1, 0.0]), jnp.array([-0.3, 0.1, 0.0, -0.6]))
+
+    def bottom_layer(z2):  # the context of the bottom flow depends on z2, as in the HVAE
+        params = [p if p is None else {**p, "context": p["context"] + z2[:CONTEXT]} for p in bottom_params]
+        return 0.5 * z2, jnp.full(DIM, -0.5) + 0.1 * z2, params
+
+    def as_layer(mean, log_std, params):
+        return mean, log_std, jax.tree_util.Partial(flow, params)
+
+    posterior = HierarchicalPosterior.create(as_layer(*top, top_params), [lambda z2: as_layer(*bottom_layer(z2))])
+
+    def density(z, mean, log_std, params):
+        z0 = inverse(params, z)[0]
+        _, log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(lambda v: inverse(params, v)[0])(z), np.float64))
+        return (-0.5 * np.sum(((z0 - mean) / np.exp(log_std)) ** 2) - np.sum(log_std)
+                - 0.5 * DIM * np.log(2 * np.pi) + log_det)
+
+    z, log_q = posterior.sample_and_log_prob(jax.random.key(10), 3)
+    for zk, lq in zip(z, log_q):
+        z1, z2 = zk[:DIM], zk[DIM:]
+        expected = density(z2, *top, top_params) + density(z1, *bottom_layer(z2))
+        np.testing.assert_allclose(lq, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(posterior.mean[DIM:], flow(top_params, top[0])[0], rtol=1e-6)

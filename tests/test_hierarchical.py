@@ -105,6 +105,8 @@ MODELS = {
     "hvae": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3), hidden_size=16),
     "hvae3_vamp": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3, 2), hidden_size=16, prior="vamp",
                                                 num_components=3),
+    "hvae_householder_mixture": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3), hidden_size=16,
+                                                              prior="mixture", num_components=3, flow="householder"),
     "iaf": lambda shape: FlowVAE(shape, latent_dim=4, hidden_sizes=(16,), flow="iaf", made_hidden_sizes=(8,),
                                  context_dim=5),
     "planar_mixture": lambda shape: FlowVAE(shape, latent_dim=4, hidden_sizes=(16,), flow="planar", flow_steps=3,
@@ -137,7 +139,7 @@ def test_model_trains_evaluates_and_checkpoints_like_the_vae(name, digits, tmp_p
     jax.tree.map(np.testing.assert_array_equal, restored.params, params)
 
 
-@pytest.mark.parametrize("name", ["hvae3_vamp", "planar_mixture"])
+@pytest.mark.parametrize("name", ["hvae3_vamp", "hvae_householder_mixture", "planar_mixture"])
 def test_other_priors_depths_and_flows_take_a_finite_step(name, digits):
     train, test = digits
     model = MODELS[name](train.shape[1:])
@@ -168,3 +170,5 @@ def test_hvae_decodes_from_both_lowest_layers_and_its_prior_is_the_chain(digits)
         HierarchicalVAE(train.shape[1:], latent_sizes=(4,))
     with pytest.raises(ValueError, match="Unknown flow"):
         FlowVAE(train.shape[1:], flow="radial")
+    with pytest.raises(ValueError, match="Unknown flow"):
+        HierarchicalVAE(train.shape[1:], flow="radial")

@@ -29,35 +29,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, flows
+from vae_jax import distributions
 from vae_jax._checks import check_positive_int
 from vae_jax._posterior_model import PosteriorModelMixin
-from vae_jax.hierarchical import GaussianHead
 from vae_jax.models import Bound
+from vae_jax.posterior_heads import FlowHead, GaussianHead, flow_layer, flow_steps
 from vae_jax.networks import GatedDense, GatedMLPDecoder
 from vae_jax.posteriors import FlowPosterior
 
 Params = Any
-FLOWS = ("iaf", "planar", "householder")
-_SMALL = nn.initializers.normal(0.01)  # amortised planar/Householder heads start near the identity
-
-
-@functools.lru_cache(maxsize=None)
-def flow_steps(flow: str, num_steps: int) -> tuple[flows.Bijection, ...]:
-    """The step functions of ``num_steps`` steps of ``flow`` (IAF steps with :func:`vae_jax.flows.reverse`
-    between them)."""
-    if flow not in FLOWS:
-        raise ValueError(f"Unknown flow {flow!r}; expected one of {FLOWS}.")
-    check_positive_int(num_steps, "flow_steps")
-    step = {"iaf": flows.iaf, "planar": flows.planar, "householder": flows.householder}[flow]
-    if flow != "iaf":
-        return (step,) * num_steps
-    return (flows.iaf,) + (flows.reverse, flows.iaf) * (num_steps - 1)
-
-
-@functools.lru_cache(maxsize=None)
-def _composed(steps: tuple) -> flows.Bijection:
-    return flows.compose(steps)  # one function object per flow, so posteriors' tree structures match
 
 
 class FlowEncoder(nn.Module):
@@ -76,23 +56,9 @@ class FlowEncoder(nn.Module):
         for width in self.hidden_sizes:
             h = GatedDense(width)(h)
         mean, log_std = GaussianHead(self.latent_dim, name="head")(h)
-        return mean, log_std, self._step_params(h)
-
-    def _step_params(self, h: jax.Array) -> list:
-        d, k = self.latent_dim, self.num_steps
-        if self.flow == "iaf":
-            context = nn.Dense(self.context_dim, name="context")(h)
-            params = []
-            for i in range(k):
-                made = self.param(f"iaf_{i}", lambda key: flows.init_iaf(
-                    key, dim=d, hidden_sizes=tuple(self.made_hidden_sizes), context_dim=self.context_dim))
-                params += ([None] if i else []) + [{**made, "context": context}]
-            return params
-        if self.flow == "planar":
-            raw = nn.Dense(k * (2 * d + 1), kernel_init=_SMALL, name="planar")(h).reshape(k, 2 * d + 1)
-            return [{"u": r[:d], "w": r[d:2 * d], "b": r[2 * d]} for r in raw]
-        raw = nn.Dense(k * d, kernel_init=_SMALL, bias_init=nn.initializers.normal(1.0), name="householder")(h)
-        return [{"v": v} for v in raw.reshape(k, d)]
+        steps = FlowHead(self.latent_dim, self.flow, self.num_steps, self.made_hidden_sizes, self.context_dim,
+                         name="flow")(h)
+        return mean, log_std, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +124,7 @@ class FlowVAE(PosteriorModelMixin):
     def encode(self, params: Params, x: jax.Array) -> FlowPosterior:
         """The flow posterior of one ``x``."""
         mean, log_std, step_params = self.encoder.apply({"params": params["encoder"]}, x)
-        flow = jax.tree_util.Partial(_composed(flow_steps(self.flow, self.flow_steps)), step_params)
-        return FlowPosterior.create(mean, log_std, flow)
+        return FlowPosterior.create(mean, log_std, flow_layer(self.flow, self.flow_steps, step_params))
 
     def decode(self, params: Params, z: jax.Array) -> Any:
         """``z [d] ->`` the parameters of p(x | z)."""

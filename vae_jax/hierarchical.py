@@ -9,6 +9,8 @@ gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He initiali
 - ``p(x | z_1, z_2)``: gated 300 of z_1 and gated 300 of z_2, concatenated, gated 300 -> dense
   logits (the published model decodes from BOTH lowest layers);
 - every log-variance head is a Hardtanh to ``[-6, 2]``, i.e. ``log_std = logvar / 2`` in ``[-3, 1]``;
+- optionally (``flow=``, not in the published model) every factor pushed through its own flow
+  (IAF, planar or Householder) whose parameters come from the hidden layer of that factor;
 - any prior on the top layer: standard normal, learned mixture, or the VampPrior (the top
   encoder ``q(z_L | x)`` at K pseudo-inputs, as in the authors' ``log_p_z2``).
 
@@ -37,58 +39,57 @@ from vae_jax._checks import check_positive_int
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.models import Bound
 from vae_jax.networks import GatedDense
+from vae_jax.posterior_heads import FLOWS, HE_NORMAL, FlowHead, GaussianHead, flow_layer, flow_steps
 from vae_jax.posteriors import HierarchicalPosterior, split_layers
 
 Params = Any
-HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # the authors' he_init
-LOGVAR_BOUNDS = (-6.0, 2.0)  # the authors' Hardtanh on every log-variance head
-
-
-class GaussianHead(nn.Module):
-    """``h -> (mean [features], log_std [features])``, ``log_std = clip(logvar, -6, 2) / 2``."""
-
-    features: int
-
-    @nn.compact
-    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean = nn.Dense(self.features, kernel_init=HE_NORMAL, name="mean")(h)
-        logvar = nn.Dense(self.features, kernel_init=HE_NORMAL, name="logvar")(h)
-        return mean, 0.5 * jnp.clip(logvar, *LOGVAR_BOUNDS)
 
 
 class HierarchicalEncoder(nn.Module):
-    """``q(z_L | x)`` and ``q(z_l | x, z_{l+1})``; ``latent_sizes`` bottom first."""
+    """``q(z_L | x)`` and ``q(z_l | x, z_{l+1})``; ``latent_sizes`` bottom first. With ``flow`` (not
+    ``"none"``) every layer also gets a :class:`vae_jax.posterior_heads.FlowHead` on the hidden layer
+    that feeds its Gaussian head, and each layer is ``(mean, log_std, step_params)``."""
 
     latent_sizes: Sequence[int]
     hidden_size: int = 300
+    flow: str = "none"
+    flow_steps: int = 2
+    made_hidden_sizes: Sequence[int] = (320, 320)
+    context_dim: int = 100
 
     def setup(self):
         below = len(self.latent_sizes) - 1
         self.top_layers = [GatedDense(self.hidden_size), GatedDense(self.hidden_size)]
-        self.top_head = GaussianHead(self.latent_sizes[-1])
         self.x_branches = [GatedDense(self.hidden_size) for _ in range(below)]
         self.z_branches = [GatedDense(self.hidden_size) for _ in range(below)]
         self.joints = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.heads = [GaussianHead(size) for size in self.latent_sizes[:-1]]
+        self.heads = [GaussianHead(size) for size in self.latent_sizes]  # bottom first; the last is the top's
+        if self.flow != "none":
+            self.flow_heads = [FlowHead(size, self.flow, self.flow_steps, self.made_hidden_sizes, self.context_dim)
+                               for size in self.latent_sizes]
 
-    def top(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(mean [d_L], log_std [d_L])`` of ``q(z_L | x)``."""
+    def _layer(self, level: int, h: jax.Array) -> tuple:
+        mean, log_std = self.heads[level](h)
+        return (mean, log_std) if self.flow == "none" else (mean, log_std, self.flow_heads[level](h))
+
+    def top(self, x: jax.Array) -> tuple:
+        """``(mean [d_L], log_std [d_L][, flow step parameters])`` of ``q(z_L | x)``."""
         h = x.reshape(-1)
         for layer in self.top_layers:
             h = layer(h)
-        return self.top_head(h)
+        return self._layer(len(self.latent_sizes) - 1, h)
 
     def x_features(self, x: jax.Array) -> tuple[jax.Array, ...]:
         """The x-branch of every lower layer's ``q(z_l | x, z_{l+1})``, ``L - 1`` arrays ``[hidden]``."""
         return tuple(branch(x.reshape(-1)) for branch in self.x_branches)
 
-    def conditional(self, level: int, h_x: jax.Array, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(mean, log_std)`` of ``q(z_{level+1} | x, z_{level+2})`` from x's features and ``z_above``."""
+    def conditional(self, level: int, h_x: jax.Array, z_above: jax.Array) -> tuple:
+        """``(mean, log_std[, flow step parameters])`` of ``q(z_{level+1} | x, z_{level+2})``."""
         h = jnp.concatenate([h_x, self.z_branches[level](z_above)])
-        return self.heads[level](self.joints[level](h))
+        return self._layer(level, self.joints[level](h))
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Touches every layer (for ``init``); returns the top layer's Gaussian."""
+    def __call__(self, x: jax.Array) -> tuple:
+        """Touches every layer (for ``init``); returns the top layer."""
         for level, h_x in enumerate(self.x_features(x)):
             self.conditional(level, h_x, jnp.zeros((self.latent_sizes[level + 1],), x.dtype))
         return self.top(x)
@@ -145,6 +146,9 @@ class HierarchicalVAE(PosteriorModelMixin):
       likelihood: ``"bernoulli"`` | ``"gaussian"`` | ``"gaussian_learned"``.
       prior: prior of the top layer: ``"standard_normal"`` | ``"mixture"`` | ``"vamp"``.
       num_components: K of the mixture / VampPrior.
+      flow: ``"none"`` (Gaussian factors) or a flow of :data:`vae_jax.posterior_heads.FLOWS` on every
+        layer's factor (its parameters from that factor's hidden layer); flow_steps, made_hidden_sizes,
+        context_dim: as for :class:`vae_jax.flow_models.FlowVAE`.
     """
 
     input_shape: tuple[int, ...]
@@ -153,17 +157,26 @@ class HierarchicalVAE(PosteriorModelMixin):
     likelihood: str = "bernoulli"
     prior: str = "standard_normal"
     num_components: int = 500
+    flow: str = "none"
+    flow_steps: int = 2
+    made_hidden_sizes: tuple[int, ...] = (320, 320)
+    context_dim: int = 100
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "latent_sizes", tuple(self.latent_sizes))
+        object.__setattr__(self, "made_hidden_sizes", tuple(int(s) for s in self.made_hidden_sizes))
+        if self.flow != "none":
+            flow_steps(self.flow, self.flow_steps)  # validates flow and flow_steps
         if len(self.input_shape) != 3:
             raise ValueError(f"input_shape must be (H, W, C); got {self.input_shape}.")
         if len(self.latent_sizes) < 2:
             raise ValueError(f"a hierarchical VAE needs latent_sizes of >= 2 layers (bottom first); got "
                              f"{self.latent_sizes}. One layer is vae_jax.models.VAE.")
-        for size in (*self.latent_sizes, self.hidden_size, self.num_components):
-            check_positive_int(size, "latent sizes, hidden_size and num_components")
+        if self.flow not in ("none", *FLOWS):
+            raise ValueError(f"Unknown flow {self.flow!r}; expected 'none' or one of {FLOWS}.")
+        for size in (*self.latent_sizes, self.hidden_size, self.num_components, self.context_dim):
+            check_positive_int(size, "latent sizes, hidden_size, num_components and context_dim")
         distributions.check_likelihood(self.likelihood)
 
     @property
@@ -177,7 +190,8 @@ class HierarchicalVAE(PosteriorModelMixin):
 
     @property
     def encoder(self) -> HierarchicalEncoder:
-        return HierarchicalEncoder(self.latent_sizes, self.hidden_size)
+        return HierarchicalEncoder(self.latent_sizes, self.hidden_size, self.flow, self.flow_steps,
+                                   self.made_hidden_sizes, self.context_dim)
 
     @property
     def decoder(self) -> HierarchicalDecoder:
@@ -192,12 +206,15 @@ class HierarchicalVAE(PosteriorModelMixin):
                 **self.init_top_prior(jax.random.fold_in(key, 2), x)}
 
     def top_gaussian(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(mean, log_std)`` of ``q(z_L | x)``."""
-        return self.encoder.apply({"params": params["encoder"]}, x, method=HierarchicalEncoder.top)
+        """``(mean, log_std)`` of ``q(z_L | x)`` (its base Gaussian when the layers have flows)."""
+        return self.encoder.apply({"params": params["encoder"]}, x, method=HierarchicalEncoder.top)[:2]
 
-    def _conditional(self, level: int, encoder_params: Params, h_x: jax.Array, z_above: jax.Array):
-        return self.encoder.apply({"params": encoder_params}, level, h_x, z_above,
-                                  method=HierarchicalEncoder.conditional)
+    def _posterior_layer(self, layer: tuple) -> tuple:
+        return layer if len(layer) == 2 else (*layer[:2], flow_layer(self.flow, self.flow_steps, layer[2]))
+
+    def _conditional(self, level: int, encoder_params: Params, h_x: jax.Array, z_above: jax.Array) -> tuple:
+        return self._posterior_layer(self.encoder.apply({"params": encoder_params}, level, h_x, z_above,
+                                                        method=HierarchicalEncoder.conditional))
 
     def encode(self, params: Params, x: jax.Array) -> HierarchicalPosterior:
         """The posterior ``q(z_L | x) prod_l q(z_l | x, z_{l+1})`` of one ``x``."""
@@ -205,7 +222,8 @@ class HierarchicalVAE(PosteriorModelMixin):
         h_x = self.encoder.apply(variables, x, method=HierarchicalEncoder.x_features)
         conditionals = [jax.tree_util.Partial(functools.partial(self._conditional, level), params["encoder"], h)
                         for level, h in enumerate(h_x)]
-        return HierarchicalPosterior.create(self.top_gaussian(params, x), conditionals)
+        top = self.encoder.apply(variables, x, method=HierarchicalEncoder.top)
+        return HierarchicalPosterior.create(self._posterior_layer(top), conditionals)
 
     def decode(self, params: Params, z: jax.Array) -> Any:
         """``z [d_1 + ... + d_L] ->`` the parameters of p(x | z_1, z_2)."""

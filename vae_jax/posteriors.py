@@ -13,7 +13,7 @@ either: the tuple keeps its closed-form path, an object gets the Monte-Carlo KL
 - :class:`FlowPosterior`: a diagonal Gaussian pushed through a flow of :mod:`vae_jax.flows`,
   ``log q(z_K) = log N(z_0; m, s) - sum log_det``.
 - :class:`HierarchicalPosterior`: ``q(z_L | x) prod_l q(z_l | x, z_{l+1})``, every factor a
-  diagonal Gaussian. ``z`` is the CONCATENATION ``[z_1, z_2, ..., z_L]`` (bottom layer
+  diagonal Gaussian, optionally pushed through its own flow. ``z`` is the CONCATENATION ``[z_1, z_2, ..., z_L]`` (bottom layer
   first), so it is one vector ``[d_1 + ... + d_L]`` for every objective, prior and decoder;
   :func:`split_layers` cuts it back into layers.
 
@@ -53,9 +53,29 @@ def _draws(one: Callable[[jax.Array], tuple[jax.Array, jax.Array]], key: jax.Arr
     return jax.vmap(one)(jax.random.split(key, num_samples))
 
 
-def _gaussian_draw(key: jax.Array, mean: jax.Array, log_std: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _layer_draw(key: jax.Array, layer: tuple) -> tuple[jax.Array, jax.Array]:
+    """One draw of a layer ``(mean, log_std)`` or ``(mean, log_std, flow)`` and its log-density:
+    the Gaussian's, minus the flow's ``log_det``."""
+    mean, log_std = layer[0], layer[1]
     z = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, mean.dtype)
-    return z, distributions.gaussian_log_prob(z, mean, log_std)
+    log_q = distributions.gaussian_log_prob(z, mean, log_std)
+    if len(layer) == 3:
+        z, log_det = layer[2](z)
+        log_q = log_q - log_det
+    return z, log_q
+
+
+def _layer_mode(layer: tuple) -> jax.Array:
+    """A layer's point code: its mean, through its flow if it has one."""
+    return layer[2](layer[0])[0] if len(layer) == 3 else layer[0]
+
+
+def _check_layer(layer: tuple, what: str) -> tuple:
+    layer = tuple(layer)
+    if len(layer) not in (2, 3) or jnp.ndim(layer[0]) != 1 or jnp.shape(layer[0]) != jnp.shape(layer[1]):
+        raise ValueError(f"{what} needs (mean [d], log_std [d]) or (mean, log_std, flow); got "
+                         f"{len(layer)} entries of shapes {[jnp.shape(t) for t in layer[:2]]}.")
+    return layer
 
 
 class FlowPosterior(NamedTuple):
@@ -76,56 +96,48 @@ class FlowPosterior(NamedTuple):
     @classmethod
     def create(cls, base_mean: jax.Array, base_log_std: jax.Array, flow: Flow) -> "FlowPosterior":
         """Checks the base shapes and computes the point code."""
-        if jnp.ndim(base_mean) != 1 or jnp.shape(base_mean) != jnp.shape(base_log_std):
-            raise ValueError("a flow posterior needs base_mean and base_log_std of shape [d]; got "
-                             f"{jnp.shape(base_mean)} and {jnp.shape(base_log_std)}.")
-        return cls(flow(base_mean)[0], base_mean, base_log_std, flow)
+        layer = _check_layer((base_mean, base_log_std, flow), "a flow posterior")
+        return cls(_layer_mode(layer), *layer)
 
     def sample_and_log_prob(self, key: jax.Array, num_samples: int) -> tuple[jax.Array, jax.Array]:
         """``(z [k, d], log q(z | x) [k])``, ``log q = log N(z_0) - log_det``."""
-        def one(k):
-            z0, log_q0 = _gaussian_draw(k, self.base_mean, self.base_log_std)
-            z, log_det = self.flow(z0)
-            return z, log_q0 - log_det
-
-        return _draws(one, key, num_samples)
+        return _draws(lambda k: _layer_draw(k, (self.base_mean, self.base_log_std, self.flow)), key, num_samples)
 
 
 class HierarchicalPosterior(NamedTuple):
-    """``q(z_L | x) q(z_{L-1} | x, z_L) ... q(z_1 | x, z_2)``, diagonal Gaussian factors.
+    """``q(z_L | x) q(z_{L-1} | x, z_L) ... q(z_1 | x, z_2)``: each factor a diagonal Gaussian,
+    optionally pushed through its own flow (a third entry ``flow: z -> (z', log_det)``).
 
     Attributes:
-      mean: ``[d_1 + ... + d_L]`` point code: each layer's mean given the point code above.
-      top: ``(mean [d_L], log_std [d_L])`` of ``q(z_L | x)``.
+      mean: ``[d_1 + ... + d_L]`` point code: each layer's mean (through its flow) given the
+        point code above.
+      top: ``(mean [d_L], log_std [d_L][, flow])`` of ``q(z_L | x)``.
       conditionals: ``L - 1`` callables, bottom first: ``conditionals[l](z_{l+2}) ->
-        (mean, log_std)`` of ``q(z_{l+1} | x, z_{l+2})`` (x's features bound).
+        (mean, log_std[, flow])`` of ``q(z_{l+1} | x, z_{l+2})`` (x's features bound).
     """
 
     mean: jax.Array
-    top: tuple[jax.Array, jax.Array]
+    top: tuple
     conditionals: tuple
 
     @classmethod
-    def create(cls, top: tuple[jax.Array, jax.Array], conditionals: Sequence[Callable]) -> "HierarchicalPosterior":
+    def create(cls, top: tuple, conditionals: Sequence[Callable]) -> "HierarchicalPosterior":
         """Checks the top layer's shapes and computes the point code."""
-        top = tuple(top)
-        if len(top) != 2 or jnp.ndim(top[0]) != 1 or jnp.shape(top[0]) != jnp.shape(top[1]):
-            raise ValueError("the top layer needs (mean [d_L], log_std [d_L]); got "
-                             f"{[jnp.shape(t) for t in top]}.")
+        top = _check_layer(top, "the top layer")
         conditionals = tuple(conditionals)
-        layers = [top[0]]
+        layers = [_layer_mode(top)]
         for conditional in reversed(conditionals):
-            layers.insert(0, conditional(layers[0])[0])
+            layers.insert(0, _layer_mode(conditional(layers[0])))
         return cls(jnp.concatenate(layers), top, conditionals)
 
     def sample_and_log_prob(self, key: jax.Array, num_samples: int) -> tuple[jax.Array, jax.Array]:
         """``(z [k, d_1 + ... + d_L], log q(z | x) [k])``, ancestral: the top layer first."""
         def one(k):
             keys = jax.random.split(k, len(self.conditionals) + 1)
-            z, log_q = _gaussian_draw(keys[0], *self.top)
+            z, log_q = _layer_draw(keys[0], self.top)
             layers = [z]
             for conditional, layer_key in zip(reversed(self.conditionals), keys[1:]):
-                z, log_q_layer = _gaussian_draw(layer_key, *conditional(layers[0]))
+                z, log_q_layer = _layer_draw(layer_key, conditional(layers[0]))
                 layers.insert(0, z)
                 log_q = log_q + log_q_layer
             return jnp.concatenate(layers), log_q
