@@ -141,10 +141,14 @@ def test_model_trains_evaluates_and_checkpoints_like_the_vae(name, digits, tmp_p
 
 @pytest.mark.parametrize("name", ["hvae3_vamp", "hvae_householder_mixture", "planar_mixture"])
 def test_other_priors_depths_and_flows_take_a_finite_step(name, digits):
+    """One step on the IWAE bound (k = 3) through make_estimator: the estimators that only need
+    iwae_bound take posterior objects too."""
+    from vae_jax.estimators import make_estimator
+
     train, test = digits
     model = MODELS[name](train.shape[1:])
-    state = training.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3), beta=1.0)
-    state, metrics = training.make_train_step(model.objective, dynamic_binarization=True)(
+    state = training.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3))
+    state, metrics = training.make_train_step(make_estimator("iwae", model, num_samples=3), dynamic_binarization=True)(
         state, jnp.asarray(train[:16]), jax.random.key(1))
     assert all(np.isfinite(float(v)) for v in metrics.values())
     value = jax.jit(functools.partial(model.log_marginal, num_samples=20, chunk_size=10))(
