@@ -33,11 +33,12 @@ from vae_jax import distributions
 from vae_jax._checks import check_positive_int
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.models import Bound
-from vae_jax.posterior_heads import FlowHead, GaussianHead, flow_layer, flow_steps
+from vae_jax._posterior_heads import FLOWS, FlowHead, GaussianHead, flow_layer, flow_steps
 from vae_jax.networks import GatedDense, GatedMLPDecoder
 from vae_jax.posteriors import FlowPosterior
 
 Params = Any
+__all__ = ["FLOWS", "FlowEncoder", "FlowVAE"]  # FLOWS: the flow names a config may choose
 
 
 class FlowEncoder(nn.Module):

@@ -39,7 +39,7 @@ from vae_jax._checks import check_positive_int
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.models import Bound
 from vae_jax.networks import GatedDense
-from vae_jax.posterior_heads import FLOWS, HE_NORMAL, FlowHead, GaussianHead, flow_layer, flow_steps
+from vae_jax._posterior_heads import FLOWS, HE_NORMAL, FlowHead, GaussianHead, flow_layer, flow_steps
 from vae_jax.posteriors import HierarchicalPosterior, split_layers
 
 Params = Any
@@ -47,7 +47,7 @@ Params = Any
 
 class HierarchicalEncoder(nn.Module):
     """``q(z_L | x)`` and ``q(z_l | x, z_{l+1})``; ``latent_sizes`` bottom first. With ``flow`` (not
-    ``"none"``) every layer also gets a :class:`vae_jax.posterior_heads.FlowHead` on the hidden layer
+    ``"none"``) every layer also gets a :class:`vae_jax._posterior_heads.FlowHead` on the hidden layer
     that feeds its Gaussian head, and each layer is ``(mean, log_std, step_params)``."""
 
     latent_sizes: Sequence[int]
@@ -146,7 +146,7 @@ class HierarchicalVAE(PosteriorModelMixin):
       likelihood: ``"bernoulli"`` | ``"gaussian"`` | ``"gaussian_learned"``.
       prior: prior of the top layer: ``"standard_normal"`` | ``"mixture"`` | ``"vamp"``.
       num_components: K of the mixture / VampPrior.
-      flow: ``"none"`` (Gaussian factors) or a flow of :data:`vae_jax.posterior_heads.FLOWS` on every
+      flow: ``"none"`` (Gaussian factors) or a flow of :data:`vae_jax.flow_models.FLOWS` on every
         layer's factor (its parameters from that factor's hidden layer); flow_steps, made_hidden_sizes,
         context_dim: as for :class:`vae_jax.flow_models.FlowVAE`.
     """
