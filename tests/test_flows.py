@@ -101,10 +101,11 @@ def test_flow_posterior_log_q_is_the_change_of_variables_density():
     mean, log_std = jnp.array([0.3, -1.0, 0.5, 0.0]), jnp.array([-0.5, 0.2, 0.0, -1.0])
     posterior = FlowPosterior.create(mean, log_std, jax.tree_util.Partial(flows.compose(steps), params))
     z, log_q = posterior.sample_and_log_prob(jax.random.key(7), 5)
-    inverse = flows.compose_inverse(steps)
+    inverse = jax.jit(lambda v: flows.compose_inverse(steps)(params, v)[0])  # jitted: eager dispatch is slow
+    jacobian = jax.jit(jax.jacfwd(inverse))
     for zk, lq in zip(z, log_q):
-        z0 = inverse(params, zk)[0]
-        _, log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(lambda v: inverse(params, v)[0])(zk), np.float64))
+        z0 = inverse(zk)
+        _, log_det = np.linalg.slogdet(np.asarray(jacobian(zk), np.float64))
         base = -0.5 * np.sum(((z0 - mean) / np.exp(log_std)) ** 2) - np.sum(log_std) - 2 * np.log(2 * np.pi)
         np.testing.assert_allclose(lq, base + log_det, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(posterior.mean, flows.compose(steps)(params, mean)[0], rtol=1e-6)
@@ -185,9 +186,12 @@ def test_hierarchical_posterior_with_flows_has_the_change_of_variables_density()
 
     posterior = HierarchicalPosterior.create(as_layer(*top, top_params), [lambda z2: as_layer(*bottom_layer(z2))])
 
+    invert = jax.jit(lambda params, v: inverse(params, v)[0])  # jitted: eager dispatch is slow
+    jacobian = jax.jit(jax.jacfwd(invert, argnums=1))
+
     def density(z, mean, log_std, params):
-        z0 = inverse(params, z)[0]
-        _, log_det = np.linalg.slogdet(np.asarray(jax.jacfwd(lambda v: inverse(params, v)[0])(z), np.float64))
+        z0 = invert(params, z)
+        _, log_det = np.linalg.slogdet(np.asarray(jacobian(params, z), np.float64))
         return (-0.5 * np.sum(((z0 - mean) / np.exp(log_std)) ** 2) - np.sum(log_std)
                 - 0.5 * DIM * np.log(2 * np.pi) + log_det)
 
@@ -197,3 +201,14 @@ def test_hierarchical_posterior_with_flows_has_the_change_of_variables_density()
         expected = density(z2, *top, top_params) + density(z1, *bottom_layer(z2))
         np.testing.assert_allclose(lq, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(posterior.mean[DIM:], flow(top_params, top[0])[0], rtol=1e-6)
+
+
+def test_flows_and_posteriors_import_jax_alone():
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys, json, vae_jax.flows, vae_jax.posteriors, vae_jax.objectives\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'optax', 'orbax', 'tqdm'})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
