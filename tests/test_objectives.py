@@ -192,3 +192,38 @@ def test_elbo_expectation_resolves_kl_terms_of_hundreds_of_standard_errors(kl):
     assert kl_posterior > 50 * stderr and kl_prior > 50 * stderr, (kl_posterior, kl_prior, stderr)  # power
     truth = float(model.log_marginal(x)) - kl_posterior
     assert abs(mean - truth) < 4 * stderr, (mean, truth, stderr)
+
+
+@pytest.mark.parametrize("kl, mixture_prior", [("auto", False), ("monte_carlo", False), ("monte_carlo", True)])
+def test_the_mean_log_std_path_is_bitwise_the_reference_computation(kl, mixture_prior):
+    """The (mean, log_std) path of elbo / iwae_bound is the pre-posterior-object computation, bit for bit
+    (reparameterise, mean log-likelihood, closed-form or Monte-Carlo KL), so committed results do not move."""
+    from vae_jax import distributions, priors
+
+    model, x = _setup(orthogonal=False)
+    prior = (priors.GaussianMixture(jnp.zeros(3), jnp.arange(6.0).reshape(3, 2) - 2.0, jnp.zeros((3, 2))).log_prob
+             if mixture_prior else None)
+    key, lik = jax.random.key(7), "gaussian_learned"
+
+    def reference(k):
+        mean, log_std = _other_encoder(x)
+        z = reparameterize(k, mean, log_std, 3)
+        recon = jnp.mean(jax.vmap(lambda zk: distributions.log_likelihood(lik, x, model.decode(zk)))(z))
+        if kl == "auto":
+            kl_value = distributions.kl_to_standard_normal(mean, log_std)
+        else:
+            log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+            kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
+        log_w = jax.vmap(lambda zk: distributions.log_likelihood(lik, x, model.decode(zk))
+                         + (prior or distributions.standard_normal_log_prob)(zk)
+                         - distributions.gaussian_log_prob(zk, mean, log_std))(z)
+        return recon - kl_value, recon, kl_value, jax.nn.logsumexp(log_w) - math.log(3)
+
+    def library(k):
+        value, aux = elbo(k, x, _other_encoder, model.decode, likelihood=lik, num_samples=3, kl=kl, prior=prior)
+        bound = iwae_bound(k, x, _other_encoder, model.decode, likelihood=lik, num_samples=3, prior=prior)
+        return value, aux["reconstruction"], aux["kl"], bound
+
+    for fn in (jax.jit, lambda f: f):
+        for got, want in zip(fn(library)(key), fn(reference)(key)):
+            np.testing.assert_array_equal(got, want)

@@ -4,7 +4,8 @@
 ``p(x) = N(b, W W^T + sigma^2 I)``, its posterior ``p(z | x)``, the ELBO of any
 diagonal Gaussian ``q`` and so the ELBO's exact gradient are known, which makes
 it the ground truth for objectives, likelihood estimators and gradient
-estimators. Imports ``jax`` only; works on one example (vmap over a batch).
+estimators. :class:`TwoLevelLinearGaussian` (``z2 -> z1 -> x``) does the same for
+hierarchical posteriors. Imports ``jax`` only; works on one example (vmap over a batch).
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ class LinearGaussian(NamedTuple):
         cov = jnp.linalg.inv(precision)
         mean = cov @ self.weight.T @ (x - self.bias) * jnp.exp(-2 * self.log_sigma)
         return mean, cov
+
+    def best_diagonal(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The diagonal Gaussian closest to ``p(z | x)`` in ``KL(q || p(z | x))``: the posterior
+        mean and variances ``1 / Lambda_ii`` (``Lambda`` the posterior precision). Returns
+        ``(mean [d], log_std [d])``; its gap to ``log p(x)`` is :meth:`diagonal_gap`."""
+        mean, cov = self.posterior(x)
+        return mean, -0.5 * jnp.log(jnp.diag(jnp.linalg.inv(cov)))
+
+    def diagonal_gap(self) -> jax.Array:
+        """``log p(x) - max_{diagonal q} ELBO = 1/2 (sum_i log Lambda_ii - log det Lambda)``, nats
+        (the same for every x): what a correlated posterior costs a diagonal q."""
+        latent_dim = self.weight.shape[1]
+        precision = jnp.eye(latent_dim) + self.weight.T @ self.weight * jnp.exp(-2 * self.log_sigma)
+        return 0.5 * (jnp.sum(jnp.log(jnp.diag(precision))) - jnp.linalg.slogdet(precision)[1])
 
     def kl_to_posterior(self, x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
         """``KL(N(mean, diag(exp(log_std))^2) || p(z | x))`` in closed form, nats."""
@@ -195,3 +210,132 @@ class MixtureLinearGaussian(NamedTuple):
 
         log_components = jax.vmap(component)(self.means, self.log_stds)
         return jax.nn.logsumexp(jax.nn.log_softmax(self.logits) + log_components)
+
+
+def _gaussian_log_density(x: jax.Array, mean: jax.Array, cov: jax.Array) -> jax.Array:
+    """``log N(x; mean, cov)`` (full covariance, by Cholesky), nats."""
+    chol = jnp.linalg.cholesky(cov)
+    r = jax.scipy.linalg.solve_triangular(chol, x - mean, lower=True)
+    return -0.5 * (r @ r) - jnp.sum(jnp.log(jnp.diag(chol))) - 0.5 * x.shape[0] * LOG_2PI
+
+
+class TwoLevelLinearGaussian(NamedTuple):
+    """``p(z2) = N(0, I)``, ``p(z1 | z2) = N(A z2 + a, diag(s1^2))``, ``p(x | z1) = N(W z1 + b, sigma^2 I)``.
+
+    Everything is Gaussian, so ``log p(x)``, the posterior factors ``p(z2 | x)`` and
+    ``p(z1 | x, z2)``, and the ELBO of any hierarchical diagonal-Gaussian q are closed
+    forms: the truth for hierarchical posteriors (:class:`vae_jax.posteriors.HierarchicalPosterior`).
+    ``z`` is the concatenation ``[z1 (d1), z2 (d2)]``, bottom layer first, as there.
+
+    Parameters: ``weight`` W ``[D, d1]``, ``bias`` b ``[D]``, scalar ``log_sigma``, ``weight2`` A
+    ``[d1, d2]``, ``bias2`` a ``[d1]``, ``log_std1`` ``log s1 [d1]``.
+    """
+
+    weight: jax.Array
+    bias: jax.Array
+    log_sigma: jax.Array
+    weight2: jax.Array
+    bias2: jax.Array
+    log_std1: jax.Array
+
+    @classmethod
+    def random(cls, key: jax.Array, data_dim: int, d1: int, d2: int, *, sigma: float = 0.7,
+               diagonal_posterior: bool = False) -> "TwoLevelLinearGaussian":
+        """A random model. ``diagonal_posterior=True`` makes both exact factors diagonal (inside the
+        family of a hierarchical diagonal q): W gets orthogonal columns and A columns orthogonal
+        under ``W^T C^-1 W`` (``C = W S1 W^T + sigma^2 I``), with ``d2 <= d1``."""
+        k_w, k_b, k_a, k_a2, k_s = jax.random.split(key, 5)
+        lg = LinearGaussian.random(k_w, data_dim, d1, sigma=sigma, orthogonal=diagonal_posterior)
+        log_std1 = jnp.log(jax.random.uniform(k_s, (d1,), minval=0.4, maxval=1.0))
+        weight2 = jax.random.normal(k_a, (d1, d2)) / math.sqrt(d2)
+        if diagonal_posterior:
+            model = cls(lg.weight, lg.bias, lg.log_sigma, weight2, jnp.zeros(d1), log_std1)
+            gram = model._top_gram()  # diagonal when W has orthogonal columns
+            q, _ = jnp.linalg.qr(jax.random.normal(k_a, (d1, d2)))
+            weight2 = q * jnp.linspace(0.7, 1.5, d2)[None] / jnp.sqrt(jnp.diag(gram))[:, None]
+        return cls(lg.weight, lg.bias, lg.log_sigma, weight2, 0.3 * jax.random.normal(k_a2, (d1,)), log_std1)
+
+    def _noise1(self) -> jax.Array:
+        return jnp.diag(jnp.exp(2 * self.log_std1))
+
+    def _top_gram(self) -> jax.Array:
+        """``W^T C^-1 W`` with ``C = W S1 W^T + sigma^2 I``: what x says about z1 once z1's noise is out."""
+        cov = self.weight @ self._noise1() @ self.weight.T + jnp.exp(2 * self.log_sigma) * jnp.eye(self.bias.shape[0])
+        return self.weight.T @ jnp.linalg.solve(cov, self.weight)
+
+    def sizes(self) -> tuple[int, int]:
+        """``(d1, d2)``."""
+        return self.weight2.shape
+
+    def decode(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``z = [z1, z2] -> (W z1 + b, log_sigma)``: parameters for ``"gaussian_learned"`` (x ignores z2)."""
+        mean = self.weight @ z[: self.sizes()[0]] + self.bias
+        return mean, jnp.broadcast_to(self.log_sigma, mean.shape)
+
+    def prior_log_prob(self, z: jax.Array) -> jax.Array:
+        """``log p(z2) + log p(z1 | z2)`` of ``z = [z1, z2]``, nats."""
+        d1 = self.sizes()[0]
+        z1, z2 = z[:d1], z[d1:]
+        return (distributions.standard_normal_log_prob(z2)
+                + distributions.gaussian_log_prob(z1, self.weight2 @ z2 + self.bias2, self.log_std1))
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` draws of x from p(x): ``[n, D]``."""
+        k2, k1, kx = jax.random.split(key, 3)
+        d1, d2 = self.sizes()
+        z2 = jax.random.normal(k2, (n, d2))
+        z1 = z2 @ self.weight2.T + self.bias2[None] + jnp.exp(self.log_std1)[None] * jax.random.normal(k1, (n, d1))
+        noise = jnp.exp(self.log_sigma) * jax.random.normal(kx, (n, self.bias.shape[0]))
+        return z1 @ self.weight.T + self.bias[None] + noise
+
+    def log_marginal(self, x: jax.Array) -> jax.Array:
+        """Exact ``log p(x) = log N(x; W a + b, W (A A^T + S1) W^T + sigma^2 I)``, nats."""
+        cov_z1 = self.weight2 @ self.weight2.T + self._noise1()
+        cov = self.weight @ cov_z1 @ self.weight.T + jnp.exp(2 * self.log_sigma) * jnp.eye(x.shape[0])
+        return _gaussian_log_density(x, self.weight @ self.bias2 + self.bias, cov)
+
+    def posterior_top(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Exact ``p(z2 | x) = N(mean [d2], cov [d2, d2])``."""
+        d1, d2 = self.sizes()
+        cov_x = self.weight @ self._noise1() @ self.weight.T + jnp.exp(2 * self.log_sigma) * jnp.eye(x.shape[0])
+        load = self.weight @ self.weight2                                              # x = load z2 + ... + noise
+        cov = jnp.linalg.inv(jnp.eye(d2) + load.T @ jnp.linalg.solve(cov_x, load))
+        return cov @ load.T @ jnp.linalg.solve(cov_x, x - self.weight @ self.bias2 - self.bias), cov
+
+    def posterior_bottom(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Exact ``p(z1 | x, z2) = N(gain z2 + offset, cov)``: ``(gain [d1, d2], offset [d1], cov [d1, d1])``."""
+        inv_noise = jnp.diag(jnp.exp(-2 * self.log_std1))
+        sigma2 = jnp.exp(2 * self.log_sigma)
+        cov = jnp.linalg.inv(inv_noise + self.weight.T @ self.weight / sigma2)
+        return (cov @ inv_noise @ self.weight2,
+                cov @ (inv_noise @ self.bias2 + self.weight.T @ (x - self.bias) / sigma2), cov)
+
+    def exact_factors(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        """``(top_mean, top_log_std, gain, offset, bottom_log_std)``: the exact factors with their
+        covariances cut to the diagonal (exact when built with ``diagonal_posterior=True``)."""
+        top_mean, top_cov = self.posterior_top(x)
+        gain, offset, bottom_cov = self.posterior_bottom(x)
+        return (top_mean, 0.5 * jnp.log(jnp.diag(top_cov)), gain, offset, 0.5 * jnp.log(jnp.diag(bottom_cov)))
+
+    def elbo(self, x: jax.Array, top_mean: jax.Array, top_log_std: jax.Array, gain: jax.Array,
+             offset: jax.Array, bottom_log_std: jax.Array) -> jax.Array:
+        """Exact ELBO of ``q(z2|x) = N(top_mean, diag(e^{2 top_log_std}))``,
+        ``q(z1|x, z2) = N(gain z2 + offset, diag(e^{2 bottom_log_std}))``, nats.
+
+        ``E_q[log p(x|z1) + log p(z1|z2) + log p(z2)] + H[q]`` from q's joint moments, each term a
+        Gaussian expectation (no use of :meth:`log_marginal`: an independent closed form).
+        """
+        d1, d2 = self.sizes()
+        cov2 = jnp.diag(jnp.exp(2 * top_log_std))
+        mean1, cross = gain @ top_mean + offset, gain @ cov2                          # E z1, Cov(z1, z2)
+        cov1 = gain @ cov2 @ gain.T + jnp.diag(jnp.exp(2 * bottom_log_std))
+        sigma2 = jnp.exp(2 * self.log_sigma)
+        fit_x = (distributions.gaussian_log_prob(x, self.weight @ mean1 + self.bias, self.log_sigma)
+                 - jnp.trace(self.weight.T @ self.weight @ cov1) / (2 * sigma2))
+        r_mean = mean1 - self.weight2 @ top_mean - self.bias2                           # r = z1 - A z2 - a
+        r_cov = cov1 - self.weight2 @ cross.T - cross @ self.weight2.T + self.weight2 @ cov2 @ self.weight2.T
+        fit_z1 = (-0.5 * jnp.sum((jnp.square(r_mean) + jnp.diag(r_cov)) * jnp.exp(-2 * self.log_std1))
+                  - jnp.sum(self.log_std1) - 0.5 * d1 * LOG_2PI)
+        fit_z2 = -0.5 * (top_mean @ top_mean + jnp.trace(cov2)) - 0.5 * d2 * LOG_2PI
+        entropy = jnp.sum(top_log_std) + jnp.sum(bottom_log_std) + 0.5 * (d1 + d2) * (1.0 + LOG_2PI)
+        return fit_x + fit_z1 + fit_z2 + entropy

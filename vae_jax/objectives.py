@@ -2,7 +2,11 @@
 
 ``encode(x) -> (mean, log_std)`` and ``decode(z) -> likelihood parameters`` are
 plain callables, so any network of any framework (or a closed-form function)
-can be used. Every function here works on ONE example ``x``; batch with
+can be used. ``encode`` may instead return a posterior object of
+:mod:`vae_jax.posteriors` (a flow or hierarchical q(z|x), anything with
+``sample_and_log_prob(key, k) -> (z [k, d], log_q [k])``): every objective here
+takes it unchanged in signature, with the Monte-Carlo KL ``log q - log p``; the
+``(mean, log_std)`` tuple keeps its path (closed-form KL) exactly as before. Every function here works on ONE example ``x``; batch with
 ``jax.vmap`` at the call site, with one key per example. Bounds and
 log-likelihoods are returned as they are (higher is better, nats per example);
 ``autoencoder_loss`` is what an optimiser minimises. This module imports
@@ -18,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
+from vae_jax.posteriors import is_posterior
 from vae_jax._checks import (check_finite_nonnegative, check_positive_int, check_posterior,
                              check_unit_interval)
 
-Encoder = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+Encoder = Callable[[jax.Array], Any]  # x -> (mean [d], log_std [d]) or a posterior object
 Decoder = Callable[[jax.Array], Any]
 PriorLogProb = Callable[[jax.Array], jax.Array]
 
@@ -85,11 +90,14 @@ def elbo(
     the same draws (the "total" single-sample estimator that score-function and
     STL studies need, and the only one for priors without a closed-form KL).
     ``"auto"`` is analytic for the standard normal prior, Monte Carlo otherwise.
+    A posterior object (flow, hierarchical) always takes the Monte-Carlo KL at
+    its draws (``"auto"`` or ``"monte_carlo"``; ``"analytic"`` raises).
 
     Args:
       key: PRNG key for the draws of z.
       x: one observation, e.g. ``[H, W, C]``.
-      encode: ``x -> (mean [d], log_std [d])``.
+      encode: ``x -> (mean [d], log_std [d])`` or a posterior object (see
+        :mod:`vae_jax.posteriors`; then ``z`` is its ``[d]`` vector, e.g. all layers).
       decode: ``z [d] -> likelihood parameters`` (see
         :func:`vae_jax.distributions.log_likelihood`).
       likelihood: ``"bernoulli"`` | ``"gaussian"`` | ``"gaussian_learned"``.
@@ -113,7 +121,17 @@ def elbo(
         raise ValueError(f"Unknown kl={kl!r}; expected one of {KL_MODES}.")
     if kl == "analytic" and prior is not None:
         raise ValueError("kl='analytic' needs the standard normal prior (prior=None); use kl='monte_carlo'.")
-    mean, log_std = encode(x)
+    encoded = encode(x)
+    if is_posterior(encoded):
+        if kl == "analytic":
+            raise ValueError("kl='analytic' needs a (mean, log_std) encoder; a posterior object takes "
+                             "kl='auto' or 'monte_carlo'.")
+        z, log_q = encoded.sample_and_log_prob(key, num_samples)
+        reconstruction = _mean_over_draws(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)), z)
+        kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
+        aux = {"reconstruction": reconstruction, "kl": kl_value, "elbo": reconstruction - kl_value}
+        return reconstruction - beta * kl_value, aux
+    mean, log_std = encoded
     z = reparameterize(key, mean, log_std, num_samples)
     reconstruction = _mean_over_draws(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)), z)
     if kl in ("auto", "analytic") and prior is None:
@@ -126,27 +144,37 @@ def elbo(
 
 
 def log_importance_weights(
-    z: jax.Array, x: jax.Array, mean: jax.Array, log_std: jax.Array, decode: Decoder, *, likelihood: str,
-    prior: PriorLogProb | None = None,
+    z: jax.Array, x: jax.Array, mean: jax.Array | None, log_std: jax.Array | None, decode: Decoder, *,
+    likelihood: str, prior: PriorLogProb | None = None, log_q: jax.Array | None = None,
 ) -> jax.Array:
     """``log p(x, z_k) - log q(z_k | x)`` for each of ``k`` draws.
 
     Args:
       z: ``[k, d]`` draws from q.
       x: one observation.
-      mean, log_std: ``[d]`` parameters of q(z | x).
+      mean, log_std: ``[d]`` parameters of a diagonal Gaussian q(z | x); unused (pass None)
+        when ``log_q`` is given.
       decode: ``z [d] -> likelihood parameters``.
       likelihood: name of the observation model.
       prior: ``log p(z)`` of one ``z [d]``; ``None`` is N(0, I).
+      log_q: ``[k]`` log q(z_k | x) of the draws, as a posterior object's
+        ``sample_and_log_prob`` returns them (flows have no cheap log q of a given z).
 
     Returns:
       ``[k]`` log importance weights (nats).
     """
     prior_log_prob = prior or distributions.standard_normal_log_prob
 
+    def log_joint(zk):
+        return distributions.log_likelihood(likelihood, x, decode(zk)) + prior_log_prob(zk)
+
+    if log_q is not None:
+        return jax.vmap(log_joint)(z) - log_q
+    if mean is None or log_std is None:
+        raise ValueError("log_importance_weights needs mean and log_std of a Gaussian q, or the draws' log_q=.")
+
     def one(zk):
-        log_joint = distributions.log_likelihood(likelihood, x, decode(zk)) + prior_log_prob(zk)
-        return log_joint - distributions.gaussian_log_prob(zk, mean, log_std)
+        return log_joint(zk) - distributions.gaussian_log_prob(zk, mean, log_std)
 
     return jax.vmap(one)(z)
 
@@ -177,7 +205,12 @@ def iwae_bound(
     """
     _check_objective_args(x, likelihood)
     check_positive_int(num_samples)
-    mean, log_std = encode(x)
+    encoded = encode(x)
+    if is_posterior(encoded):
+        z, log_q = encoded.sample_and_log_prob(key, num_samples)
+        log_w = log_importance_weights(z, x, None, None, decode, likelihood=likelihood, prior=prior, log_q=log_q)
+        return jax.nn.logsumexp(log_w) - math.log(num_samples)
+    mean, log_std = encoded
     z = reparameterize(key, mean, log_std, num_samples)
     log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
     return jax.nn.logsumexp(log_w) - math.log(num_samples)
@@ -222,23 +255,40 @@ def log_marginal(
     check_positive_int(chunk_size, "chunk_size")
     chunk_size = min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk_size)
-    mean, log_std = encode(x)
-    check_posterior(mean, log_std)
+    log_weights, dtype = _chunk_log_weights(key, x, encode(x), decode, likelihood=likelihood, prior=prior)
 
     def body(carry, chunk):
         running_max, running_sum = carry
         index = chunk * chunk_size + jnp.arange(chunk_size)
-        eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), jnp.shape(mean)))(index)
-        z = mean[None] + jnp.exp(log_std)[None] * eps
-        log_w = log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
-        log_w = jnp.where(index < num_samples, log_w, -jnp.inf)
+        log_w = jnp.where(index < num_samples, log_weights(index), -jnp.inf)
         new_max = jnp.maximum(running_max, jnp.max(log_w))
         new_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(jnp.exp(log_w - new_max))
         return (new_max, new_sum), None
 
-    init = (jnp.asarray(-jnp.inf, mean.dtype), jnp.asarray(0.0, mean.dtype))
+    init = (jnp.asarray(-jnp.inf, dtype), jnp.asarray(0.0, dtype))
     (log_max, total), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
     return log_max + jnp.log(total) - math.log(num_samples)
+
+
+def _chunk_log_weights(key, x, encoded, decode, *, likelihood, prior):
+    """``(log_weights(index [c]) -> [c], dtype)``: the log weights of draws number ``index``,
+    draw ``i`` from ``fold_in(key, i)`` alone (so chunking does not change them)."""
+    if is_posterior(encoded):
+        def posterior_weights(index):
+            z, log_q = jax.vmap(lambda i: encoded.sample_and_log_prob(jax.random.fold_in(key, i), 1))(index)
+            return log_importance_weights(z[:, 0], x, None, None, decode, likelihood=likelihood, prior=prior,
+                                          log_q=log_q[:, 0])
+
+        return posterior_weights, jnp.result_type(encoded.mean)
+    mean, log_std = encoded
+    check_posterior(mean, log_std)
+
+    def gaussian_weights(index):
+        eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), jnp.shape(mean)))(index)
+        z = mean[None] + jnp.exp(log_std)[None] * eps
+        return log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
+
+    return gaussian_weights, mean.dtype
 
 
 def autoencoder_loss(

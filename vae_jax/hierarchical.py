@@ -1,0 +1,257 @@
+"""Hierarchical VAE: L stochastic layers, the HVAE of the VampPrior paper for L = 2.
+
+Follows the authors' ``models/HVAE_2level.py`` (github.com/jmtomczak/vae_vampprior), with
+gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He initialisation):
+
+- ``q(z_L | x)``: x -> gated 300 -> gated 300 -> (mean, log-variance) of z_L;
+- ``q(z_l | x, z_{l+1})``: gated 300 of x and gated 300 of z_{l+1}, concatenated, gated 300 -> heads;
+- ``p(z_l | z_{l+1})``: z_{l+1} -> gated 300 -> gated 300 -> heads;
+- ``p(x | z_1, z_2)``: gated 300 of z_1 and gated 300 of z_2, concatenated, gated 300 -> dense
+  logits (the published model decodes from BOTH lowest layers);
+- every log-variance head is a Hardtanh to ``[-6, 2]``, i.e. ``log_std = logvar / 2`` in ``[-3, 1]``;
+- optionally (``flow=``, not in the published model) every factor pushed through its own flow
+  (IAF, planar or Householder) whose parameters come from the hidden layer of that factor;
+- any prior on the top layer: standard normal, learned mixture, or the VampPrior (the top
+  encoder ``q(z_L | x)`` at K pseudo-inputs, as in the authors' ``log_p_z2``).
+
+``z`` is ONE vector, the concatenation ``[z_1, ..., z_L]`` (bottom first;
+:func:`vae_jax.posteriors.split_layers`). ``model.bind(params)`` gives the usual
+``(encode, decode, prior)``: ``encode(x)`` is a :class:`vae_jax.posteriors.HierarchicalPosterior`,
+``prior(z) = log p(z_L) + sum_l log p(z_l | z_{l+1})``, ``decode(z)`` the logits of p(x | z_1, z_2),
+so :mod:`vae_jax.objectives`, ``evaluate``, ``log_marginal``, ``make_train_step``/``fit`` and
+checkpoints take the model as they take :class:`vae_jax.models.VAE`. All layers' KL terms are
+Monte Carlo (``log q - log p`` at the draws), as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import distributions
+from vae_jax._checks import check_positive_int
+from vae_jax._posterior_model import PosteriorModelMixin
+from vae_jax.models import Bound
+from vae_jax.networks import GatedDense
+from vae_jax._posterior_heads import FLOWS, HE_NORMAL, FlowHead, GaussianHead, flow_layer, flow_steps
+from vae_jax.posteriors import HierarchicalPosterior, split_layers
+
+Params = Any
+
+
+class HierarchicalEncoder(nn.Module):
+    """``q(z_L | x)`` and ``q(z_l | x, z_{l+1})``; ``latent_sizes`` bottom first. With ``flow`` (not
+    ``"none"``) every layer also gets a :class:`vae_jax._posterior_heads.FlowHead` on the hidden layer
+    that feeds its Gaussian head, and each layer is ``(mean, log_std, step_params)``."""
+
+    latent_sizes: Sequence[int]
+    hidden_size: int = 300
+    flow: str = "none"
+    flow_steps: int = 2
+    made_hidden_sizes: Sequence[int] = (320, 320)
+    context_dim: int = 100
+
+    def setup(self):
+        below = len(self.latent_sizes) - 1
+        self.top_layers = [GatedDense(self.hidden_size), GatedDense(self.hidden_size)]
+        self.x_branches = [GatedDense(self.hidden_size) for _ in range(below)]
+        self.z_branches = [GatedDense(self.hidden_size) for _ in range(below)]
+        self.joints = [GatedDense(self.hidden_size) for _ in range(below)]
+        self.heads = [GaussianHead(size) for size in self.latent_sizes]  # bottom first; the last is the top's
+        if self.flow != "none":
+            self.flow_heads = [FlowHead(size, self.flow, self.flow_steps, self.made_hidden_sizes, self.context_dim)
+                               for size in self.latent_sizes]
+
+    def _layer(self, level: int, h: jax.Array) -> tuple:
+        mean, log_std = self.heads[level](h)
+        return (mean, log_std) if self.flow == "none" else (mean, log_std, self.flow_heads[level](h))
+
+    def top(self, x: jax.Array) -> tuple:
+        """``(mean [d_L], log_std [d_L][, flow step parameters])`` of ``q(z_L | x)``."""
+        h = x.reshape(-1)
+        for layer in self.top_layers:
+            h = layer(h)
+        return self._layer(len(self.latent_sizes) - 1, h)
+
+    def x_features(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        """The x-branch of every lower layer's ``q(z_l | x, z_{l+1})``, ``L - 1`` arrays ``[hidden]``."""
+        return tuple(branch(x.reshape(-1)) for branch in self.x_branches)
+
+    def conditional(self, level: int, h_x: jax.Array, z_above: jax.Array) -> tuple:
+        """``(mean, log_std[, flow step parameters])`` of ``q(z_{level+1} | x, z_{level+2})``."""
+        h = jnp.concatenate([h_x, self.z_branches[level](z_above)])
+        return self._layer(level, self.joints[level](h))
+
+    def __call__(self, x: jax.Array) -> tuple:
+        """Touches every layer (for ``init``); returns the top layer."""
+        for level, h_x in enumerate(self.x_features(x)):
+            self.conditional(level, h_x, jnp.zeros((self.latent_sizes[level + 1],), x.dtype))
+        return self.top(x)
+
+
+class HierarchicalDecoder(nn.Module):
+    """``p(z_l | z_{l+1})`` and ``p(x | z_1, z_2)``; ``latent_sizes`` bottom first, ``len >= 2``."""
+
+    output_shape: Sequence[int]
+    latent_sizes: Sequence[int]
+    hidden_size: int = 300
+    num_outputs: int = 1
+
+    def setup(self):
+        below = len(self.latent_sizes) - 1
+        self.prior_first = [GatedDense(self.hidden_size) for _ in range(below)]
+        self.prior_second = [GatedDense(self.hidden_size) for _ in range(below)]
+        self.prior_heads = [GaussianHead(size) for size in self.latent_sizes[:-1]]
+        self.z1_branch, self.z2_branch = GatedDense(self.hidden_size), GatedDense(self.hidden_size)
+        self.joint = GatedDense(self.hidden_size)
+        self.out = nn.Dense(math.prod(self.output_shape) * self.num_outputs, kernel_init=HE_NORMAL)
+
+    def conditional_prior(self, level: int, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(mean, log_std)`` of ``p(z_{level+1} | z_{level+2})``."""
+        return self.prior_heads[level](self.prior_second[level](self.prior_first[level](z_above)))
+
+    def likelihood_params(self, z: jax.Array) -> Any:
+        """``z [d_1 + ... + d_L] ->`` the parameters of p(x | z_1, z_2) (logits ``[H, W, C]``, or
+        ``(mean, log_std)`` for ``num_outputs=2``)."""
+        z1, z2 = split_layers(z, self.latent_sizes)[:2]
+        h = self.joint(jnp.concatenate([self.z1_branch(z1), self.z2_branch(z2)]))
+        out = self.out(h)
+        if self.num_outputs == 1:
+            return out.reshape(tuple(self.output_shape))
+        mean, log_std = jnp.split(out, 2)
+        return mean.reshape(tuple(self.output_shape)), log_std.reshape(tuple(self.output_shape))
+
+    def __call__(self, z: jax.Array) -> Any:
+        """Touches every layer (for ``init``); returns :meth:`likelihood_params`."""
+        for level, size in enumerate(self.latent_sizes[1:]):
+            self.conditional_prior(level, jnp.zeros((size,), z.dtype))
+        return self.likelihood_params(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class HierarchicalVAE(PosteriorModelMixin):
+    """An L-layer VAE with :class:`vae_jax.models.VAE`'s surface (``init``, ``bind``, ``objective``,
+    ``log_marginal``, ``sample``, ``reconstruct``); ``params = {"encoder", "decoder"[, "prior"]}``.
+
+    Attributes:
+      input_shape: ``(H, W, C)`` of one example.
+      latent_sizes: ``(d_1, ..., d_L)``, bottom first, ``L >= 2`` (``(40, 40)``: the published HVAE).
+      hidden_size: width of every gated layer (300).
+      likelihood: ``"bernoulli"`` | ``"gaussian"`` | ``"gaussian_learned"``.
+      prior: prior of the top layer: ``"standard_normal"`` | ``"mixture"`` | ``"vamp"``.
+      num_components: K of the mixture / VampPrior.
+      flow: ``"none"`` (Gaussian factors) or a flow of :data:`vae_jax.flow_models.FLOWS` on every
+        layer's factor (its parameters from that factor's hidden layer); flow_steps, made_hidden_sizes,
+        context_dim: as for :class:`vae_jax.flow_models.FlowVAE`.
+    """
+
+    input_shape: tuple[int, ...]
+    latent_sizes: tuple[int, ...] = (40, 40)
+    hidden_size: int = 300
+    likelihood: str = "bernoulli"
+    prior: str = "standard_normal"
+    num_components: int = 500
+    flow: str = "none"
+    flow_steps: int = 2
+    made_hidden_sizes: tuple[int, ...] = (320, 320)
+    context_dim: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "latent_sizes", tuple(self.latent_sizes))
+        object.__setattr__(self, "made_hidden_sizes", tuple(int(s) for s in self.made_hidden_sizes))
+        if self.flow != "none":
+            flow_steps(self.flow, self.flow_steps)  # validates flow and flow_steps
+        if len(self.input_shape) != 3:
+            raise ValueError(f"input_shape must be (H, W, C); got {self.input_shape}.")
+        if len(self.latent_sizes) < 2:
+            raise ValueError(f"a hierarchical VAE needs latent_sizes of >= 2 layers (bottom first); got "
+                             f"{self.latent_sizes}. One layer is vae_jax.models.VAE.")
+        if self.flow not in ("none", *FLOWS):
+            raise ValueError(f"Unknown flow {self.flow!r}; expected 'none' or one of {FLOWS}.")
+        for size in (*self.latent_sizes, self.hidden_size, self.num_components, self.context_dim):
+            check_positive_int(size, "latent sizes, hidden_size, num_components and context_dim")
+        distributions.check_likelihood(self.likelihood)
+
+    @property
+    def latent_dim(self) -> int:
+        """Length of ``z``: ``d_1 + ... + d_L``."""
+        return sum(self.latent_sizes)
+
+    @property
+    def top_latent_dim(self) -> int:
+        return self.latent_sizes[-1]
+
+    @property
+    def encoder(self) -> HierarchicalEncoder:
+        return HierarchicalEncoder(self.latent_sizes, self.hidden_size, self.flow, self.flow_steps,
+                                   self.made_hidden_sizes, self.context_dim)
+
+    @property
+    def decoder(self) -> HierarchicalDecoder:
+        num_outputs = 2 if self.likelihood == "gaussian_learned" else 1
+        return HierarchicalDecoder(self.input_shape, self.latent_sizes, self.hidden_size, num_outputs)
+
+    def init_params(self, key: jax.Array, x: jax.Array) -> Params:
+        """Parameters for one example ``x [H, W, C]``."""
+        k_enc, k_dec = jax.random.split(key)
+        return {"encoder": self.encoder.init(k_enc, x)["params"],
+                "decoder": self.decoder.init(k_dec, jnp.zeros((self.latent_dim,), x.dtype))["params"],
+                **self.init_top_prior(jax.random.fold_in(key, 2), x)}
+
+    def top_gaussian(self, params: Params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(mean, log_std)`` of ``q(z_L | x)`` (its base Gaussian when the layers have flows)."""
+        return self.encoder.apply({"params": params["encoder"]}, x, method=HierarchicalEncoder.top)[:2]
+
+    def _posterior_layer(self, layer: tuple) -> tuple:
+        return layer if len(layer) == 2 else (*layer[:2], flow_layer(self.flow, self.flow_steps, layer[2]))
+
+    def _conditional(self, level: int, encoder_params: Params, h_x: jax.Array, z_above: jax.Array) -> tuple:
+        return self._posterior_layer(self.encoder.apply({"params": encoder_params}, level, h_x, z_above,
+                                                        method=HierarchicalEncoder.conditional))
+
+    def encode(self, params: Params, x: jax.Array) -> HierarchicalPosterior:
+        """The posterior ``q(z_L | x) prod_l q(z_l | x, z_{l+1})`` of one ``x``."""
+        variables = {"params": params["encoder"]}
+        h_x = self.encoder.apply(variables, x, method=HierarchicalEncoder.x_features)
+        conditionals = [jax.tree_util.Partial(functools.partial(self._conditional, level), params["encoder"], h)
+                        for level, h in enumerate(h_x)]
+        top = self.encoder.apply(variables, x, method=HierarchicalEncoder.top)
+        return HierarchicalPosterior.create(self._posterior_layer(top), conditionals)
+
+    def decode(self, params: Params, z: jax.Array) -> Any:
+        """``z [d_1 + ... + d_L] ->`` the parameters of p(x | z_1, z_2)."""
+        return self.decoder.apply({"params": params["decoder"]}, z, method=HierarchicalDecoder.likelihood_params)
+
+    def conditional_prior(self, params: Params, level: int, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(mean, log_std)`` of ``p(z_{level+1} | z_{level+2})``."""
+        return self.decoder.apply({"params": params["decoder"]}, level, z_above,
+                                  method=HierarchicalDecoder.conditional_prior)
+
+    def _log_prior(self, params: Params, top_log_prob, z: jax.Array) -> jax.Array:
+        layers = split_layers(z, self.latent_sizes)
+        total = top_log_prob(layers[-1])
+        for level in range(len(layers) - 1):
+            total = total + distributions.gaussian_log_prob(
+                layers[level], *self.conditional_prior(params, level, layers[level + 1]))
+        return total
+
+    def bind(self, params: Params) -> Bound:
+        """``(encode, decode, prior)``; ``prior(z) = log p(z_L) + sum_l log p(z_l | z_{l+1})`` (never None)."""
+        prior = functools.partial(self._log_prior, params, self.top_prior(params).log_prob)
+        return Bound(functools.partial(self.encode, params), functools.partial(self.decode, params), prior)
+
+    def sample(self, params: Params, key: jax.Array, n: int) -> jax.Array:
+        """Means of p(x | z) for ``n`` ancestral draws from the prior: ``[n, H, W, C]``."""
+        keys = jax.random.split(key, len(self.latent_sizes))
+        layers = [self.top_prior(params).sample(keys[0], n)]
+        for level, layer_key in zip(reversed(range(len(self.latent_sizes) - 1)), keys[1:]):
+            mean, log_std = jax.vmap(functools.partial(self.conditional_prior, params, level))(layers[0])
+            layers.insert(0, mean + jnp.exp(log_std) * jax.random.normal(layer_key, mean.shape, mean.dtype))
+        return jax.vmap(self.decode_mean, in_axes=(None, 0))(params, jnp.concatenate(layers, axis=-1))
