@@ -67,6 +67,10 @@ ROWS = {
     "vamp_warmup": Row("VampPrior (K={K}) + warm-up", model={"prior": "vamp"}, warmup=True),
     "iwae5": Row("IWAE k=5", objective="iwae", num_samples=5),
     "iwae50": Row("IWAE k=50", objective="iwae", num_samples=50),
+    "hvae_vamp_warmup": Row("HVAE + VampPrior (K={K}) + warm-up", model={"num_layers": 2, "prior": "vamp"},
+                            warmup=True),
+    "hvae_warmup": Row("HVAE + warm-up", model={"num_layers": 2}, warmup=True),
+    "iaf_warmup": Row("VAE + IAF (2 steps) + warm-up", model={"flow": "iaf", "flow_steps": 2}, warmup=True),
 }
 DEFAULT_MODELS = ["vae", "vae_warmup", "vamp_warmup", "iwae5"]
 

@@ -13,13 +13,19 @@ authors'): gated dense layers ``(W1 x + b1) * sigmoid(W2 x + b2)``, encoder
 784-300-300, 40 latents, decoder 40-300-300-784, Bernoulli likelihood, Adam
 5e-4, batches of 100, at most 2000 epochs.
 
-Rows (``--models``, default all but ``iwae50``):
+Rows (``--models``, default the first four, the published protocol's MLP rows that have finished):
   vae          VAE, standard normal prior, no warm-up
   vae_warmup   VAE, KL warm-up (beta rising linearly from 0 to 1 over 100 epochs)
   vamp_warmup  VampPrior with K = 500 pseudo-inputs (init N(0.05, 0.01), clipped to
                [0, 1]), KL warm-up over 100 epochs
   iwae5        the same net trained on the IWAE bound with k = 5
   iwae50       ... with k = 50 (about 10x an iwae5 epoch: see docs/density_table.md)
+  hvae_vamp_warmup  the two-level hierarchical VAE of the VampPrior paper (HVAE: q(z2|x),
+               q(z1|x,z2), p(z1|z2), p(x|z1,z2), 40 + 40 latents, gated 300 layers) with the
+               VampPrior (K = 500) on z2, KL warm-up over 100 epochs
+  hvae_warmup  the HVAE with the standard normal prior on z2, KL warm-up
+  iaf_warmup   the one-layer VAE with an inverse autoregressive flow posterior (2 IAF steps,
+               MADE 320-320, context 100), KL warm-up
 
 Resumable: every model is checkpointed after every epoch under
 ``OUT/models/NAME/checkpoints`` (latest and best), with ``history.csv`` and a

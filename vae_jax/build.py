@@ -19,13 +19,15 @@ from vae_jax.config import RunConfig, TrainConfig, parse_options
 from vae_jax.data import BINARIZATION_MODES
 from vae_jax.distributions import LIKELIHOODS
 from vae_jax.estimators import registry
+from vae_jax.flow_models import FLOWS
 from vae_jax.models import ARCHITECTURES, KINDS, LATENTS, check_config
 from vae_jax.priors import PRIORS
 
 CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
            "activation": tuple(dict.fromkeys([*networks.ACTIVATIONS, *mlp.ACTIVATIONS])),
            "objective": registry.BOUNDS, "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
-           "compute_dtype": networks.COMPUTE_DTYPES, "latent": LATENTS, "estimator": tuple(registry.ESTIMATORS)}
+           "compute_dtype": networks.COMPUTE_DTYPES, "latent": LATENTS, "estimator": tuple(registry.ESTIMATORS),
+           "flow": ("none", *FLOWS)}
 
 
 def estimator_help() -> str:
@@ -100,6 +102,10 @@ def _check_estimator(config: RunConfig) -> None:
                          f"from {', '.join(registry.names(model.latent))}.")
     record = registry.get(train.estimator)
     registry.check_latent(record, model.latent)
+    if (model.num_layers > 1 or model.flow != "none") and not record.any_posterior:
+        takes = [n for n, e in registry.ESTIMATORS.items() if e.any_posterior]
+        raise ValueError(f"estimator {record.name!r} needs a diagonal Gaussian posterior; with --num-layers "
+                         f"{model.num_layers} and --flow {model.flow} choose from {', '.join(takes)}.")
     if train.objective != record.bound:
         raise ValueError(f"estimator {record.name!r} estimates the gradient of the {record.bound!r} bound; give "
                          f"--objective {record.bound}.")

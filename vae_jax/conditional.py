@@ -24,7 +24,7 @@ import numpy as np
 
 from vae_jax import distributions, networks, objectives
 from vae_jax._checks import LOG_2PI, check_positive_int, is_traced
-from vae_jax.models import Bound
+from vae_jax.objectives import Bound
 
 Params = Any
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from vae_jax import distributions
 from vae_jax._checks import check_positive_int
 from vae_jax._posterior_model import PosteriorModelMixin
-from vae_jax.models import Bound
+from vae_jax.objectives import Bound
 from vae_jax._posterior_heads import FLOWS, FlowHead, GaussianHead, flow_layer, flow_steps
 from vae_jax.networks import GatedDense, GatedMLPDecoder
 from vae_jax.posteriors import FlowPosterior

@@ -16,7 +16,7 @@ log-likelihoods are returned as they are (higher is better, nats per example);
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,21 @@ Decoder = Callable[[jax.Array], Any]
 PriorLogProb = Callable[[jax.Array], jax.Array]
 
 KL_MODES = ("auto", "analytic", "monte_carlo")
+
+
+class Bound(NamedTuple):
+    """A model's pure functions with its parameters bound: what every objective takes.
+
+    Attributes:
+      encode: ``x -> (mean [d], log_std [d])`` (VAE), a posterior object (:mod:`vae_jax.posteriors`:
+        flow and hierarchical models) or ``x -> code [d]`` (AE).
+      decode: ``z [d] ->`` the parameters of p(x | z).
+      prior: ``log p(z)`` of one ``z [d]``, or ``None`` for N(0, I).
+    """
+
+    encode: Callable[[jax.Array], Any]
+    decode: Callable[[jax.Array], Any]
+    prior: Callable[[jax.Array], jax.Array] | None = None
 
 
 def reparameterize(

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from vae_jax import networks, objectives
 from vae_jax.conditional import ConditionalVAE, check_labels, conditional_vae, split_example
-from vae_jax.models import Bound
+from vae_jax.objectives import Bound
 
 UNLABELLED = -1
 Params = Any

@@ -48,6 +48,8 @@ class Estimator:
       min_num_samples: the fewest draws it works with.
       pathwise: it is the reparameterisation gradient of ``bound`` (what trains that bound
         when no estimator is named).
+      any_posterior: it also takes the posterior objects of flow and hierarchical models
+        (:mod:`vae_jax.posteriors`), not only ``(mean, log_std)``.
     """
 
     name: str
@@ -59,6 +61,7 @@ class Estimator:
     hidden: int | None = None
     min_num_samples: int = 1
     pathwise: bool = False
+    any_posterior: bool = False
 
     @property
     def injected(self) -> tuple[str, ...]:
@@ -77,10 +80,10 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
-    Estimator("pathwise", gaussian.pathwise, "elbo", GAUSSIAN, pathwise=True),
+    Estimator("pathwise", gaussian.pathwise, "elbo", GAUSSIAN, pathwise=True, any_posterior=True),
     Estimator("score_function", gaussian.score_function, "elbo", GAUSSIAN),
     Estimator("stl", gaussian.stl, "elbo", GAUSSIAN),
-    Estimator("iwae", gaussian.iwae, "iwae", GAUSSIAN, pathwise=True),
+    Estimator("iwae", gaussian.iwae, "iwae", GAUSSIAN, pathwise=True, any_posterior=True),
     Estimator("dreg", gaussian.dreg, "iwae", GAUSSIAN),
     Estimator("reinforce", discrete.reinforce, "elbo", DISCRETE),
     Estimator("nvil", discrete.nvil, "elbo", DISCRETE, learned="baseline", hidden=100),

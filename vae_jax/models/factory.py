@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 from vae_jax import distributions, mlp, networks, priors
 from vae_jax import discrete as discrete_latents
+from vae_jax.flow_models import FLOWS, FlowVAE
+from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax._checks import check_positive_int
 from vae_jax.config import ModelConfig
 from vae_jax.models.discrete import DiscreteVAE
@@ -67,11 +69,29 @@ def check_config(config: ModelConfig) -> None:
         raise ValueError(f"an autoencoder (kind='ae') has no prior; got prior={config.prior!r}.")
     networks.get_activation(config.activation)
     _check_choice(config.compute_dtype, networks.COMPUTE_DTYPES, "compute_dtype")
+    _check_posterior(config)
 
 
-def build_model(config: ModelConfig, input_shape: Sequence[int]) -> VAE | AE | DiscreteVAE:
-    """The :class:`VAE`, :class:`AE` or (``config.latent`` ``"bernoulli"`` / ``"categorical"``)
-    :class:`DiscreteVAE` that ``config`` describes, for images ``[H, W, C]``.
+def _check_posterior(config: ModelConfig) -> None:
+    """Hierarchical latents and flow posteriors: the gated net of the density table, a VAE, float32."""
+    check_positive_int(config.num_layers, "num_layers")
+    _check_choice(config.flow, ("none", *FLOWS), "flow")
+    check_positive_int(config.flow_steps, "flow_steps")
+    if config.num_layers == 1 and config.flow == "none":
+        return
+    wanted = {"kind": "vae", "architecture": "gated_mlp", "compute_dtype": "float32"}
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    if wrong:
+        raise ValueError(f"num_layers={config.num_layers}, flow={config.flow!r} is built on the gated net of a "
+                         f"VAE in float32 (--architecture gated_mlp); it does not take {', '.join(wrong)}.")
+
+
+def build_model(config: ModelConfig, input_shape: Sequence[int]
+                ) -> VAE | AE | DiscreteVAE | HierarchicalVAE | FlowVAE:
+    """The model that ``config`` describes, for images ``[H, W, C]``: a :class:`VAE` or :class:`AE`;
+    a :class:`DiscreteVAE` (``latent`` ``"bernoulli"`` / ``"categorical"``); a
+    :class:`~vae_jax.hierarchical.HierarchicalVAE` (``num_layers >= 2``); a
+    :class:`~vae_jax.flow_models.FlowVAE` (one layer, ``flow`` other than ``"none"``).
 
     Raises:
       ValueError: a field no model takes (:func:`check_config`) or an ``input_shape`` other than ``(H, W, C)``.
@@ -84,6 +104,14 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]) -> VAE | AE | D
     if config.latent != "gaussian":
         return DiscreteVAE(input_shape, config.latent_dim, hidden_sizes=hidden, activation=config.activation,
                            num_categories=config.num_categories if config.latent == "categorical" else None)
+    if config.num_layers >= 2:
+        return HierarchicalVAE(input_shape, latent_sizes=(config.latent_dim,) * config.num_layers,
+                               hidden_size=hidden[0], likelihood=config.likelihood, prior=config.prior,
+                               num_components=config.num_components, flow=config.flow, flow_steps=config.flow_steps)
+    if config.flow != "none":
+        return FlowVAE(input_shape, latent_dim=config.latent_dim, hidden_sizes=hidden, flow=config.flow,
+                       flow_steps=config.flow_steps, likelihood=config.likelihood, prior=config.prior,
+                       num_components=config.num_components)
     stochastic = config.kind == "vae"
     num_outputs = 2 if config.likelihood == "gaussian_learned" else 1
     dtype = None if config.compute_dtype == "float32" else config.compute_dtype

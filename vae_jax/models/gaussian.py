@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions, objectives, priors
+from vae_jax.objectives import Bound
 from vae_jax._checks import check_example
 
 Params = Any
-
-
-class Bound(NamedTuple):
-    """A model's pure functions with its parameters bound: what every objective takes.
-
-    Attributes:
-      encode: ``x -> (mean [d], log_std [d])`` (VAE) or ``x -> code [d]`` (AE).
-      decode: ``z [d] ->`` the parameters of p(x | z).
-      prior: ``log p(z)`` of one ``z [d]``, or ``None`` for N(0, I).
-    """
-
-    encode: Callable[[jax.Array], Any]
-    decode: Callable[[jax.Array], Any]
-    prior: Callable[[jax.Array], jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
