@@ -227,3 +227,18 @@ def test_the_mean_log_std_path_is_bitwise_the_reference_computation(kl, mixture_
     for fn in (jax.jit, lambda f: f):
         for got, want in zip(fn(library)(key), fn(reference)(key)):
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_prior_that_returns_a_vector_is_refused():
+    # Issue 24: a per-dimension log-density (forgot to sum) broadcast into a wrong ELBO and IWAE bound.
+    x, encode = jnp.ones(3), lambda v: (jnp.zeros(2), jnp.zeros(2))
+    decode = lambda z: jnp.concatenate([z, z[:1]])  # noqa: E731
+    vector_prior = lambda z: -0.5 * z ** 2  # noqa: E731
+    for fn in (lambda: elbo(jax.random.key(0), x, encode, decode, likelihood="gaussian", prior=vector_prior),
+               lambda: iwae_bound(jax.random.key(0), x, encode, decode, likelihood="gaussian", num_samples=2,
+                                  prior=vector_prior)):
+        with pytest.raises(ValueError, match=r"prior must return log p\(z\) of one z \[2\] as a scalar"):
+            fn()
+    value, _ = elbo(jax.random.key(0), x, encode, decode, likelihood="gaussian",
+                    prior=lambda z: jnp.sum(vector_prior(z)) - jnp.log(2 * jnp.pi))  # a scalar prior is fine
+    assert jnp.shape(value) == ()

@@ -143,7 +143,7 @@ def elbo(
                              "kl='auto' or 'monte_carlo'.")
         z, log_q = encoded.sample_and_log_prob(key, num_samples)
         reconstruction = _mean_over_draws(lambda zk: distributions.log_likelihood(likelihood, x, decode(zk)), z)
-        kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
+        kl_value = jnp.mean(log_q - jax.vmap(_scalar_prior(prior))(z))
         aux = {"reconstruction": reconstruction, "kl": kl_value, "elbo": reconstruction - kl_value}
         return reconstruction - beta * kl_value, aux
     mean, log_std = encoded
@@ -153,9 +153,25 @@ def elbo(
         kl_value = distributions.kl_to_standard_normal(mean, log_std)
     else:
         log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
-        kl_value = jnp.mean(log_q - jax.vmap(prior or distributions.standard_normal_log_prob)(z))
+        kl_value = jnp.mean(log_q - jax.vmap(_scalar_prior(prior))(z))
     aux = {"reconstruction": reconstruction, "kl": kl_value, "elbo": reconstruction - kl_value}
     return reconstruction - beta * kl_value, aux
+
+
+def _scalar_prior(prior: PriorLogProb | None) -> PriorLogProb:
+    """``prior`` (N(0, I) for None), refusing one that returns anything but a scalar ``log p(z)``
+    per ``z [d]`` (a per-dimension vector would be summed nowhere and broadcast into a wrong number)."""
+    if prior is None:
+        return distributions.standard_normal_log_prob
+
+    def log_prob(z: jax.Array) -> jax.Array:
+        value = prior(z)
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"prior must return log p(z) of one z [{z.shape[-1]}] as a scalar; it returned "
+                             f"shape {jnp.shape(value)} (sum over the dimensions?).")
+        return value
+
+    return log_prob
 
 
 def log_importance_weights(
@@ -178,7 +194,7 @@ def log_importance_weights(
     Returns:
       ``[k]`` log importance weights (nats).
     """
-    prior_log_prob = prior or distributions.standard_normal_log_prob
+    prior_log_prob = _scalar_prior(prior)
 
     def log_joint(zk):
         return distributions.log_likelihood(likelihood, x, decode(zk)) + prior_log_prob(zk)
