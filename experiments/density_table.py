@@ -156,6 +156,7 @@ def train_rows(args: argparse.Namespace, cfg: StudyConfig, *, command: str) -> l
     if args.resume and not out.is_dir():
         raise SystemExit(f"--resume needs a run, and there is no folder {str(out)!r}; check the path, "
                          "or start the study without --resume.")
+    _check_out(out)
     resume_command = command if args.resume else f"{command} --resume"
     data = load(cfg, args)
     cfg = with_images(cfg, *map(len, data))
@@ -170,6 +171,13 @@ def train_rows(args: argparse.Namespace, cfg: StudyConfig, *, command: str) -> l
             continue
         print(write_table(out, cfg.dataset), flush=True)
     return rows
+
+
+def _check_out(out: Path) -> None:
+    """Refuses a folder that holds files no density-table run wrote (they would be overwritten)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "models").is_dir():
+        raise SystemExit(f"--out {str(out)!r} holds files that no density-table run wrote; choose an empty or new "
+                         "folder (nothing was written).")
 
 
 def _check_saved_config(out: Path, cfg: StudyConfig) -> None:

@@ -322,3 +322,16 @@ def test_snapshot_rewrites_the_pages_state_and_pairs_tables(tmp_path):
     page.write_text("no markers\n")
     with pytest.raises(SystemExit, match="state"):
         dt.main(["--out", str(tmp_path / "run"), "--snapshot", str(tmp_path / "snap"), "--page", str(page)])
+
+
+def test_a_folder_of_other_files_or_a_file_is_refused_and_left_alone(tmp_path):
+    # Issue 24: the study wrote its table, results and figures beside someone's files in a non-empty folder.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "results.json").write_text("mine")
+    with pytest.raises(SystemExit, match="holds files that no density-table run wrote"):
+        dt.main(["--out", str(theirs), "--quick", "--no-progress"])
+    assert [p.name for p in theirs.iterdir()] == ["results.json"] and (theirs / "results.json").read_text() == "mine"
+    with pytest.raises(SystemExit) as exit_:  # the parser's one line: a file is no folder
+        dt.main(["--out", str(theirs / "results.json"), "--quick", "--no-progress"])
+    assert exit_.value.code == 2 and (theirs / "results.json").read_text() == "mine"
