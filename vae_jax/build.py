@@ -27,7 +27,8 @@ CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTUR
            "activation": tuple(dict.fromkeys([*networks.ACTIVATIONS, *mlp.ACTIVATIONS])),
            "objective": registry.BOUNDS, "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
            "compute_dtype": networks.COMPUTE_DTYPES, "latent": LATENTS, "estimator": tuple(registry.ESTIMATORS),
-           "flow": ("none", *FLOWS)}
+           "flow": ("none", *FLOWS), "devices": ("one", "all"), "data_source": ("memory", "disk"),
+           "track": ("none", "tensorboard")}
 
 
 def estimator_help() -> str:
@@ -68,9 +69,13 @@ def _check_train(train: TrainConfig) -> None:
     check_hparams({"beta": check_finite_number(train.beta, "beta")})
     if isinstance(train.seed, bool) or not isinstance(train.seed, int) or train.seed < 0:
         raise ValueError(f"seed must be an int >= 0; got {train.seed!r}.")
-    for name, choices in (("objective", registry.BOUNDS), ("binarization", CHOICES["binarization"])):
+    for name, choices in (("objective", registry.BOUNDS), ("binarization", CHOICES["binarization"]),
+                          ("devices", CHOICES["devices"]), ("data_source", CHOICES["data_source"]),
+                          ("track", CHOICES["track"])):
         if getattr(train, name) not in choices:
             raise ValueError(f"Unknown {name} {getattr(train, name)!r}; expected one of {choices}.")
+    if train.devices == "all" and train.data_source == "disk":
+        raise ValueError("data_source='disk' streams to one device; use devices='one' with it.")
     if train.estimator:
         registry.get(train.estimator)
     options = parse_options(train.estimator_options)

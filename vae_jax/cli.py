@@ -25,7 +25,7 @@ from vae_jax import runner, runs
 from vae_jax.build import CHOICES as _CHOICES
 from vae_jax.build import estimator_help, validate
 from vae_jax.checkpoints import WHICH, CheckpointError
-from vae_jax.config import ModelConfig, RunConfig, TrainConfig
+from vae_jax.config import RESUMABLE_CHANGES, ModelConfig, RunConfig, TrainConfig
 from vae_jax.runs import RunLockedError, load_run_config
 
 _FLAGS = {"kind": ("--model",), "learning_rate": ("--lr",), "binarization": ("--binarize",),
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_folder, required=True, help="run folder for checkpoints, metrics and figures "
                    "(new or empty, or a run to --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint "
-                   "(options not given are taken from its config.json; only --epochs may change); an error "
+                   "(options not given are taken from its config.json; only --epochs, --data-dir, --track and --mlflow-uri may change); an error "
                    "if --out holds no run with a checkpoint")
     p.add_argument("--checkpoint", choices=("latest", "latest-intact"), default="latest",
                    help="with --resume: the checkpoint to continue from: latest, or latest-intact (the newest "
@@ -152,7 +152,8 @@ def _train(args: argparse.Namespace) -> int:
         conflicts = config.resume_conflicts(saved)
         if conflicts:
             raise ValueError(f"--resume of {str(args.out)!r} with other settings than it was trained with: "
-                             f"{', '.join(conflicts)}; only --epochs may change.")
+                             f"{', '.join(conflicts)}; only " + ", ".join(f"--{n.replace('_', '-')}" for n in RESUMABLE_CHANGES)
+                             + " may change.")
         return runner.train_run(run, config, checkpoint=args.checkpoint, progress=progress)
 
 

@@ -20,7 +20,7 @@ import math
 import numbers
 from typing import Any
 
-RESUMABLE_CHANGES = ("epochs", "data_dir")  # fields --resume may change
+RESUMABLE_CHANGES = ("epochs", "data_dir", "track", "mlflow_uri")  # fields --resume may change
 
 
 def _field(default: Any, help: str) -> Any:
@@ -149,6 +149,13 @@ class TrainConfig:
         see :data:`vae_jax.estimators.ESTIMATORS` for the names each latent kind takes.
       estimator_options: ``"NAME=VALUE,..."`` options of the estimator (:func:`parse_options`);
         ``hidden`` sets the units of NVIL's baseline / RELAX's network.
+      devices: ``"one"`` (the default device) or ``"all"``: data-parallel over every device (of
+        every host after ``jax.distributed.initialize()``) with :mod:`vae_jax.parallel`.
+      data_source: ``"memory"`` (one ``lax.scan`` over device-resident data) or ``"disk"``: the
+        training images written once to ``RUN/train_images.npy`` and streamed
+        (:mod:`vae_jax.streaming`); the same batches and draws.
+      track: ``"tensorboard"`` (event files in ``RUN/tensorboard``) or ``"none"``.
+      mlflow_uri: an MLflow tracking server (``""``: none); needs ``vae_jax[mlflow]``.
     """
 
     dataset: str = _field("fashion_mnist", "'fashion_mnist' (offline IDX files), 'digits' "
@@ -172,6 +179,14 @@ class TrainConfig:
     estimator_options: str = _field("", "options of --estimator as NAME=VALUE,...: e.g. baseline=leave_one_out "
                                     "(or running_mean), num_pairs=2, temperature=0.5, hidden=50 (units of NVIL's "
                                     "baseline / RELAX's network); the draws are --num-samples")
+    devices: str = _field("one", "'one' device, or 'all': data-parallel over every device (and every host after "
+                          "jax.distributed.initialize()); the batch size must divide over them")
+    data_source: str = _field("memory", "'memory' (the data on the device, one compiled scan per epoch) or 'disk' "
+                              "(training images written once to RUN/train_images.npy and streamed through Grain)")
+    track: str = _field("tensorboard", "'tensorboard' (scalars, reconstructions and samples in RUN/tensorboard) or "
+                        "'none'; may change on --resume")
+    mlflow_uri: str = _field("", "MLflow tracking server, e.g. http://127.0.0.1:5000 ('': none; needs "
+                             "vae_jax[mlflow]); a server that fails costs a warning; may change on --resume")
 
     def __post_init__(self):
         _normalise(self)

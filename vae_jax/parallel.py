@@ -100,14 +100,18 @@ def make_sharded_train_step(objective: training.Objective, mesh: Mesh, *,
       donated; pass it to :func:`train_epoch_sharded` (or to
       :func:`vae_jax.training.fit` with replicated state and data).
     """
-    inner = training.make_train_step(objective, dynamic_binarization=dynamic_binarization)
+    return shard_train_step(training.make_train_step(objective, dynamic_binarization=dynamic_binarization), mesh)
+
+
+def shard_train_step(train_step: Callable, mesh: Mesh) -> Callable:
+    """Any ``train_step(state, batch, key)`` (e.g. with a running baseline) with its batch split across ``mesh``."""
     sharding = batch_sharded(mesh)
 
-    def train_step(state: training.TrainState, batch: jax.Array, key: jax.Array):
+    def step(state: training.TrainState, batch: jax.Array, key: jax.Array):
         _check_divisible(batch.shape[0], mesh)
-        return inner(state, jax.lax.with_sharding_constraint(batch, sharding), key)
+        return train_step(state, jax.lax.with_sharding_constraint(batch, sharding), key)
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0)
 
 
 def train_epoch_sharded(train_step: Callable, state: training.TrainState, data: Any, key: jax.Array, *,

@@ -391,6 +391,8 @@ class FitPlan:
         (a resumed run that had stopped trains no further).
       max_minutes: stop after this many minutes of this process (``0``: after one epoch).
       progress, desc: the progress bar.
+      epoch_fn: how an epoch runs (:func:`vae_jax.training.fit`'s; ``None``: the in-memory scan),
+        e.g. data-parallel (:func:`vae_jax.parallel.train_epoch_sharded`) or streamed from disk.
     """
 
     step: Callable
@@ -407,6 +409,7 @@ class FitPlan:
     max_minutes: float | None = None
     progress: bool = True
     desc: str = "train"
+    epoch_fn: Callable | None = None
 
 
 def resumable_fit(run: RunFolder, state: training.TrainState, plan: FitPlan, *, checkpoint: str = "latest",
@@ -447,7 +450,7 @@ def resumable_fit(run: RunFolder, state: training.TrainState, plan: FitPlan, *, 
         try:
             result = training.FitResult(state, history, stopped) if stopped else training.fit(
                 plan.step, state, plan.data, plan.key, epochs=plan.epochs, batch_size=plan.batch_size,
-                history=history, hooks=fit_hooks, progress=plan.progress, desc=plan.desc)
+                history=history, hooks=fit_hooks, epoch_fn=plan.epoch_fn, progress=plan.progress, desc=plan.desc)
         except KeyboardInterrupt:
             _report(status, seen.history, status="interrupted")
             raise Interrupted(len(seen.history), kept(ckpts)) from None

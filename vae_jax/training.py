@@ -228,7 +228,8 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
     Args:
       train_step: from :func:`make_train_step` (or any ``(state, batch, key) -> (state, metrics)``).
       state: the state after ``len(history)`` epochs (donated: do not reuse it).
-      data: ``[N, H, W, C]`` training images.
+      data: ``[N, H, W, C]`` training images, or a source that ``epoch_fn`` reads (e.g.
+        :class:`vae_jax.streaming.DiskImages` with :func:`vae_jax.streaming.train_epoch_streaming`).
       key: the run's training key.
       epochs: total number of epochs (including those in ``history``).
       batch_size: examples per step.
@@ -255,12 +256,15 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
     # Over 60 lines for its docstring only: THE loop's contract (resume, hooks, stop) is stated here once.
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
-    data = jnp.asarray(data)
-    if data.ndim < 1 or data.shape[0] < batch_size:
-        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({data.shape[:1]} examples).")
+    if isinstance(data, (np.ndarray, jax.Array, list, tuple)):
+        data = jnp.asarray(data)  # else a source its epoch_fn reads (e.g. vae_jax.streaming.DiskImages)
+        if data.ndim < 1:
+            raise ValueError(f"data must be [N, ...] examples; got shape {data.shape}.")
+    if len(data) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(data)} examples).")
     epoch_fn = epoch_fn or train_epoch
     history = [dict(row) for row in history]
-    steps = data.shape[0] // batch_size
+    steps = len(data) // batch_size
     stop_reason = "max epochs"
     bar = tqdm(range(len(history), epochs), initial=len(history), total=epochs, desc=desc,
                disable=not progress, leave=False, unit="epoch")
