@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.torch_threads, args.torch_batches = 1, 4
         args.batch_sizes, args.repeats, args.sweep_repeats, args.examples = [32], 1, 1, 512
         args.hidden_sizes, args.latent_dim, args.sweep_batch_size = [64, 64], 8, 64
-        args.density_hidden_sizes, args.density_latent_dim, args.density_batch_size = [48, 48], 6, 32
+        args.density_batch_size = 0  # the second block runs the same code at other widths: left out
         args.log_marginal_images, args.log_marginal_samples = 8, 100
     if min(args.batch_sizes) > args.examples or min(args.repeats, args.sweep_repeats) < 1:
         parser.error("need --repeats >= 1, --sweep-repeats >= 1 and batch sizes <= --examples")
