@@ -14,7 +14,8 @@ from typing import Any
 
 import jax
 
-from vae_jax import distributions, objectives, priors
+from vae_jax import distributions, priors
+from vae_jax._model_objectives import BoundObjectives
 
 Params = Any
 
@@ -24,7 +25,7 @@ def _init(model: Any, key: jax.Array, x: jax.Array) -> Params:
     return model.init_params(key, x)
 
 
-class PosteriorModelMixin:
+class PosteriorModelMixin(BoundObjectives):
     """``init``, ``objective``, ``log_marginal``, ``top_prior``, ``decode_mean``, ``code``, ``reconstruct``."""
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
@@ -50,18 +51,6 @@ class PosteriorModelMixin:
         if self.prior == "vamp":
             return priors.vamp(params["prior"], functools.partial(self.top_gaussian, params))
         return priors.StandardNormal(self.top_latent_dim)
-
-    def objective(self, params: Params, key: jax.Array, x: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
-        """:func:`vae_jax.objectives.elbo` (Monte-Carlo KL over all layers); ``kwargs``: beta, num_samples."""
-        encode, decode, prior = self.bind(params)
-        return objectives.elbo(key, x, encode, decode, likelihood=self.likelihood, prior=prior, **kwargs)
-
-    def log_marginal(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int = 5000,
-                     chunk_size: int = 500) -> jax.Array:
-        """Importance-sampled ``log p(x)`` over all latent layers (:func:`vae_jax.objectives.log_marginal`)."""
-        encode, decode, prior = self.bind(params)
-        return objectives.log_marginal(key, x, encode, decode, likelihood=self.likelihood, prior=prior,
-                                       num_samples=num_samples, chunk_size=chunk_size)
 
     def decode_mean(self, params: Params, z: jax.Array) -> jax.Array:
         """``z [d] ->`` the mean of p(x | z), an image ``[H, W, C]``."""

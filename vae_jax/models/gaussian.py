@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions, objectives, priors
+from vae_jax._model_objectives import BoundObjectives
 from vae_jax.objectives import Bound
 from vae_jax._checks import check_example
 
@@ -90,27 +91,11 @@ class _Model:
         return jax.vmap(self.decode_mean, in_axes=(None, 0))(params, z)
 
 
-class VAE(_Model):
+class VAE(BoundObjectives, _Model):
     """Variational autoencoder: ``encode(params, x) -> (mean [d], log_std [d])``."""
 
     def code(self, params: Params, x: jax.Array) -> jax.Array:
         return self.encode(params, x)[0]
-
-    def objective(self, params: Params, key: jax.Array, x: jax.Array, **kwargs) -> tuple[jax.Array, dict]:
-        """:func:`vae_jax.objectives.elbo` of this model; ``kwargs``: beta, num_samples, kl.
-
-        Other objectives and gradient estimators of the same model (IWAE, DReG,
-        score function, ...) come from :func:`vae_jax.estimators.make_estimator`.
-        """
-        encode, decode, prior = self.bind(params)
-        return objectives.elbo(key, x, encode, decode, likelihood=self.likelihood, prior=prior, **kwargs)
-
-    def log_marginal(self, params: Params, key: jax.Array, x: jax.Array, *, num_samples: int = 5000,
-                     chunk_size: int = 500) -> jax.Array:
-        """Importance-sampled ``log p(x)`` (:func:`vae_jax.objectives.log_marginal`), nats."""
-        encode, decode, prior = self.bind(params)
-        return objectives.log_marginal(key, x, encode, decode, likelihood=self.likelihood, prior=prior,
-                                       num_samples=num_samples, chunk_size=chunk_size)
 
 
 class AE(_Model):
