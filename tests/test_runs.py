@@ -76,6 +76,9 @@ def test_folder_rules(tmp_path):
         runs.check_run_folder(out, resume=False)
     (out / "run.json").write_text("{}")  # a run stopped before its first checkpoint
     assert runs.check_run_folder(out, resume=False) == []
+    (out / "tensorboard").mkdir()  # ... after its tracker and its streamed images were written
+    (out / "train_images.npy").write_bytes(b"")
+    assert runs.check_run_folder(out, resume=False) == []
     with pytest.raises(ValueError, match="needs a checkpoint"):
         runs.check_run_folder(out, resume=True)
     (out / "checkpoints" / "3").mkdir(parents=True)

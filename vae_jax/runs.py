@@ -232,7 +232,7 @@ class Layout(NamedTuple):
 CLI_LAYOUT = Layout("run.json", frozenset({
     LOCK_FILE, "run.json", "config.json", "metrics.csv", "checkpoints", "checkpoints.lock", "checkpoints.corrupt",
     "evaluation.json", "samples.png", "reconstructions.png", "prior_samples.png", "learning_curves.png",
-    "latent_space.png", "latent_manifold.png"}), "config.json")
+    "latent_space.png", "latent_manifold.png", "tensorboard", "train_images.npy"}), "config.json")
 
 
 def checkpoint_epochs(out: Path) -> list[int]:
