@@ -46,11 +46,8 @@ class PosteriorModelMixin(BoundObjectives):
 
     def top_prior(self, params: Params) -> "priors.StandardNormal | priors.GaussianMixture":
         """p(z_top) of these parameters; the VampPrior mixes :meth:`top_gaussian` at the pseudo-inputs."""
-        if self.prior == "mixture":
-            return priors.mixture(params["prior"])
-        if self.prior == "vamp":
-            return priors.vamp(params["prior"], functools.partial(self.top_gaussian, params))
-        return priors.StandardNormal(self.top_latent_dim)
+        return priors.by_name(self.prior, params.get("prior"), functools.partial(self.top_gaussian, params),
+                              self.top_latent_dim)
 
     def decode_mean(self, params: Params, z: jax.Array) -> jax.Array:
         """``z [d] ->`` the mean of p(x | z), an image ``[H, W, C]``."""

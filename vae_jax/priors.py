@@ -172,6 +172,16 @@ def vamp(params: dict, encode: Callable[[jax.Array], tuple[jax.Array, jax.Array]
     return GaussianMixture(jnp.zeros(means.shape[:1], means.dtype), means, log_stds)
 
 
+def by_name(name: str, params: dict | None, encode: Callable, latent_dim: int) -> StandardNormal | GaussianMixture:
+    """The prior ``name`` (one of :data:`PRIORS`) of its parameters ``params``: ``"vamp"`` mixes
+    ``encode``'s Gaussians at the pseudo-inputs; ``"standard_normal"`` is N(0, I) in ``latent_dim``."""
+    if name == "mixture":
+        return mixture(params)
+    if name == "vamp":
+        return vamp(params, encode)
+    return StandardNormal(latent_dim)
+
+
 def _check_nonnegative(value: float, name: str) -> None:
     if check_finite_number(value, name) < 0:
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")

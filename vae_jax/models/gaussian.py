@@ -52,11 +52,8 @@ class _Model:
 
     def prior_distribution(self, params: Params) -> "priors.StandardNormal | priors.GaussianMixture":
         """The prior p(z) of these parameters: ``.log_prob(z [d])`` and ``.sample(key, n) -> [n, d]``."""
-        if self.prior == "mixture":
-            return priors.mixture(params["prior"])
-        if self.prior == "vamp":
-            return priors.vamp(params["prior"], functools.partial(self.encode, params))
-        return priors.StandardNormal(self.latent_dim)
+        return priors.by_name(self.prior, params.get("prior"), functools.partial(self.encode, params),
+                              self.latent_dim)
 
     def bind(self, params: Params) -> Bound:
         """The pure ``(encode, decode, prior)`` of these parameters (see :class:`Bound`); ``prior``
