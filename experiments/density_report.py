@@ -139,11 +139,29 @@ def snapshot(out: Path, dest: Path, page: Path | None = None) -> list[str]:
     ``DEST/validation.png``, the test log p(x) so far beside the published rows into
     ``DEST/table.png``, and writes :func:`paired_differences` (if any) to
     ``DEST/paired_differences.json``; with ``page``, rewrites its state table and paired
-    differences (:func:`update_page`). Returns the names written."""
+    differences (:func:`update_page`). Returns the names of the rows in the snapshot.
+
+    Rows finished in another run folder stay: a finished record already in
+    ``dest`` for a row that ``out`` does not hold is kept as it is (and so are
+    its paired differences), so one ``dest`` gathers rows run in different
+    folders or sessions. A partial record in ``dest`` of a row that ``out``
+    does not hold is stale (its run is elsewhere or gone) and is removed.
+    """
+    if not (out / "models").is_dir():
+        raise SystemExit(f"--out {out} holds no density-table run ({out / 'models'} is missing); nothing to snapshot.")
     dest.mkdir(parents=True, exist_ok=True)
     records, curves = [], {}
     for name in ROWS:
         folder = out / "models" / name
+        earlier = dest / f"{name}.json"
+        if not (folder / "result.json").is_file() and not (folder / "status.json").is_file() and earlier.is_file():
+            record = json.loads(earlier.read_text())
+            if record.get("state") == "finished":
+                records.append(record)
+                curves[f"{record['label']} (finished)"] = [h["validation_objective"] for h in record.get("history", [])]
+            else:
+                earlier.unlink()
+            continue
         if (folder / "result.json").is_file():
             record = dict(json.loads((folder / "result.json").read_text()), state="finished")
         elif (folder / "status.json").is_file():
@@ -169,7 +187,7 @@ def snapshot(out: Path, dest: Path, page: Path | None = None) -> list[str]:
     saved = out / "models" / "config.json"
     dataset = json.loads(saved.read_text())["dataset"] if saved.is_file() else "fashion_mnist"
     table_figure(records, REFERENCES[dataset], dest / "table.png")
-    pairs = paired_differences(out)
+    pairs = _merge_pairs(paired_differences(out), dest / "paired_differences.json", {r["name"] for r in records})
     if pairs:
         write_json(dest / "paired_differences.json",
                    dict(note="mean over test images of a's log p(x) minus b's (nats), with the paired standard error; "
@@ -181,6 +199,18 @@ def snapshot(out: Path, dest: Path, page: Path | None = None) -> list[str]:
         update_page(page, {"state": taken + state_table(records)} | ({"pairs": pairs_table(pairs, labels)} if pairs
                                                                       else {}))
     return [r["name"] for r in records]
+
+
+def _merge_pairs(pairs: list[dict], earlier: Path, names: set[str]) -> list[dict]:
+    """``pairs`` (just computed) plus the earlier snapshot's pairs of rows in ``names`` that were not
+    recomputed (a row finished in another run folder keeps its paired differences)."""
+    if not earlier.is_file():
+        return pairs
+    done = {(p["a"], p["b"]) for p in pairs} | {(p["b"], p["a"]) for p in pairs}
+    kept = [p for p in json.loads(earlier.read_text())["pairs"]
+            if (p["a"], p["b"]) not in done and {p["a"], p["b"]} <= names]
+    order = {name: i for i, name in enumerate(ROWS)}
+    return sorted(kept + pairs, key=lambda p: (order[p["a"]], order[p["b"]]))
 
 
 def _bound_name(record: dict) -> str:

@@ -268,6 +268,32 @@ def test_snapshot_reads_a_history_whose_later_rows_leave_a_column_empty(tmp_path
                        {"epoch": 2.0, "validation_objective": -260.25}]
 
 
+def test_a_snapshot_keeps_rows_finished_in_another_run_folder_and_their_pairs(tmp_path):
+    # Rows finished in one run folder, newer rows trained in another: one snapshot folder holds all.
+    evaluation = dict(test_log_px_mean=-230.0, test_log_px_stderr=0.75, test_elbo=-233.0, active_units=12,
+                      latent_dim=40, best_epoch=2, epochs=2, stop_reason="early stopping: x",
+                      history=[{"epoch": 1, "validation_objective": -240.0}])
+    old, new, snap = tmp_path / "old" / "models", tmp_path / "new" / "models", tmp_path / "snap"
+    for name, values in (("vae", [-229.0, -231.0]), ("vae_warmup", [-228.0, -230.0])):
+        (old / name).mkdir(parents=True)
+        (old / name / "result.json").write_text(json.dumps(dict(evaluation, name=name, label=name)))
+        np.save(old / name / "test_log_px.npy", np.array(values))
+    assert dt.snapshot(tmp_path / "old", snap) == ["vae", "vae_warmup"]
+    (new / "hvae_warmup").mkdir(parents=True)
+    (new / "hvae_warmup" / "status.json").write_text(json.dumps(dict(
+        name="hvae_warmup", label="HVAE", epochs=1, state="training", resume_command="python -m x --resume")))
+    (snap / "iwae5.json").write_text(json.dumps({"name": "iwae5", "state": "partial"}))  # stale: its run is gone
+    assert dt.snapshot(tmp_path / "new", snap) == ["vae", "vae_warmup", "hvae_warmup"]
+    assert json.loads((snap / "vae.json").read_text())["test_log_px_mean"] == -230.0
+    assert json.loads((snap / "hvae_warmup.json").read_text())["state"] == "partial"
+    assert not (snap / "iwae5.json").exists()
+    (pair,) = json.loads((snap / "paired_differences.json").read_text())["pairs"]
+    assert (pair["a"], pair["b"], pair["mean_difference"]) == ("vae", "vae_warmup", pytest.approx(-1.0))
+    with pytest.raises(SystemExit, match="holds no density-table run"):
+        dt.snapshot(tmp_path / "typo", snap)
+    assert (snap / "vae.json").is_file()
+
+
 def test_paired_differences_against_a_hand_computation(tmp_path):
     models = tmp_path / "run" / "models"
     rows = {"vae": ("result.json", "test_log_px.npy", [1.0, 2.0, 3.0, 4.0], 7),
