@@ -31,8 +31,9 @@ The report records the CPU's model name and its bf16 capability (the
 ``/proc/cpuinfo`` flags avx512_bf16, amx_bf16, avx512f, avx2, and a kind such as
 "AVX2 without bf16" or "AVX512-BF16"): bf16 matmuls are fast only on a CPU with
 bf16 instructions, so a table is comparable only with tables of the same kind.
-``--quick`` runs PyTorch on one thread for 4 batches an epoch (a check that
-everything runs, in seconds; never a measurement).
+``--quick`` runs PyTorch on one thread for 4 batches an epoch, its compiled rows
+with the ``aot_eager`` backend instead of Inductor (a check that everything runs,
+in seconds; never a measurement).
 
 The 1-minute load average is sampled before and after every timed block, and the
 CPU time other processes used during its timed rounds is measured (from
@@ -110,6 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PyTorch's intra-op threads (0: its default, one per core)")
     parser.add_argument("--torch-batches", type=int, default=0,
                         help="batches of each timed PyTorch epoch (0: the whole epoch)")
+    parser.add_argument("--torch-compile-backend", default=None, choices=("inductor", "aot_eager"),
+                        help="backend of the 'pytorch compile' rows (default inductor, PyTorch's default and the "
+                             "one timed; --quick: aot_eager, which traces and differentiates the same graph without "
+                             "Inductor's tens of seconds of C++ compilation)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     if args.quick:
@@ -118,6 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.hidden_sizes, args.latent_dim, args.sweep_batch_size = [64, 64], 8, 64
         args.density_batch_size = 0  # the second block runs the same code at other widths: left out
         args.log_marginal_images, args.log_marginal_samples = 8, 100
+        args.torch_compile_backend = args.torch_compile_backend or "aot_eager"
+    args.torch_compile_backend = args.torch_compile_backend or "inductor"
     if min(args.batch_sizes) > args.examples or min(args.repeats, args.sweep_repeats) < 1:
         parser.error("need --repeats >= 1, --sweep-repeats >= 1 and batch sizes <= --examples")
     return args
@@ -189,7 +196,8 @@ def training_runners(data, models: dict, args, batch_size: int, torch_device: st
                                                            **common)
         if torch_device is not None:
             for name, compile in zip(names[-2:], (False, True)):
-                runners[name] = torch_vae.runner(data, compile=compile, autocast=precision == "bfloat16",
+                runners[name] = torch_vae.runner(data, compile=compile and args.torch_compile_backend,
+                                                 autocast=precision == "bfloat16",
                                                  max_batches=args.torch_batches or None, **torch_common)
     return runners
 

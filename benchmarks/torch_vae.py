@@ -71,23 +71,24 @@ def _mlp(widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_train_step(model: TorchVAE, *, compile: bool, learning_rate: float = 1e-3, autocast: bool = False
+def make_train_step(model: TorchVAE, *, compile: bool | str, learning_rate: float = 1e-3, autocast: bool = False
                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``step(batch [B, D]) -> loss`` doing one Adam update in place.
 
     Args:
       model: the VAE to train (updated in place).
-      compile: False for eager mode; True compiles the loss with its backward
-        (``torch.compile``, Inductor's C++ backend on CPU) and the optimizer
-        step, as PyTorch's tutorials recommend.
+      compile: False for eager mode; True (or a backend name, e.g. "aot_eager")
+        compiles the loss with its backward (``torch.compile``; True: Inductor,
+        its C++ backend on CPU) and the optimizer step, as PyTorch's tutorials recommend.
       learning_rate: Adam's step size.
       autocast: run the forward pass (and so its backward) under
         ``torch.autocast(device, dtype=torch.bfloat16)``: what a PyTorch user turns on for
         speed. Linear layers then multiply in bf16; parameters, Adam and the loss stay float32.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    loss_fn = torch.compile(model) if compile else model
-    update = torch.compile(optimizer.step) if compile else optimizer.step
+    backend = compile if isinstance(compile, str) else "inductor"
+    loss_fn = torch.compile(model, backend=backend) if compile else model
+    update = torch.compile(optimizer.step, backend=backend) if compile else optimizer.step
 
     def step(batch: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -117,7 +118,7 @@ def train_epoch(step: Callable[[torch.Tensor], torch.Tensor], data: torch.Tensor
     return float(total) / num_batches
 
 
-def runner(data: np.ndarray, *, batch_size: int, seed: int, compile: bool, hidden_sizes: Sequence[int],
+def runner(data: np.ndarray, *, batch_size: int, seed: int, compile: bool | str, hidden_sizes: Sequence[int],
            latent_dim: int, device: str = "cpu", warm_up_steps: int = 3, autocast: bool = False,
            max_batches: int | None = None) -> Runner:
     """A :class:`benchmarks.timing.Runner` training :class:`TorchVAE` on ``data [N, H, W, C]``.

@@ -15,6 +15,24 @@ ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 if "xla_backend_optimization_level" not in (ORIGINAL_XLA_FLAGS or ""):
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [ORIGINAL_XLA_FLAGS, "--xla_backend_optimization_level=0"]))
 
+
+# Many tests compile the same programs again: each CLI run, study or notebook kernel builds
+# a fresh jitted step of the same shapes, in this process, an xdist worker or a subprocess.
+# A compilation cache shared by the whole session (made here by the controlling process,
+# inherited by workers and subprocesses, deleted at exit) compiles each program once. It
+# stores executables keyed by their HLO, flags and versions, so every number is the one a
+# fresh compile gives. Measured on tests/test_cli.py alone: 23% less CPU time.
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache_dir = tempfile.mkdtemp(prefix="vae_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": _cache_dir,
+                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                       "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

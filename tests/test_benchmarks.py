@@ -118,6 +118,8 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     assert report["machine"]["cpu_capability"] == run.cpu_capability(open("/proc/cpuinfo").read())
     assert report["machine"]["versions"]["torch_threads"] == 1  # --quick: one PyTorch thread...
     assert report["config"]["torch_threads"] == 1 and report["config"]["torch_batches"] == 4
+    # Inductor's C++ compilation (tens of seconds on a fresh machine) is left to the slow test below
+    assert report["config"]["torch_compile_backend"] == "aot_eager"
     assert report["matmul_rate_gflops"] == max(row["gflops"] for row in report["matmul"]) > 0
     # One model block (--quick leaves the density model's, the same code at other widths, out), every
     # implementation in it.
@@ -327,3 +329,15 @@ def test_gpu_check_parts_run_on_the_cpu(tmp_path):
     slow = gpu_check.run_part([sys.executable, "-c", "import time; time.sleep(30)"], limit=0.5,
                               log=tmp_path / "slow.log")
     assert slow["status"] == "timed out after 0 s" and slow["seconds"] < 20
+
+
+@pytest.mark.slow
+def test_quick_run_with_inductor_compiles_the_pytorch_rows(tmp_path):
+    # The backend the full benchmark times: its rows train (finite, plausible losses) like the others.
+    out = tmp_path / "bench.json"
+    run.main(["--quick", "--torch-compile-backend", "inductor", "--precisions", "float32", "--out", str(out),
+              "--no-progress"])
+    report = json.loads(out.read_text())
+    assert report["config"]["torch_compile_backend"] == "inductor"
+    (row,) = [r for r in report["train"] if r["implementation"] == "pytorch compile"]
+    assert 0 < row["final_loss"] < 2 * 784 * math.log(2)
