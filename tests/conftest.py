@@ -9,8 +9,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # backend (LLVM) optimisation level 0 compiles them faster and computes the same maths
 # (the HLO passes and fusions are unchanged); measured on 146 tests side by side, 37%
 # less CPU time and 23% less wall time. Subprocesses (CLI runs, distributed tests)
-# inherit it. Tests whose cost is running, not compiling, take the original flags
-# back for their subprocesses with the ``optimized_xla`` fixture.
+# inherit it.
 ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 if "xla_backend_optimization_level" not in (ORIGINAL_XLA_FLAGS or ""):
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [ORIGINAL_XLA_FLAGS, "--xla_backend_optimization_level=0"]))
@@ -38,15 +37,6 @@ import pytest  # noqa: E402
 
 # Implicit rank promotion hides ELBO broadcasting bugs ([B] + [B, 1] -> [B, B]).
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-
-@pytest.fixture
-def optimized_xla(monkeypatch):
-    """Subprocesses started in this test (e.g. a notebook kernel) compile with XLA's default optimisation."""
-    if ORIGINAL_XLA_FLAGS is None:
-        monkeypatch.delenv("XLA_FLAGS", raising=False)
-    else:
-        monkeypatch.setenv("XLA_FLAGS", ORIGINAL_XLA_FLAGS)
 
 
 @pytest.fixture

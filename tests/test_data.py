@@ -307,7 +307,8 @@ def offline_tfds(tmp_path_factory):
 
 
 @needs_fmnist
-@pytest.mark.parametrize("split", ["test", "train"])
+# The train split reads through the same code as the test split, six times longer: slow only.
+@pytest.mark.parametrize("split", ["test", pytest.param("train", marks=pytest.mark.slow)])
 def test_tfds_fashion_mnist_equals_idx(offline_tfds, fmnist, split):
     # One prepare (both splits, about 25 s on 2 cores) serves the whole module.
     tfds, data_dir = offline_tfds
