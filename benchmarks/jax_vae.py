@@ -35,17 +35,18 @@ def _state(model: vj.VAE, data: np.ndarray, seed: int, *, beta: float = 1.0,
     return vj.create_train_state(model, jax.random.key(seed), data[0], optimizer, beta=beta)
 
 
-# XLA:CPU's copy insertion by region analysis: the epoch scan then updates the parameters in place
-# instead of copying 7 of its 14 parameter arrays (3.9 MB for 784-512-512-32) at every step.
-# Same numbers (bitwise, tests/test_benchmarks.py); CPU only.
-FEWER_COPIES = {"xla_cpu_copy_insertion_use_region_analysis": True}
+# vae_jax.train_epoch compiles with XLA:CPU's copy insertion by region analysis (no per-step
+# parameter copies; training.EPOCH_COMPILER_OPTIONS). This turns it off again: XLA's default,
+# which copies 7 of the 14 parameter arrays (3.9 MB for 784-512-512-32) at every step. Same numbers
+# (bitwise, tests/test_benchmarks.py); CPU only.
+PER_STEP_COPIES = {"xla_cpu_copy_insertion_use_region_analysis": False}
 
 
 def epoch_scan_runner(model: vj.VAE, data: np.ndarray, *, batch_size: int, seed: int,
                       compiler_options: dict | None = None) -> Runner:
     """:func:`vae_jax.train_epoch`: the data on the device, one compiled ``lax.scan`` per epoch.
 
-    ``compiler_options``: XLA options for this computation only (e.g. :data:`FEWER_COPIES`).
+    ``compiler_options``: XLA options for this computation only (e.g. :data:`PER_STEP_COPIES`).
     """
     step = vj.make_train_step(model.objective)
     box = {"state": _state(model, data, seed), "epoch": 0}

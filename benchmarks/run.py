@@ -19,9 +19,9 @@ interleaved, so that the ratios are fair even when the machine's load drifts:
   (:mod:`benchmarks.flops`) as a fraction of the float32 matmul rate, and its ratio
   to the fastest PyTorch configuration at that batch size;
 - vae_jax's epoch scan once more in each precision compiled with
-  ``jax_vae.FEWER_COPIES`` (XLA:CPU copy insertion by region analysis: the scan
-  updates the parameters in place instead of copying half of them every step;
-  the same numbers), on the CPU only;
+  ``jax_vae.PER_STEP_COPIES``: XLA:CPU's default copy insertion, which copies half
+  of the parameters every step, where ``train_epoch`` compiles with region
+  analysis and updates them in place (the same numbers), on the CPU only;
 - a sweep of 8 models (4 betas x 2 seeds), one epoch each: one vmapped
   computation vs one model after the other;
 - importance-sampled log p(x) with 5000 samples: seconds per 1000 test images,
@@ -68,10 +68,10 @@ from benchmarks import flops, jax_vae, matmul, torch_vae
 from benchmarks.timing import time_interleaved
 from vae_jax.data import binarize, load_dataset
 
-FEWER_COPIES = ", fewer copies"  # the epoch scan compiled with jax_vae.FEWER_COPIES (XLA:CPU only)
-FLOAT32_IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax epoch scan" + FEWER_COPIES, "vae_jax per-step loop",
+PER_STEP_COPIES = ", per-step copies"  # the epoch scan compiled with jax_vae.PER_STEP_COPIES (XLA:CPU only)
+FLOAT32_IMPLEMENTATIONS = ("vae_jax epoch scan", "vae_jax epoch scan" + PER_STEP_COPIES, "vae_jax per-step loop",
                            "hand-written jax step", "pytorch eager", "pytorch compile")
-BF16_IMPLEMENTATIONS = ("vae_jax epoch scan bf16", "vae_jax epoch scan bf16" + FEWER_COPIES,
+BF16_IMPLEMENTATIONS = ("vae_jax epoch scan bf16", "vae_jax epoch scan bf16" + PER_STEP_COPIES,
                         "pytorch eager bf16 autocast", "pytorch compile bf16 autocast")
 IMPLEMENTATIONS = FLOAT32_IMPLEMENTATIONS + BF16_IMPLEMENTATIONS
 PRECISIONS = ("float32", "bfloat16")
@@ -189,7 +189,7 @@ def training_runners(data, models: dict, args, batch_size: int, torch_device: st
         runners[names[0]] = jax_vae.epoch_scan_runner(models[precision], data, **common)
         if jax.default_backend() == "cpu":
             runners[names[1]] = jax_vae.epoch_scan_runner(models[precision], data, **common,
-                                                          compiler_options=jax_vae.FEWER_COPIES)
+                                                          compiler_options=jax_vae.PER_STEP_COPIES)
         if precision == "float32":
             runners[names[2]] = jax_vae.per_step_runner(models[precision], data, **common)
             runners[names[3]] = jax_vae.handwritten_runner(data, hidden_sizes=hidden_sizes, latent_dim=latent_dim,

@@ -193,9 +193,10 @@ def test_cpu_capability_of_a_machine_without_x86_flags():
     assert capability["kind"] == "unknown" and not any(capability["flags"].values())
 
 
-def test_fewer_copies_option_removes_the_per_step_parameter_copies_and_keeps_the_numbers():
-    """The epoch scan with jax_vae.FEWER_COPIES: no copy of a parameter in XLA:CPU's compiled epoch
-    (the default copies several every step) and, after one epoch, bitwise the same parameters."""
+def test_train_epoch_compiles_without_per_step_parameter_copies_and_the_same_numbers():
+    """vae_jax.train_epoch (training.EPOCH_COMPILER_OPTIONS): no copy of a parameter in XLA:CPU's
+    compiled epoch, where XLA's default (jax_vae.PER_STEP_COPIES) copies several every step; after one
+    epoch, bitwise the same parameters."""
     if jax.default_backend() != "cpu":
         pytest.skip("an XLA:CPU option")
     import re
@@ -204,7 +205,7 @@ def test_fewer_copies_option_removes_the_per_step_parameter_copies_and_keeps_the
     data = jnp.asarray(np.random.default_rng(0).random((64, 8, 8, 1)) < 0.3, jnp.float32)
     step = vj.make_train_step(model.objective)
     params, copies = [], []
-    for options in (None, jax_vae.FEWER_COPIES):
+    for options in (jax_vae.PER_STEP_COPIES, None):
         state = vj.create_train_state(model, jax.random.key(0), data[0], optax.adam(1e-3))
         compiled = vj.train_epoch.lower(step, state, data, jax.random.key(1), batch_size=16).compile(
             compiler_options=options)
