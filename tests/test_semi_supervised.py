@@ -77,7 +77,7 @@ def test_mixed_batches_train():
     model = m2((8, 8, 1), latent_dim=4, hidden_sizes=(32,), classifier_sizes=(32,))
     alpha = semi_supervised.paper_alpha(256, 64)
     state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3), alpha=alpha)
-    step = training.make_loss_step(conditional.paired_batch_loss(model.objective))
+    step = training.make_train_step(model.objective)
     losses, labelled_log_q = [], []
     for i in range(60):
         rows = slice(64 * (i % 4), 64 * (i % 4 + 1))
