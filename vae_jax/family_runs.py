@@ -34,7 +34,7 @@ def resolve_config(config: RunConfig, num_train: int) -> RunConfig:
     (saved so: a resumed run, ``evaluate`` and ``sample`` read the value it trained with)."""
     if config.model.kind != "m2" or config.train.alpha != 0:
         return config
-    alpha = paper_alpha(num_train, min(config.train.num_labelled, num_train))
+    alpha = paper_alpha(num_train, config.train.num_labelled)
     return dataclasses.replace(config, train=dataclasses.replace(config.train, alpha=alpha))
 
 

@@ -153,8 +153,8 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
         raise ValueError(f"train --checkpoint must be 'latest' or 'latest-intact', with --resume; got {checkpoint!r}.")
     runs.check_epochs(out, run.epochs, t.epochs)
     images, splits = load_images(config)
-    config = family_runs.resolve_config(config, len(images["train"]))
     data = family_runs.run_data(config, images, splits)
+    config = family_runs.resolve_config(config, len(images["train"]))
     input_shape = images["train"].shape[1:]
     model, state, step, eval_objective, metric = setup(config, input_shape)
     state = family_runs.start_state(config, model, state, data["train"])
