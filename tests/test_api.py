@@ -94,7 +94,8 @@ def _python_blocks(page: Path) -> list[str]:
 
 
 DOC_PAGES = [README] + [ROOT / "docs" / f"{name}.md" for name in (
-    "cli", "data", "ae_vs_vae", "beta_vae", "likelihoods", "gradient_estimators", "marginal_likelihood", "benchmarks")]
+    "cli", "data", "ae_vs_vae", "beta_vae", "likelihoods", "gradient_estimators", "marginal_likelihood", "benchmarks",
+    "model_families")]
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)

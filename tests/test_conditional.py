@@ -97,7 +97,7 @@ def test_train_step_on_labelled_digits_improves():
     x, y = jnp.asarray(split.images[:256]), jnp.asarray(split.labels[:256])
     model = conditional_vae((8, 8, 1), latent_dim=4, num_classes=10, hidden_sizes=(32,), learned_prior=True)
     state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3))
-    step = training.make_loss_step(conditional.paired_batch_loss(model.objective))
+    step = training.make_train_step(model.objective)
     losses = []
     for i in range(60):
         batch = (x[64 * (i % 4):64 * (i % 4 + 1)], y[64 * (i % 4):64 * (i % 4 + 1)])

@@ -77,7 +77,7 @@ def test_mixed_batches_train():
     model = m2((8, 8, 1), latent_dim=4, hidden_sizes=(32,), classifier_sizes=(32,))
     alpha = semi_supervised.paper_alpha(256, 64)
     state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(3e-3), alpha=alpha)
-    step = training.make_loss_step(conditional.paired_batch_loss(model.objective))
+    step = training.make_train_step(model.objective)
     losses, labelled_log_q = [], []
     for i in range(60):
         rows = slice(64 * (i % 4), 64 * (i % 4 + 1))
@@ -102,3 +102,20 @@ def test_bad_inputs_are_one_line_errors():
            networks.MLPEncoder(3, (), stochastic=False))
     with pytest.raises(ValueError, match="0 < num_labelled <= num_examples"):
         semi_supervised.paper_alpha(100, 0)
+
+
+def test_evaluation_is_the_label_free_bound_and_the_classifier_error():
+    model = m2((4, 4, 1), num_classes=3, latent_dim=2, hidden_sizes=(8,), classifier_sizes=(8,))
+    xs = jax.random.uniform(jax.random.key(0), (6, 4, 4, 1))
+    params = model.init(jax.random.key(1), xs[0])
+    ys = jnp.array([0, 1, 2, 0, 1, 2])
+    for i in range(6):
+        key = jax.random.key(10 + i)
+        value, aux = model.evaluation(params, key, (xs[i], ys[i]))
+        hidden = model.objective(params, key, (xs[i], jnp.asarray(semi_supervised.UNLABELLED)))[0]
+        log_q = jax.nn.log_softmax(model.classify(params, xs[i]))
+        assert float(value) == float(aux["bound"]) == float(hidden)  # the label plays no part in the bound
+        assert float(aux["error"]) == float(jnp.argmax(log_q) != ys[i])
+        np.testing.assert_allclose(aux["classifier_log_prob"], log_q[ys[i]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"label -1 is outside \[0, 3\)"):
+        model.evaluation(params, jax.random.key(1), (xs[0], jnp.asarray(-1)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from vae_jax import mlp, networks
+from vae_jax import mlp, networks, vq
 from vae_jax._checks import check_finite_number, check_hparams, check_positive_int
 from vae_jax.config import RunConfig, TrainConfig, parse_options
 from vae_jax.data import BINARIZATION_MODES
@@ -21,6 +21,7 @@ from vae_jax.distributions import LIKELIHOODS
 from vae_jax.estimators import registry
 from vae_jax.flow_models import FLOWS
 from vae_jax.models import ARCHITECTURES, KINDS, LATENTS, check_config
+from vae_jax.models import families
 from vae_jax.priors import PRIORS
 
 CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTURES,
@@ -28,7 +29,9 @@ CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTUR
            "objective": registry.BOUNDS, "binarization": ("auto", *BINARIZATION_MODES), "prior": PRIORS,
            "compute_dtype": networks.COMPUTE_DTYPES, "latent": LATENTS, "estimator": tuple(registry.ESTIMATORS),
            "flow": ("none", *FLOWS), "devices": ("one", "all"), "data_source": ("memory", "disk"),
-           "track": ("none", "tensorboard")}
+           "track": ("none", "tensorboard"), "conditional_prior": families.CONDITIONAL_PRIORS,
+           "codebook_update": vq.CODEBOOK_UPDATES}
+_ELBO_KINDS = ("vae", "conditional")  # trained on an ELBO with beta; m2 sums K ELBOs per example
 
 
 def estimator_help() -> str:
@@ -51,13 +54,39 @@ def validate(config: RunConfig) -> RunConfig:
     model, train = config.model, config.train
     if train.objective == "iwae" and model.kind != "vae":
         raise ValueError("objective 'iwae' needs a VAE (--model vae).")
-    if train.beta != 1.0 and (model.kind != "vae" or train.objective != "elbo"):
-        raise ValueError("beta applies to the ELBO of a VAE only; leave it at 1 for an AE or IWAE.")
-    if train.num_samples != 1 and model.kind != "vae":
-        raise ValueError("num_samples applies to a VAE only; an AE has no draws of z.")
+    if train.beta != 1.0 and (model.kind not in (*_ELBO_KINDS, "vq") or train.objective != "elbo"):
+        raise ValueError("beta applies to the ELBO of a VAE or conditional VAE (and is the commitment weight of a "
+                         "VQ-VAE); leave it at 1 for an AE, M2 or IWAE.")
+    if train.num_samples != 1 and model.kind not in (*_ELBO_KINDS, "m2"):
+        raise ValueError(f"num_samples applies to a VAE, conditional VAE or M2; kind={model.kind!r} has no draws "
+                         "of z.")
     if train.estimator or model.latent != "gaussian":
         _check_estimator(config)
+    _check_family_train(config)
     return config
+
+
+def _check_family_train(config: RunConfig) -> None:
+    """The training fields of ``kind`` ``conditional``, ``m2`` and ``vq``, and the defaults of the others."""
+    model, train = config.model, config.train
+    check_positive_int(train.num_labelled, "num_labelled")
+    if check_finite_number(train.alpha, "alpha") < 0:
+        raise ValueError(f"alpha must be >= 0 (0: the paper's 0.1 N / num_labelled); got {train.alpha!r}.")
+    if not 0 <= check_finite_number(train.ema_decay, "ema_decay") < 1:
+        raise ValueError(f"ema_decay must be in [0, 1); got {train.ema_decay!r}.")
+    defaults = TrainConfig()
+    ema = model.kind == "vq" and model.codebook_update == "ema"
+    for name, needs, ok in (("num_labelled", "--kind m2", model.kind == "m2"),
+                            ("alpha", "--kind m2", model.kind == "m2"),
+                            ("ema_decay", "--kind vq --codebook-update ema", ema)):
+        if getattr(train, name) != getattr(defaults, name) and not ok:
+            raise ValueError(f"{name} applies to {needs} only; leave it at {getattr(defaults, name)!r}.")
+    if model.kind in families.KINDS and (train.devices != "one" or train.data_source != "memory"):
+        raise ValueError(f"kind={model.kind!r} trains in memory on one device; leave --devices one and "
+                         "--data-source memory.")
+    if model.kind == "vq" and train.binarization == "dynamic":
+        raise ValueError("a VQ-VAE's step updates its codes from its own inputs, so it takes no dynamic "
+                         "binarisation; use --binarize static (the default for a Bernoulli VQ-VAE).")
 
 
 def _check_train(train: TrainConfig) -> None:
@@ -138,8 +167,10 @@ def _check_estimator(config: RunConfig) -> None:
 def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[str, Any], dict[str, float]]:
     """What ``config.train`` trains ``model`` with: ``(model, objective, hparams, estimator_state)``.
 
-    Without ``estimator``: the ELBO (pathwise, with ``beta``), the IWAE bound, or an AE's
-    reconstruction. With one: :func:`vae_jax.estimators.make_estimator` by name; an estimator
+    Without ``estimator``: the ELBO (pathwise, with ``beta``; a conditional VAE's of ``(x, y)``),
+    the IWAE bound, an AE's reconstruction, M2's objective (with ``alpha``, resolved from the data
+    first by :func:`vae_jax.family_runs.resolve_config`) or the VQ-VAE's (``beta`` its commitment
+    weight). With one: :func:`vae_jax.estimators.make_estimator` by name; an estimator
     that learns parameters (NVIL, REBAR, RELAX) gets them in the model's ``init`` (so in the
     train state), and ``baseline=running_mean`` a running ELBO mean in ``estimator_state``
     (starting at 0).
@@ -147,6 +178,12 @@ def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[st
     t = config.train
     if config.model.kind == "ae":
         return model, model.objective, {}, {}
+    if config.model.kind == "vq":
+        return model, model.objective, {"beta": t.beta}, {}
+    if config.model.kind == "m2":
+        if t.alpha <= 0:
+            raise ValueError("alpha 0 (the paper's) is resolved from the data: train through vae_jax.runner.")
+        return model, functools.partial(model.objective, num_samples=t.num_samples), {"alpha": t.alpha}, {}
     if not t.estimator:
         if t.objective != "elbo":
             name = registry.pathwise_estimator(t.objective)

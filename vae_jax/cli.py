@@ -28,7 +28,7 @@ from vae_jax.checkpoints import WHICH, CheckpointError
 from vae_jax.config import RESUMABLE_CHANGES, ModelConfig, RunConfig, TrainConfig
 from vae_jax.runs import RunLockedError, load_run_config
 
-_FLAGS = {"kind": ("--model",), "learning_rate": ("--lr",), "binarization": ("--binarize",),
+_FLAGS = {"kind": ("--model", "--kind"), "learning_rate": ("--lr",), "binarization": ("--binarize",),
           "compute_dtype": ("--compute-dtype", "--precision")}
 _HELP = {"estimator": estimator_help()}  # the registry's names, by latent kind
 
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample}")
 
-    p = sub.add_parser("train", help="train a VAE or AE, with checkpoints, metrics and figures",
+    p = sub.add_parser("train", help="train a VAE, AE, conditional VAE, M2 or VQ-VAE (--kind), with checkpoints, "
+                       "metrics and figures",
                        description="Train a model; every option defaults to the config dataclasses' value.",
                        allow_abbrev=False)
     p.add_argument("--out", type=_folder, required=True, help="run folder for checkpoints, metrics and figures "
@@ -89,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p.add_argument_group("training (vae_jax.config.TrainConfig)"), TrainConfig)
     p.set_defaults(func=_train)
 
-    for name, text in (("evaluate", "print and save (evaluation.json) the test ELBO and optionally log p(x)"),
-                       ("sample", "decode draws z ~ p(z) of the model's prior into a PNG grid")):
+    for name, text in (("evaluate", "print and save (evaluation.json) the test ELBO and optionally log p(x) (M2: "
+                                    "its bound and test error; VQ-VAE: reconstruction and codebook use)"),
+                       ("sample", "decode draws z ~ p(z) of the model's prior into a PNG grid (a conditional VAE "
+                                  "or M2: one row per class)")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".", allow_abbrev=False)
         p.add_argument("--run", type=Path, required=True, help="run folder written by vae-jax train")
         p.add_argument("--checkpoint", choices=WHICH, default="best",

@@ -158,28 +158,6 @@ class ConditionalVAE:
         return jax.vmap(one)(keys, y)
 
 
-def paired_batch_loss(objective: Any) -> Any:
-    """A batch loss of labelled pairs for :func:`vae_jax.training.make_loss_step`.
-
-    ``training.make_train_step`` vmaps over an array batch only (``batch.shape[0]``); this is
-    its batch loss for ``batch = (x [B, ...], y [B, ...])``: the per-example
-    ``objective(params, key, (x, y), **state.objective_kwargs())`` vmapped with ``B`` keys,
-    averaged, negated. It goes once ``training.batch_objective`` maps over any pytree batch.
-
-    Returns:
-      ``batch_loss(params, state, batch, key) -> (loss, aux)``, aux the batch means.
-    """
-
-    def batch_loss(params, state, batch, key):
-        x, y = split_example(batch, "a paired train step")
-        keys = jax.random.split(key, jnp.shape(x)[0])
-        kwargs = state.objective_kwargs()
-        values, aux = jax.vmap(lambda k, xi, yi: objective(params, k, (xi, yi), **kwargs))(keys, x, y)
-        return -jnp.mean(values), jax.tree.map(jnp.mean, aux)
-
-    return batch_loss
-
-
 def _join(x: jax.Array, c: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.reshape(x, -1).astype(jnp.float32), c])
 

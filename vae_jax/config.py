@@ -49,7 +49,11 @@ class ModelConfig:
     :func:`vae_jax.models.build_model`.
 
     Attributes:
-      kind: ``"vae"`` or ``"ae"`` (the deterministic autoencoder baseline).
+      kind: ``"vae"``, ``"ae"`` (the deterministic autoencoder baseline), ``"conditional"`` (a
+        :class:`vae_jax.conditional.ConditionalVAE` on the dataset's labels), ``"m2"`` (the
+        semi-supervised :class:`vae_jax.semi_supervised.M2`) or ``"vq"`` (a convolutional
+        :class:`vae_jax.vq.VQVAE` whose ``hidden_sizes`` are the channels of its stride-2
+        convolutions). A kind takes only the fields it uses; the others stay at their defaults.
       latent_dim: size ``d`` of z, ``>= 1``.
       likelihood: ``"bernoulli"``, ``"gaussian"`` or ``"gaussian_learned"``.
       architecture: ``"mlp"``, ``"conv"`` (needs H, W divisible by 4) or ``"gated_mlp"``
@@ -74,9 +78,17 @@ class ModelConfig:
         :data:`vae_jax.flow_models.FLOWS` (``"iaf"``, ``"planar"``, ``"householder"``); with
         ``num_layers >= 2`` on every layer's factor.
       flow_steps: steps of the flow.
+      num_classes: K, labels in ``[0, K)`` (``conditional``, ``m2``).
+      conditional_prior: p(z | y) of ``conditional``: ``"standard_normal"`` or ``"learned"``.
+      num_codes: codebook size K >= 2 (``vq``).
+      embedding_dim: D of each code (``vq``).
+      codebook_update: ``"loss"`` (the codebook loss trains the codes) or ``"ema"`` (exponential
+        moving averages of the assigned encoder outputs) (``vq``).
     """
 
-    kind: str = _field("vae", "'vae' or 'ae' (the deterministic autoencoder baseline)")
+    kind: str = _field("vae", "'vae', 'ae' (the deterministic autoencoder baseline), 'conditional' (on the "
+                       "dataset's labels), 'm2' (semi-supervised, --num-labelled labels) or 'vq' (VQ-VAE; "
+                       "--hidden-sizes are its conv channels)")
     latent_dim: int = _field(32, "size of the latent code z (2 also draws the latent space)")
     likelihood: str = _field("bernoulli", "p(x|z): 'bernoulli', 'gaussian' (sigma = 1) or 'gaussian_learned'")
     architecture: str = _field("mlp", "'mlp', 'conv' (image sides divisible by 4) or 'gated_mlp' "
@@ -97,6 +109,13 @@ class ModelConfig:
     flow: str = _field("none", "normalizing flow of the posterior: 'none' (diagonal Gaussian), 'iaf' (inverse "
                        "autoregressive, MADE), 'planar' or 'householder' (gated_mlp; every layer's with --num-layers)")
     flow_steps: int = _field(2, "steps of the --flow")
+    num_classes: int = _field(10, "classes K of the labels, in [0, K) (--kind conditional, m2)")
+    conditional_prior: str = _field("standard_normal", "p(z|y) of --kind conditional: 'standard_normal' or "
+                                    "'learned' (a Gaussian per class)")
+    num_codes: int = _field(64, "codebook size K >= 2 (--kind vq)")
+    embedding_dim: int = _field(16, "dimension of each code (--kind vq)")
+    codebook_update: str = _field("loss", "how the codes learn (--kind vq): 'loss' (the codebook loss) or 'ema' "
+                                  "(moving averages of the encoder outputs assigned to them)")
 
     def __post_init__(self):
         _normalise(self)
@@ -156,6 +175,12 @@ class TrainConfig:
         (:mod:`vae_jax.streaming`); the same batches and draws.
       track: ``"tensorboard"`` (event files in ``RUN/tensorboard``) or ``"none"``.
       mlflow_uri: an MLflow tracking server (``""``: none); needs ``vae_jax[mlflow]``.
+      num_labelled: training examples that keep their label for ``kind="m2"`` (chosen by ``seed``,
+        balanced over the classes); the others are unlabelled.
+      alpha: M2's weight of ``log q(y | x)`` per labelled example (``0``: the paper's
+        ``0.1 N / N_l``, :func:`vae_jax.semi_supervised.paper_alpha`, resolved and saved when the
+        run starts).
+      ema_decay: decay of the EMA codebook update (``kind="vq"``, ``codebook_update="ema"``).
     """
 
     dataset: str = _field("fashion_mnist", "'fashion_mnist' (offline IDX files), 'digits' "
@@ -187,6 +212,11 @@ class TrainConfig:
                         "'none'; may change on --resume")
     mlflow_uri: str = _field("", "MLflow tracking server, e.g. http://127.0.0.1:5000 ('': none; needs "
                              "vae_jax[mlflow]); a server that fails costs a warning; may change on --resume")
+    num_labelled: int = _field(100, "training examples that keep their label for --kind m2 (chosen by --seed, "
+                               "balanced over the classes); the rest are unlabelled")
+    alpha: float = _field(0.0, "weight of log q(y|x) per labelled example for --kind m2 (0: the paper's "
+                          "0.1 N / num_labelled, resolved when the run starts)")
+    ema_decay: float = _field(0.99, "decay of the EMA codebook update (--kind vq --codebook-update ema)")
 
     def __post_init__(self):
         _normalise(self)
@@ -195,14 +225,15 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A model and its training; ``binarization`` is resolved from ``"auto"`` (dynamic for a
-    Bernoulli likelihood, none otherwise). Checked by :func:`vae_jax.build.validate`."""
+    Bernoulli likelihood, static for a Bernoulli VQ-VAE, none otherwise). Checked by :func:`vae_jax.build.validate`."""
 
     model: ModelConfig
     train: TrainConfig
 
     def __post_init__(self):
-        if self.train.binarization == "auto":
-            mode = "dynamic" if self.model.likelihood == "bernoulli" else "none"
+        if self.train.binarization == "auto":  # a VQ step's EMA must see its inputs: no draws inside the step
+            mode = ("static" if self.model.kind == "vq" else "dynamic") if self.model.likelihood == "bernoulli" \
+                else "none"
             object.__setattr__(self, "train", dataclasses.replace(self.train, binarization=mode))
 
     def to_dict(self) -> dict[str, Any]:

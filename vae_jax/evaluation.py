@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vae_jax._checks import check_dataset, check_hparams, check_positive_int, checked
-from vae_jax.training import batch_objective
+from vae_jax.training import batch_objective, device_examples, num_examples, take
 
 
 class MarginalEstimate(NamedTuple):
@@ -76,14 +76,20 @@ def _batch_posterior_mean(model, params, batch):
     return jax.vmap(lambda x: model.encode(params, x)[0])(batch)
 
 
-def _check_examples(model: Any, data: Any) -> np.ndarray:
-    """``data`` as NumPy, checked against ``model.likelihood`` and (when the model has one) ``model.input_shape``."""
-    data = check_dataset(data, likelihood=getattr(model, "likelihood", None))
+def _check_examples(model: Any, data: Any) -> Any:
+    """``data`` as NumPy (a tuple ``(x, y, ...)`` leaf by leaf), its images ``x`` checked against
+    ``model.likelihood`` and (when the model has one) ``model.input_shape``."""
+    pair = isinstance(data, tuple)
+    x = check_dataset(data[0] if pair else data, likelihood=getattr(model, "likelihood", None))
     expected = getattr(model, "input_shape", None)
-    if expected is not None and tuple(data.shape[1:]) != tuple(expected):
-        hint = " (one example? add the batch axis: x[None])" if tuple(data.shape) == tuple(expected) else ""
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        hint = " (one example? add the batch axis: x[None])" if tuple(x.shape) == tuple(expected) else ""
         raise ValueError(f"data must be [N, {', '.join(map(str, expected))}] for this model; got shape "
-                         f"{tuple(data.shape)}{hint}.")
+                         f"{tuple(x.shape)}{hint}.")
+    if not pair:
+        return x
+    data = (x, *(np.asarray(leaf) for leaf in data[1:]))
+    device_examples(data)  # the leaves share N
     return data
 
 
@@ -100,8 +106,9 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
       model: a VAE, or anything with ``log_marginal(params, key, x, *, num_samples,
         chunk_size) -> scalar`` (hashable: it is static under jit).
       params: its parameters.
-      data: ``[N, ...]`` examples as the model expects them; binarise beforehand
-        for a Bernoulli model (e.g. once, with a fixed seed, for a test set).
+      data: ``[N, ...]`` examples as the model expects them, or a tuple such as ``(x [N, ...],
+        y [N])`` for a conditional model (``log p(x | y)``); binarise beforehand for a Bernoulli
+        model (e.g. once, with a fixed seed, for a test set).
       key: PRNG key.
       num_samples: importance samples per example (5000 in the literature).
       chunk_size: samples decoded at once per example; memory scales with
@@ -120,16 +127,16 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
     """
     data = _check_examples(model, data)
     check_positive_int(batch_size, "batch_size")
-    n = data.shape[0]
+    n = num_examples(data)
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
     values = []
     for b in tqdm(range(num_batches), desc=desc, disable=not progress, leave=False):
         index = np.arange(b * batch_size, (b + 1) * batch_size)
         valid = index < n
-        batch = data[np.where(valid, index, 0)]  # padding repeats example 0; dropped below
+        batch = take(data, np.where(valid, index, 0))  # padding repeats example 0; dropped below
         keys = jax.vmap(functools.partial(jax.random.fold_in, key))(jnp.asarray(index))
-        out = _batch_log_marginal(model, params, jnp.asarray(batch), keys, num_samples=num_samples,
+        out = _batch_log_marginal(model, params, jax.tree.map(jnp.asarray, batch), keys, num_samples=num_samples,
                                   chunk_size=chunk_size)
         values.append(np.asarray(out, np.float64)[valid])
     values = np.concatenate(values)
@@ -184,10 +191,14 @@ def active_units(model: Any, params: Any, data: Any, *, threshold: float = 0.01,
 
 
 def _evaluate_sums(objective, params, data, key, hparams, *, batch_size):
-    n = data.shape[0]
+    n = num_examples(data)
     num_batches = -(-n // batch_size)
-    padded = jnp.concatenate([data, jnp.zeros((num_batches * batch_size - n, *data.shape[1:]), data.dtype)])
-    padded = padded.reshape(num_batches, batch_size, *data.shape[1:])
+
+    def pad(leaf):
+        leaf = jnp.concatenate([leaf, jnp.zeros((num_batches * batch_size - n, *leaf.shape[1:]), leaf.dtype)])
+        return leaf.reshape(num_batches, batch_size, *leaf.shape[1:])
+
+    padded = jax.tree.map(pad, data)
     weights = (jnp.arange(num_batches * batch_size) < n).reshape(num_batches, batch_size)
 
     def body(totals, inputs):
@@ -197,7 +208,7 @@ def _evaluate_sums(objective, params, data, key, hparams, *, batch_size):
         return jax.tree.map(jnp.add, totals, sums), None
 
     zeros = jax.tree.map(lambda v: jnp.zeros((), v.dtype),
-                         jax.eval_shape(lambda: batch_objective(objective, params, key, padded[0], hparams)))
+                         jax.eval_shape(lambda: batch_objective(objective, params, key, take(padded, 0), hparams)))
     init = {"objective": zeros[0], **zeros[1]}
     totals, _ = jax.lax.scan(body, init, (padded, weights, jax.random.split(key, num_batches)))
     return jax.tree.map(lambda t: t / n, totals)
@@ -213,12 +224,12 @@ def _evaluate_checked(objective, batch_size):
     return checked(functools.partial(_evaluate_sums, objective, batch_size=batch_size))
 
 
-def as_device_data(data: Any) -> jax.Array:
-    """``data`` as a float32 device array with at least one example."""
-    data = jnp.asarray(data)
-    if data.ndim < 1 or data.shape[0] == 0:
-        raise ValueError(f"data must hold at least one example along axis 0; got shape {data.shape}.")
-    return data
+def as_device_data(data: Any) -> Any:
+    """``data`` on the device (an array, or a tuple of arrays that share ``N``) with at least one example."""
+    shape = np.shape(data[0] if isinstance(data, tuple) else data)
+    if len(shape) < 1 or shape[0] == 0:
+        raise ValueError(f"data must hold at least one example along axis 0; got shape {shape}.")
+    return device_examples(data)
 
 
 def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *, likelihood: str | None = None,
@@ -229,7 +240,9 @@ def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *, likeliho
       objective: per-example ``(params, key, x, **hparams) -> (value, aux)``, e.g.
         ``model.objective`` or an estimator of :func:`vae_jax.estimators.make_estimator`.
       params: model parameters.
-      data: ``[N, H, W, C]``; binarise it beforehand if the model expects binary data.
+      data: ``[N, H, W, C]``, or a tuple such as ``(x [N, H, W, C], y [N])`` of labelled
+        examples (the likelihood check looks at ``x``); binarise the images beforehand if the
+        model expects binary data.
       key: PRNG key for the objective's draws.
       likelihood: the model's likelihood, for the data check before anything is compiled
         (``"bernoulli"``: values in ``[0, 1]``); ``None``: finite values only.
@@ -251,10 +264,10 @@ def evaluate(objective: Any, params: Any, data: Any, key: jax.Array, *, likeliho
     check_positive_int(batch_size, "batch_size")
     check_hparams(hparams)
     if check:
-        check_dataset(data, likelihood=likelihood)
+        check_dataset(data[0] if isinstance(data, tuple) else data, likelihood=likelihood)
     data = as_device_data(data)
     hparams = {k: jnp.asarray(v, jnp.float32) for k, v in (hparams or {}).items()}
-    batch_size = min(batch_size, data.shape[0])
+    batch_size = min(batch_size, num_examples(data))
     if check:
         out = _evaluate_checked(objective, batch_size)(params, data, key, hparams)
     else:

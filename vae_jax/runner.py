@@ -32,7 +32,7 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import estimators, evaluation, hooks, parallel, plotting, runs, tracking, training
+from vae_jax import estimators, evaluation, family_runs, hooks, parallel, plotting, runs, tracking, training
 from vae_jax._checks import check_positive_int
 from vae_jax.build import training_objective, validate
 from vae_jax.checkpoints import RunCheckpoints
@@ -74,7 +74,8 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
     Returns:
       ``(model, state, train_step, eval_objective, metric)``: ``eval_objective``
       is the ELBO at beta = 1 with one draw (an AE: its reconstruction
-      log-likelihood); ``metric`` names the history column that ranks checkpoints.
+      log-likelihood; a conditional VAE, M2 or VQ-VAE: :func:`vae_jax.family_runs.setup`);
+      ``metric`` names the history column that ranks checkpoints.
     """
     t = config.train
     model, objective, hparams, estimator_state = training_objective(config, build_model(config.model, input_shape))
@@ -82,6 +83,8 @@ def setup(config: RunConfig, input_shape: tuple[int, ...]):
     example = jnp.zeros(input_shape)
     state = training.create_train_state(model, key_init, example, optax.adam(t.learning_rate),
                                         estimator_state=estimator_state, **hparams)
+    if family_runs.is_family(config):
+        return (model, *family_runs.setup(config, model, state, objective, key_init))
     # Trace the objective once: an estimator that does not fit the model raises its ValueError here.
     jax.eval_shape(lambda p: objective(p, key_init, example, **state.objective_kwargs()), state.params)
     step = training.make_train_step(objective, dynamic_binarization=t.binarization == "dynamic")
@@ -150,9 +153,12 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
         raise ValueError(f"train --checkpoint must be 'latest' or 'latest-intact', with --resume; got {checkpoint!r}.")
     runs.check_epochs(out, run.epochs, t.epochs)
     images, splits = load_images(config)
+    data = family_runs.run_data(config, images, splits)
+    config = family_runs.resolve_config(config, len(images["train"]))
     input_shape = images["train"].shape[1:]
     model, state, step, eval_objective, metric = setup(config, input_shape)
-    state, step, train_data, epoch_fn = _placement(config, out, state, step, images["train"])
+    state = family_runs.start_state(config, model, state, data["train"])
+    state, step, train_data, epoch_fn = _placement(config, out, state, step, data["train"])
     _, key_fit, key_eval = _keys(t.seed)
     trackers = _trackers(config, out, model, images["validation"], start=max(run.epochs, default=0))
     log = _RunLog(out, metric, t.epochs, runs.previous_seconds(out / "run.json") if run.resume else 0.0)
@@ -161,7 +167,7 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
         log.write([], status="starting")  # first: marks the folder as this run's
         write_json(out / "config.json", saved)
     plan = runs.FitPlan(step, train_data, key_fit, t.epochs, t.batch_size, metric,
-                        hooks.Validate(eval_objective, images["validation"], key_eval), config=bound_config(config),
+                        hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config),
                         logs=(runs.CSVLog(out / "metrics.csv"), log, *trackers), progress=progress,
                         epoch_fn=epoch_fn)
     try:
@@ -173,7 +179,7 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
                 "Run the same command again (without --resume) to start over.")
         print(f"\nInterrupted after {stop.epochs} complete epochs; {stop.kept} {then}", flush=True)
         return 130
-    _finish(out, config, model, result, images, splits, metric)
+    _finish(out, config, model, result, images, splits, metric, data["test"])
     _close(trackers, out, status="FINISHED")
     return 0
 
@@ -215,7 +221,8 @@ def _trackers(config: RunConfig, out: Path, model: Any, validation: np.ndarray, 
     """
     t, found = config.train, []
     if t.track == "tensorboard":
-        images = tracking.model_images(model, validation[:8], jax.random.key(t.seed), num_samples=16)
+        images = (None if family_runs.is_family(config)  # a conditional VAE, M2 and VQ-VAE log scalars only
+                  else tracking.model_images(model, validation[:8], jax.random.key(t.seed), num_samples=16))
         found.append(tracking.TensorBoard(out / "tensorboard", images=images, start_epoch=start))
     if t.mlflow_uri:
         flat = {f"{part}.{k}": v for part, fields in config.to_dict().items() for k, v in fields.items()}
@@ -256,11 +263,14 @@ def _say_resumed(out: Path, saved: dict[str, Any]):
 
 
 def _finish(out: Path, config: RunConfig, model: Any, result: runs.Fitted, images: dict, splits: dict,
-            metric: str) -> None:
+            metric: str, test: Any) -> None:
     """The run's figures and its summary line."""
     history = result.history
-    plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
-                              metric)
+    if family_runs.is_family(config):
+        family_runs.save_figures(out, model, result.state.params, config, test, history, metric)
+    else:
+        plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
+                                  metric)
     if config.model.latent != "gaussian":
         print(f"No latent-space figures: the {config.model.latent_dim} {config.model.latent} latents have no "
               "continuous 2-D code to scatter or grid to decode (reconstructions use q's most probable b).",
@@ -297,17 +307,18 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
     """
     run = Path(run)
     config, model, params, eval_objective, epoch = _restore(run, which)
-    if num_samples and config.model.kind != "vae":
-        raise ValueError("--num-samples estimates log p(x), which needs a VAE.")
-    images, _ = load_images(config)
-    x = images["test"][: examples or None]
+    if num_samples and config.model.kind not in ("vae", "conditional"):
+        raise ValueError("--num-samples estimates log p(x), which needs a VAE (or log p(x|y), of a conditional VAE).")
+    images, splits = load_images(config)
+    x = training.take(family_runs.run_data(config, images, splits)["test"], slice(0, examples or None))
     key_elbo, key_marginal = jax.random.split(jax.random.key(seed))
     test = evaluation.evaluate(eval_objective, params, x, key_elbo)
-    results = {"checkpoint": which, "epoch": epoch, "test_examples": len(x),
-               **{f"test_{k}": v for k, v in test.items() if k != "objective"}}
+    results = {"checkpoint": which, "epoch": epoch, "test_examples": training.num_examples(x),
+               **{f"test_{k}": v for k, v in test.items() if k != "objective"},
+               **family_runs.extra_test_numbers(config, model, params, x)}
     if num_samples:
         # float32 whatever the run's compute_dtype (same parameters): the reference number
-        model = build_model(dataclasses.replace(config.model, compute_dtype="float32"), x.shape[1:])
+        model = build_model(dataclasses.replace(config.model, compute_dtype="float32"), images["test"].shape[1:])
         estimate = evaluation.log_marginal(model, params, x, key_marginal, num_samples=num_samples,
                                            progress=progress)
         results.update(test_log_marginal=estimate.mean, test_log_marginal_stderr=estimate.stderr,
@@ -345,16 +356,16 @@ def sample_path(run: Path, out: Path | None) -> Path:
 
 
 def sample_run(run: Path, out: Path | None = None, *, which: str = "best", seed: int = 0, n: int = 64) -> Path:
-    """Decodes ``n`` draws ``z ~ p(z)`` of the run's model into a PNG grid; returns the path written.
+    """Decodes ``n`` draws ``z ~ p(z)`` of the run's model into a PNG grid (a conditional VAE or M2: one
+    row per class, :func:`vae_jax.family_runs.sample_grid`); returns the path written.
 
     ``out`` as :func:`sample_path` resolves it. The PNG is written to a temporary
     file and renamed, so a full disk leaves no empty or partial PNG.
     """
     run, n = Path(run), check_positive_int(n, "n")
     path = sample_path(run, out)
-    _, model, params, _, epoch = _restore(run, which)
-    samples = np.asarray(model.sample(params, jax.random.key(seed), n))
-    ncols = max(1, int(round(n ** 0.5)))
+    config, model, params, _, epoch = _restore(run, which)
+    samples, ncols = family_runs.sample_grid(config, model, params, jax.random.key(seed), n)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:

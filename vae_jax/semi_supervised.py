@@ -110,6 +110,10 @@ class M2:
     def likelihood(self) -> str:
         return self.cvae.likelihood
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.cvae.input_shape
+
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         """Parameters for one image ``x``."""
         k_vae, k_cls = jax.random.split(key)
@@ -147,6 +151,21 @@ class M2:
         mask = labelled.astype(jnp.float32)
         return value, {"bound": bound, "classifier_log_prob": mask * log_q_y, "labelled": mask,
                        "correct": mask * (jnp.argmax(logits) == label)}
+
+    def evaluation(self, params: Params, key: jax.Array, example: Any, **elbo_kwargs) -> tuple[jax.Array, dict]:
+        """Held-out numbers of a labelled ``example = (x, y)``, the label hidden from the bound.
+
+        Returns:
+          ``(U(x), aux)``: ``bound`` (``U(x)``, the label summed out, nats), ``error`` (1 if the
+          classifier's most probable class is not ``y``, else 0) and ``classifier_log_prob``
+          (``log q(y | x)``).
+        """
+        x, y = split_example(example, "M2")
+        check_labels(y, self.num_classes)
+        logits = self.classify(params, x)
+        bound = unlabelled_bound(self.bounds(params, key, x, **elbo_kwargs), logits)
+        return bound, {"bound": bound, "error": (jnp.argmax(logits) != y).astype(jnp.float32),
+                       "classifier_log_prob": jax.nn.log_softmax(logits)[y]}
 
 
 def m2(input_shape: Sequence[int], *, num_classes: int = 10, latent_dim: int = 32,

@@ -2,7 +2,10 @@
 
 An *objective* is a per-example function ``objective(params, key, x, **hparams)
 -> (value, aux)`` to MAXIMISE (e.g. :meth:`vae_jax.models.VAE.objective`),
-where ``aux`` is a dict of scalars. The train step vmaps it over the batch with
+where ``aux`` is a dict of scalars. An example ``x`` is an array, or a tuple of
+arrays such as a labelled pair ``(x, y)`` (:mod:`vae_jax.conditional`,
+:mod:`vae_jax.semi_supervised`): the data is then the tuple ``(x [N, ...],
+y [N, ...])``, indexed, shuffled and padded leaf by leaf. The train step vmaps it over the batch with
 one key per example, averages, and takes an Optax step on ``-mean(value)``.
 Hyper-parameters such as ``beta`` live in :attr:`TrainState.hparams`, each a
 constant or a schedule of the step (:mod:`vae_jax.schedules`), so a sweep is a
@@ -105,14 +108,45 @@ def create_train_state(model: Any, key: jax.Array, example: jax.Array, optimizer
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def batch_objective(objective: Objective, params: Any, key: jax.Array, batch: jax.Array,
+def num_examples(data: Any) -> int:
+    """``N``: the leading axis of ``data [N, ...]``, or of the first array of a tuple ``(x [N, ...], y [N, ...])``."""
+    return jax.tree.leaves(data)[0].shape[0]
+
+
+def device_examples(data: Any) -> Any:
+    """``data`` on the device: one array ``[N, ...]`` (a list is stacked), or a tuple of arrays that share
+    their leading axis ``N`` (e.g. images and labels).
+
+    Raises:
+      ValueError: an array without a leading axis, or the arrays of a tuple with different ``N``.
+    """
+    if not isinstance(data, tuple):
+        data = jnp.asarray(data)
+        if data.ndim < 1:
+            raise ValueError(f"data must be [N, ...] examples; got shape {data.shape}.")
+        return data
+    data = jax.tree.map(jnp.asarray, data)
+    shapes = [leaf.shape for leaf in jax.tree.leaves(data)]
+    if not shapes or any(len(s) < 1 or s[0] != shapes[0][0] for s in shapes):
+        raise ValueError(f"the arrays of a tuple of examples, e.g. (images, labels), must share their first axis N; "
+                         f"got shapes {shapes}.")
+    return data
+
+
+def take(data: Any, index: Any) -> Any:
+    """``data[index]``, leaf by leaf for a tuple of arrays."""
+    return jax.tree.map(lambda leaf: leaf[index], data)
+
+
+def batch_objective(objective: Objective, params: Any, key: jax.Array, batch: Any,
                     hparams: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Per-example ``objective`` vmapped over ``batch [B, ...]`` with ``B`` keys.
+    """Per-example ``objective`` vmapped over ``batch [B, ...]`` (or a tuple such as
+    ``(x [B, ...], y [B])``, vmapped leaf by leaf) with ``B`` keys.
 
     Returns:
       ``(values [B], aux)`` with every aux entry ``[B]``.
     """
-    keys = jax.random.split(key, batch.shape[0])
+    keys = jax.random.split(key, num_examples(batch))
     return jax.vmap(lambda k, x: objective(params, k, x, **hparams))(keys, batch)
 
 
@@ -122,8 +156,9 @@ def make_train_step(objective: Objective, *, dynamic_binarization: bool = False,
 
     Args:
       objective: per-example ``(params, key, x, **hparams) -> (value, aux)`` to maximise.
-      dynamic_binarization: if True, each step replaces the grey-level batch by
-        a fresh Bernoulli draw (pixel intensity = probability) from the step's key.
+      dynamic_binarization: if True, each step replaces the grey-level batch (the images
+        ``x`` of a pair ``(x, y)``) by a fresh Bernoulli draw (pixel intensity = probability)
+        from the step's key.
       grad_norm: also report the gradient's global norm. Off by default: it reads
         every gradient once more outside the optimiser's fused update, which cost
         about 15% of the step's memory traffic for an MLP VAE at batch 128.
@@ -156,7 +191,7 @@ def make_loss_step(batch_loss: Callable, *, dynamic_binarization: bool = False, 
     def train_step(state: TrainState, batch: jax.Array, key: jax.Array):
         key_data, key_objective = jax.random.split(key)
         if dynamic_binarization:
-            batch = binarize_dynamic(key_data, batch)
+            batch = _binarize_images(key_data, batch)
         (loss, aux), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params, state, batch,
                                                                           key_objective)
         metrics = {"loss": loss, **aux}
@@ -165,6 +200,13 @@ def make_loss_step(batch_loss: Callable, *, dynamic_binarization: bool = False, 
         return state.apply_gradients(grads=grads), metrics
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+def _binarize_images(key: jax.Array, batch: Any) -> Any:
+    """A Bernoulli draw of the images: ``batch`` itself, or the ``x`` of a pair ``(x, y, ...)`` (labels stay)."""
+    if isinstance(batch, tuple):
+        return (binarize_dynamic(key, batch[0]), *batch[1:])
+    return binarize_dynamic(key, batch)
 
 
 # XLA:CPU's copy insertion by region analysis: the epoch's scan then updates the parameters and
@@ -177,7 +219,7 @@ EPOCH_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 @functools.partial(jax.jit, static_argnames=("train_step", "batch_size"), donate_argnames=("state",),
                    compiler_options=EPOCH_COMPILER_OPTIONS)
-def train_epoch(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array, *,
+def train_epoch(train_step: Callable, state: TrainState, data: Any, key: jax.Array, *,
                 batch_size: int) -> tuple[TrainState, dict[str, jax.Array]]:
     """One epoch over shuffled batches of on-device ``data`` as one ``lax.scan``.
 
@@ -186,7 +228,8 @@ def train_epoch(train_step: Callable, state: TrainState, data: jax.Array, key: j
     Args:
       train_step: from :func:`make_train_step`.
       state: the current state (donated).
-      data: ``[N, H, W, C]`` training images, already on the device.
+      data: ``[N, H, W, C]`` training images, or a tuple such as ``(images [N, H, W, C],
+        labels [N])`` shuffled together, already on the device.
       key: PRNG key for the shuffle and the steps.
       batch_size: examples per step, ``<= N``.
 
@@ -194,16 +237,17 @@ def train_epoch(train_step: Callable, state: TrainState, data: jax.Array, key: j
       ``(state, metrics)``: metrics are the means over the epoch's steps.
     """
     check_positive_int(batch_size, "batch_size")
-    num_batches = data.shape[0] // batch_size
+    n = num_examples(data)
+    num_batches = n // batch_size
     if num_batches == 0:
-        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({data.shape[0]} examples).")
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples).")
     key_perm, key_steps = jax.random.split(key)
-    order = jax.random.permutation(key_perm, data.shape[0])[: num_batches * batch_size]
+    order = jax.random.permutation(key_perm, n)[: num_batches * batch_size]
     order = order.reshape(num_batches, batch_size)
 
     def body(state, inputs):
         index, step_key = inputs
-        return train_step(state, data[index], step_key)
+        return train_step(state, take(data, index), step_key)
 
     state, metrics = jax.lax.scan(body, state, (order, jax.random.split(key_steps, num_batches)))
     return state, jax.tree.map(jnp.mean, metrics)
@@ -225,7 +269,7 @@ class FitResult(NamedTuple):
     stop_reason: str
 
 
-def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array, *, epochs: int,
+def fit(train_step: Callable, state: TrainState, data: Any, key: jax.Array, *, epochs: int,
         batch_size: int, history: Sequence[Metrics] = (), hooks: Sequence[Hook] = (),
         epoch_fn: Callable | None = None, progress: bool = True, desc: str = "train") -> FitResult:
     """THE epoch loop: compiled epochs, then the hooks, until ``epochs`` or a hook stops it.
@@ -237,7 +281,8 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
     Args:
       train_step: from :func:`make_train_step` (or any ``(state, batch, key) -> (state, metrics)``).
       state: the state after ``len(history)`` epochs (donated: do not reuse it).
-      data: ``[N, H, W, C]`` training images, or a source that ``epoch_fn`` reads (e.g.
+      data: ``[N, H, W, C]`` training images, a tuple of arrays that share ``N`` (e.g.
+        ``(images, labels)`` for :mod:`vae_jax.conditional`), or a source that ``epoch_fn`` reads (e.g.
         :class:`vae_jax.streaming.DiskImages` with :func:`vae_jax.streaming.train_epoch_streaming`).
       key: the run's training key.
       epochs: total number of epochs (including those in ``history``).
@@ -260,20 +305,20 @@ def fit(train_step: Callable, state: TrainState, data: jax.Array, key: jax.Array
     Raises:
       FloatingPointError: the training loss or the parameters became non-finite
         (names the epoch and its steps).
-      ValueError: ``epochs`` or ``batch_size`` is not a positive int, or the data is empty.
+      ValueError: ``epochs`` or ``batch_size`` is not a positive int, the data is empty, or the
+        arrays of a tuple differ in ``N``.
     """
     # Over 60 lines for its docstring only: THE loop's contract (resume, hooks, stop) is stated here once.
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     if isinstance(data, (np.ndarray, jax.Array, list, tuple)):
-        data = jnp.asarray(data)  # else a source its epoch_fn reads (e.g. vae_jax.streaming.DiskImages)
-        if data.ndim < 1:
-            raise ValueError(f"data must be [N, ...] examples; got shape {data.shape}.")
-    if len(data) < batch_size:
-        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({len(data)} examples).")
+        data = device_examples(data)  # else a source its epoch_fn reads (e.g. vae_jax.streaming.DiskImages)
+    n = num_examples(data) if isinstance(data, tuple) else len(data)
+    if n < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} examples).")
     epoch_fn = epoch_fn or train_epoch
     history = [dict(row) for row in history]
-    steps = len(data) // batch_size
+    steps = n // batch_size
     stop_reason = "max epochs"
     bar = tqdm(range(len(history), epochs), initial=len(history), total=epochs, desc=desc,
                disable=not progress, leave=False, unit="epoch")

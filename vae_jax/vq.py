@@ -205,6 +205,10 @@ class VQVAE:
         """The parameters of p(x | c) of a code grid ``[h, w]``."""
         return self.decoder.apply({"params": params["decoder"]}, params["codebook"][codes])
 
+    def reconstruct(self, params: Params, x: jax.Array) -> jax.Array:
+        """The mean of p(x | c) at the codes of ``x``: ``[H, W, C]``."""
+        return distributions.likelihood_mean(self.likelihood, self.decode_codes(params, self.codes(params, x)))
+
     def objective(self, params: Params, key: jax.Array, x: jax.Array, *, beta: float | jax.Array = 0.25
                   ) -> tuple[jax.Array, dict]:
         """``log p(x | z_q) - codebook - beta * commitment`` (no codebook term with EMA), to maximise;

@@ -17,11 +17,12 @@ from vae_jax.flow_models import FLOWS, FlowVAE
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax._checks import check_positive_int
 from vae_jax.config import ModelConfig
+from vae_jax.models import families
 from vae_jax.models.discrete import DiscreteVAE
 from vae_jax.models.gaussian import AE, VAE
 
 ARCHITECTURES = ("mlp", "conv", "gated_mlp")
-KINDS = ("vae", "ae")
+KINDS = ("vae", "ae", *families.KINDS)
 LATENTS = ("gaussian", *discrete_latents.LATENTS)
 # A discrete-latent model is a DiscreteVAE: an MLP with Bernoulli pixels, a learned factorised prior and
 # float32 matmuls; the options it has no use for must stay at these (their defaults).
@@ -47,6 +48,11 @@ def _check_sizes(config: ModelConfig, *, allow_empty: bool) -> None:
 
 def check_config(config: ModelConfig) -> None:
     """``ValueError`` naming the first field of ``config`` that no model takes."""
+    _check_choice(config.kind, KINDS, "model kind")
+    if config.kind in families.KINDS:
+        families.check_config(config)
+        return
+    families.check_defaults(config)
     _check_choice(config.latent, LATENTS, "latent")
     if isinstance(config.num_categories, bool) or not isinstance(config.num_categories, int) \
             or config.num_categories < 2:
@@ -59,7 +65,6 @@ def check_config(config: ModelConfig) -> None:
         _check_sizes(config, allow_empty=True)
         mlp.check_activation(config.activation)
         return
-    _check_choice(config.kind, KINDS, "model kind")
     _check_sizes(config, allow_empty=False)
     _check_choice(config.architecture, ARCHITECTURES, "architecture")
     distributions.check_likelihood(config.likelihood)
@@ -86,12 +91,13 @@ def _check_posterior(config: ModelConfig) -> None:
                          f"VAE in float32 (--architecture gated_mlp); it does not take {', '.join(wrong)}.")
 
 
-def build_model(config: ModelConfig, input_shape: Sequence[int]
-                ) -> VAE | AE | DiscreteVAE | HierarchicalVAE | FlowVAE:
+def build_model(config: ModelConfig, input_shape: Sequence[int]) -> Any:
     """The model that ``config`` describes, for images ``[H, W, C]``: a :class:`VAE` or :class:`AE`;
     a :class:`DiscreteVAE` (``latent`` ``"bernoulli"`` / ``"categorical"``); a
     :class:`~vae_jax.hierarchical.HierarchicalVAE` (``num_layers >= 2``); a
-    :class:`~vae_jax.flow_models.FlowVAE` (one layer, ``flow`` other than ``"none"``).
+    :class:`~vae_jax.flow_models.FlowVAE` (one layer, ``flow`` other than ``"none"``); for ``kind``
+    ``"conditional"``, ``"m2"``, ``"vq"`` a :class:`~vae_jax.conditional.ConditionalVAE`,
+    :class:`~vae_jax.semi_supervised.M2` or :class:`~vae_jax.vq.VQVAE` (:mod:`vae_jax.models.families`).
 
     Raises:
       ValueError: a field no model takes (:func:`check_config`) or an ``input_shape`` other than ``(H, W, C)``.
@@ -100,6 +106,8 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (H, W, C); got {input_shape}.")
+    if config.kind in families.KINDS:
+        return families.build(config, input_shape)
     hidden = tuple(int(h) for h in config.hidden_sizes)
     if config.latent != "gaussian":
         return DiscreteVAE(input_shape, config.latent_dim, hidden_sizes=hidden, activation=config.activation,
