@@ -214,6 +214,24 @@ def test_a_changed_config_is_refused_before_the_arrays_are_read(tmp_path):
             ckpts.restore(_state())
 
 
+def test_a_field_added_after_the_run_started_is_no_change_at_its_default(tmp_path):
+    # A run of an earlier version (its stored config lacks the new fields) resumes under a config
+    # that holds them at their defaults, and is refused when one of them is set otherwise.
+    old = {"model": {"latent_dim": 2}, "train": {"seed": 0}}
+    defaults = {"model": {"latent_dim": 32, "num_codes": 64, "net": {"depth": 1}}, "train": {"seed": 0}}
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=old, create=True) as ckpts:
+        ckpts.save(1, _state_at(1), history=_history(1))
+    now = {"model": {"latent_dim": 2, "num_codes": 64, "net": {"depth": 1}}, "train": {"seed": 0}}
+    with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=now, defaults=defaults, read_only=True) as ckpts:
+        _assert_bitwise_equal(ckpts.restore(_state())[0].params, _state_at(1).params)
+    for changed, message in (({"num_codes": 8}, r"model.num_codes='missing' \(now 8\)"),
+                             ({"latent_dim": 32}, r"model.latent_dim=2 \(now 32\)")):
+        config = {"model": dict(now["model"], **changed), "train": {"seed": 0}}
+        with RunCheckpoints(tmp_path / "ck", metric=METRIC, config=config, defaults=defaults, read_only=True) as ckpts:
+            with pytest.raises(ConfigMismatchError, match=message):
+                ckpts.restore(_state())
+
+
 def test_half_deleted_step_is_removed_by_the_writer_and_left_alone_by_readers(saved, tmp_path):
     directory = tmp_path / "checkpoints"
     shutil.copytree(saved, directory)

@@ -120,6 +120,23 @@ def changed_fields(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str
     return changes
 
 
+def without_added_defaults(now: Mapping[str, Any], saved: Mapping[str, Any],
+                           defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``now`` (nested dicts) less each field that ``saved`` lacks and ``now`` holds at its value in ``defaults``."""
+    out = {}
+    for name, value in now.items():
+        default = defaults.get(name, object()) if isinstance(defaults, Mapping) else object()
+        if name not in saved:
+            if value == default:
+                continue
+            out[name] = value
+        elif isinstance(value, Mapping) and isinstance(saved[name], Mapping):
+            out[name] = without_added_defaults(value, saved[name], default if isinstance(default, Mapping) else {})
+        else:
+            out[name] = value
+    return out
+
+
 class _Manager(ocp.CheckpointManager):
     """Orbax's manager without its metrics file: checkpoints are ranked from the checksummed history."""
 
@@ -136,6 +153,10 @@ class RunCheckpoints:
       config: the run's configuration (JSON-able; only the fields that may not change on
         resume): stored in every checkpoint saved, under its checksum, and compared on every
         restore (``None``: neither).
+      defaults: the configuration's default values (same nesting as ``config``): a field
+        that a checkpoint's stored configuration lacks (one added to the library after
+        the run started) and that ``config`` holds at its default is no change, so
+        the runs of an earlier version still resume.
       create: create ``directory`` if missing; otherwise a missing folder raises.
       read_only: open for reading only (``evaluate``, ``sample``): never writes,
         deletes or cleans up anything, and reads under a shared lock, so it may
@@ -147,13 +168,14 @@ class RunCheckpoints:
     """
 
     def __init__(self, directory: str | Path, *, metric: str, config: Mapping[str, Any] | None = None,
-                 create: bool = False, read_only: bool = False):
+                 defaults: Mapping[str, Any] | None = None, create: bool = False, read_only: bool = False):
         self.directory = Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"No checkpoint folder {str(self.directory)!r}; train a run there first "
                                   "(vae-jax train --out RUN).")
         self.metric, self.read_only = metric, read_only
         self.config = None if config is None else json.loads(json.dumps(config))  # as stored: lists, not tuples
+        self.defaults = json.loads(json.dumps(defaults or {}))
         self._lock_path = self.directory.with_name(self.directory.name + ".lock")
         options = ocp.CheckpointManagerOptions(
             create=create and not read_only, enable_async_checkpointing=False, cleanup_tmp_directories=False,
@@ -340,9 +362,12 @@ class RunCheckpoints:
     def _check_config(self, epoch: int, integrity: dict | None) -> None:
         """Raises ConfigMismatchError when checkpoint ``epoch`` was trained with another configuration."""
         saved = (integrity or {}).get("config")
-        if self.config is None or saved is None or saved == self.config:
+        if self.config is None or saved is None:
             return
-        changes = changed_fields(saved, self.config) if isinstance(saved, dict) else ["the whole configuration"]
+        now = without_added_defaults(self.config, saved, self.defaults) if isinstance(saved, dict) else self.config
+        if saved == now:
+            return
+        changes = changed_fields(saved, now) if isinstance(saved, dict) else ["the whole configuration"]
         raise ConfigMismatchError(
             f"The checkpoint of epoch {epoch} in {str(self.directory)!r} was trained with another configuration: "
             f"{', '.join(changes)}; restore the run's config.json (or its options), or start a new run in "

@@ -36,7 +36,7 @@ from vae_jax import estimators, evaluation, family_runs, hooks, parallel, plotti
 from vae_jax._checks import check_positive_int
 from vae_jax.build import training_objective, validate
 from vae_jax.checkpoints import RunCheckpoints
-from vae_jax.config import RESUMABLE_CHANGES, RunConfig
+from vae_jax.config import RESUMABLE_CHANGES, ModelConfig, RunConfig, TrainConfig
 from vae_jax.models import build_model
 from vae_jax.runs import load_run_config, write_json
 
@@ -167,7 +167,7 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
         log.write([], status="starting")  # first: marks the folder as this run's
         write_json(out / "config.json", saved)
     plan = runs.FitPlan(step, train_data, key_fit, t.epochs, t.batch_size, metric,
-                        hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config),
+                        hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config), defaults=DEFAULTS,
                         logs=(runs.CSVLog(out / "metrics.csv"), log, *trackers), progress=progress,
                         epoch_fn=epoch_fn)
     try:
@@ -250,6 +250,10 @@ def bound_config(config: RunConfig) -> dict[str, Any]:
     return runs.bound_config(config.to_dict(), RESUMABLE_CHANGES)
 
 
+# Every field at its default: a field added after a run started, held at its default, is no change.
+DEFAULTS = runs.bound_config(RunConfig(ModelConfig(), TrainConfig()).to_dict(), RESUMABLE_CHANGES)
+
+
 def _say_resumed(out: Path, saved: dict[str, Any]):
     """``on_resume`` (after the checkpoint verified against the config): writes ``config.json`` (its
     ``epochs`` may have changed) and ``metrics.csv`` (the restored history), and says what was moved aside."""
@@ -293,7 +297,7 @@ def _restore(run: Path, which: str):
     """``(config, model, params, eval_objective, epoch)`` of the ``which`` checkpoint of ``run`` (read only)."""
     config, shape = load_run_config(run)
     model, state, _, eval_objective, metric = setup(validate(config), shape)
-    with RunCheckpoints(run / "checkpoints", metric=metric, config=bound_config(config), read_only=True) as ckpts:
+    with RunCheckpoints(run / "checkpoints", metric=metric, config=bound_config(config), defaults=DEFAULTS, read_only=True) as ckpts:
         state, history = ckpts.restore(state, which=which)
     return config, model, state.params, eval_objective, len(history)
 
