@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -647,3 +648,27 @@ def test_readme_main_job_reaches_a_stated_validation_elbo(tmp_path):
     out = tmp_path / "fashion_vae"
     assert main(["train", "--dataset", "fashion_mnist", "--epochs", "10", "--no-progress", "--out", str(out)]) == 0
     assert float(_rows(out)[-1]["validation_elbo"]) > -238.96 - 1.1
+
+
+def test_a_run_of_an_earlier_version_resumes_after_fields_were_added(tmp_path, monkeypatch, capsys):
+    # Its checkpoints were bound to a config without the fields added since (here the VQ-VAE's
+    # num_codes and the device option): at their defaults they are no change; set otherwise, a refusal.
+    bound = runner.bound_config
+
+    def earlier(config):
+        d = bound(config)
+        del d["model"]["num_codes"], d["train"]["devices"]
+        return d
+
+    monkeypatch.setattr(runner, "bound_config", earlier)
+    assert _train(tmp_path / "run", "--epochs", "1", "--track", "none") == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "changed")
+    monkeypatch.setattr(runner, "bound_config", bound)
+    assert main(["train", "--resume", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert [row["epoch"] for row in _rows(tmp_path / "run")] == ["1", "2"]
+    saved = json.loads((tmp_path / "changed" / "config.json").read_text())
+    saved["train"]["devices"] = "all"  # one CPU device here: a valid setting, but not the one trained with
+    write_json(tmp_path / "changed" / "config.json", saved)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "changed")]) != 0
+    assert "train.devices='missing' (now 'all')" in capsys.readouterr().err

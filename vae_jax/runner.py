@@ -167,7 +167,8 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
         log.write([], status="starting")  # first: marks the folder as this run's
         write_json(out / "config.json", saved)
     plan = runs.FitPlan(step, train_data, key_fit, t.epochs, t.batch_size, metric,
-                        hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config), defaults=DEFAULTS,
+                        hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config),
+                        defaults=DEFAULTS,
                         logs=(runs.CSVLog(out / "metrics.csv"), log, *trackers), progress=progress,
                         epoch_fn=epoch_fn)
     try:

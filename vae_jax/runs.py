@@ -384,6 +384,8 @@ class FitPlan:
       validate: the hook that adds ``metric`` (e.g. :class:`vae_jax.hooks.Validate`).
       config: the run's configuration, bound to every checkpoint (JSON-able; without the
         fields a resume may change).
+      defaults: ``config``'s default values (:class:`vae_jax.checkpoints.RunCheckpoints`'s
+        ``defaults``: a field added after the run started, at its default, is no change).
       before: hooks run before ``validate`` (e.g. an epoch timer).
       logs: hooks run right after the checkpoint, with Ctrl-C held back until they are
         done (CSV log, status file), so the logs always match the checkpoints.
@@ -403,6 +405,7 @@ class FitPlan:
     metric: str
     validate: Callable
     config: Mapping[str, Any] | None = None
+    defaults: Mapping[str, Any] | None = None
     before: Sequence[Callable] = ()
     logs: Sequence[Callable] = ()
     early_stopping: hooks.EarlyStopping | None = None
@@ -437,7 +440,8 @@ def resumable_fit(run: RunFolder, state: training.TrainState, plan: FitPlan, *, 
       ConfigMismatchError: the checkpoints were trained with another ``plan.config``.
     """
     status = status or (lambda history, **fields: None)
-    with RunCheckpoints(run.path / "checkpoints", metric=plan.metric, config=plan.config, create=True) as ckpts:
+    with RunCheckpoints(run.path / "checkpoints", metric=plan.metric, config=plan.config,
+                         defaults=plan.defaults, create=True) as ckpts:
         history, template = [], state
         if run.resume:
             state, history = ckpts.restore(template, which=checkpoint)
