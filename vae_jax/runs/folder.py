@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
+from vae_jax import parallel
 from vae_jax.runs.lock import LOCK_FILE, RunLock
 
 
@@ -102,33 +103,50 @@ class RunFolder:
     """A run folder locked (:class:`RunLock`) and checked (:func:`check_run_folder`) once, for a ``with`` block.
 
     A fresh run creates the folder; if the block leaves it empty (it failed before
-    writing anything), the folder is removed again.
+    writing anything), the folder is removed again. In a job of several processes
+    (``jax.distributed``) every process checks the folder, process 0 alone locks
+    and writes it, and none goes on before all have checked.
 
     Attributes:
       path: the folder.
       resume: whether the run continues from a checkpoint.
       epochs: the epochs of the checkpoints found (after the lock was taken).
+      writer: whether this process writes the folder's files (process 0; the only process of a one-process run).
     """
 
     def __init__(self, path: str | Path, *, resume: bool, layout: Layout = CLI_LAYOUT):
         self.path, self.resume, self.layout = Path(path), resume, layout
         self.epochs: list[int] = []
+        self.writer = True
 
     def __enter__(self) -> "RunFolder":
         check_run_path(self.path, resume=self.resume)  # what the lock needs; the rest is checked under it
-        self._created = not self.path.exists()
-        self._lock = RunLock(self.path, create=not self.resume)
-        self._lock.acquire()
+        self.writer = parallel.is_writer()
+        self._created = self.writer and not self.path.exists()
+        self._lock = RunLock(self.path, create=not self.resume) if self.writer else None
         try:
-            self.epochs = check_run_folder(self.path, resume=self.resume, layout=self.layout)
+            if self._lock is not None:
+                self._lock.acquire()
+            self.epochs = self._check_with_every_process()
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def _check_with_every_process(self) -> list[int]:
+        error = None
+        try:
+            epochs = check_run_folder(self.path, resume=self.resume, layout=self.layout)
+        except ValueError as e:
+            error = e
+        if not parallel.all_agree(error is None):  # also the barrier: nothing is written before all have checked
+            raise error or ValueError(f"Another process of this job refused the run folder {str(self.path)!r}; "
+                                      "see its message.")
+        return epochs
+
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
         if self._created and self.path.is_dir() and not any(self.path.iterdir()):
             with contextlib.suppress(OSError):  # another process may have just begun to use it
                 self.path.rmdir()
-
