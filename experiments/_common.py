@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 
 from vae_jax import data as vdata
-from vae_jax import models, objectives, training
+from vae_jax import models, objectives, scale, training
 from vae_jax.runs import write_bytes, write_json
 
 
@@ -154,7 +155,7 @@ class StudyConfig:
         (lists become tuples: the config is frozen)."""
         values = {**vars(args), "progress": not args.no_progress, **resolved}
         return cls(**{f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name]
-                      for f in dataclasses.fields(cls)})
+                      for f in dataclasses.fields(cls) if f.name in values})  # else the field's default
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON values (tuples as lists, paths as strings)."""
@@ -163,11 +164,18 @@ class StudyConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingConfig(StudyConfig):
-    """A study that trains models with Adam (the options of :func:`add_training_args`)."""
+    """A study that trains models with Adam (the options of :func:`add_training_args`).
+
+    Attributes:
+      devices: ``"one"`` or ``"all"`` (data-parallel over every local device), as ``vae-jax train --devices``.
+      track: ``"tensorboard"`` (each model's event files in ``OUT/tensorboard/MODEL``) or ``"none"``.
+    """
 
     epochs: int
     batch_size: int
     learning_rate: float
+    devices: str = "one"
+    track: str = "none"
 
 
 def load_data(study: StudyConfig, *, quick_train: int = 2000, quick_test: int = 500,
@@ -197,19 +205,32 @@ def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any) -
 
 def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
           seed: int = 0, dynamic_binarization: bool = False, progress: bool = True, desc: str = "train",
+          devices: str = "one", track: str = "none", logdir: Path | None = None,
           **hparams: float) -> tuple[training.TrainState, list[dict[str, float]], float]:
     """Trains ``model`` with Adam on ``images [N, H, W, C]``; ``hparams`` go to its objective.
 
+    ``devices`` and ``track`` take the CLI's path (:mod:`vae_jax.scale`): ``"all"`` trains
+    data-parallel over every local device (the one-device numbers to float32 rounding);
+    ``"tensorboard"`` writes the epochs and reconstructions of ``images[:8]`` to
+    ``logdir/DESC`` (``desc`` made a folder name).
+
     Returns:
-      ``(state, history, seconds)``: history has one dict of epoch means per epoch.
+      ``(state, history, seconds)``: history has one dict of epoch means per epoch; the
+      state is on one device (what follows training runs there).
     """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
     state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
+    placed = scale.placement(state, step, images, batch_size=batch_size, devices=devices)
+    folder = Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)
+    trackers = scale.trackers(folder, track=track, model=model, examples=images, seed=seed)
     start = time.perf_counter()
-    state, history, _ = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
+    state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
+                                     batch_size=batch_size, hooks=trackers, epoch_fn=placed.epoch_fn,
                                      progress=progress, desc=desc)
-    return state, history, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    scale.close(trackers)
+    return scale.on_one_device(state), history, seconds
 
 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
@@ -228,8 +249,9 @@ class Option(NamedTuple):
 
 
 def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int,
-                      hidden_sizes: list[int] | None = None) -> None:
-    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (and ``--hidden-sizes``, when given) to ``p``.
+                      hidden_sizes: list[int] | None = None, scale_options: bool = True) -> None:
+    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (``--hidden-sizes``, when given, and
+    with ``scale_options`` ``--devices`` and ``--track``: :func:`add_scale_args`) to ``p``.
 
     ``--epochs`` defaults to None: :func:`parse_study` resolves it to ``epochs``
     (``quick_epochs`` with ``--quick``).
@@ -242,26 +264,45 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: 
         widths = " ".join(map(str, hidden_sizes))
         p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=hidden_sizes,
                        help=f"MLP encoder widths, reversed for the decoder (default {widths})")
+    if scale_options:
+        add_scale_args(p)
+
+
+def add_scale_args(p: argparse.ArgumentParser) -> None:
+    """Adds ``--devices`` and ``--track`` (the options of ``vae-jax train``, taken by :mod:`vae_jax.scale`).
+
+    ``--track`` defaults to None: :func:`resolve_defaults` with :data:`TRACK_DEFAULTS` resolves it.
+    """
+    p.add_argument("--devices", choices=scale.DEVICES, default="one", help="'one' device (default), or 'all': "
+                   "data-parallel over every local device, the one-device numbers to float32 rounding")
+    p.add_argument("--track", choices=scale.TRACKS, default=None, help="'tensorboard': each model's epochs and "
+                   "images as event files in OUT/tensorboard (default; 'none' with --quick), or 'none'")
+
+
+TRACK_DEFAULTS = {"track": ("none", "tensorboard")}  # (--quick, full): the test suite's quick runs write none
 
 
 def parse_study(cls: type, doc: str, prog: str, argv: list[str] | None, *, options: tuple[Option, ...] = (),
                 epochs: int, quick_epochs: int, hidden_sizes: list[int] | None = None,
-                defaults: dict[str, tuple[Any, Any]] | None = None):
+                defaults: dict[str, tuple[Any, Any]] | None = None, scale_options: bool = True):
     """Parses a training study's command line into its frozen config ``cls`` (a :class:`TrainingConfig`).
 
     Args:
       cls, doc, prog: the config class, the module docstring and name.
       argv: the arguments (None: ``sys.argv``).
       options: the study's own options, besides :func:`parser`'s and :func:`add_training_args`'.
-      epochs, quick_epochs, hidden_sizes: as :func:`add_training_args` takes them.
+      epochs, quick_epochs, hidden_sizes, scale_options: as :func:`add_training_args` takes them
+        (``scale_options``: the study trains through :func:`train`, which honours them).
       defaults: ``name: (quick, full)`` defaults of options given as None (see :func:`resolve_defaults`).
     """
     p = parser(doc, prog)
     for option in options:
         p.add_argument(option.flag, type=option.type, default=option.default, help=option.help, nargs=option.nargs)
-    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes)
+    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes,
+                      scale_options=scale_options)
     args = p.parse_args(argv)
-    return cls.from_args(args, **resolve_defaults(args, {"epochs": (quick_epochs, epochs), **(defaults or {})}))
+    defaults = {"epochs": (quick_epochs, epochs), **(TRACK_DEFAULTS if scale_options else {}), **(defaults or {})}
+    return cls.from_args(args, **resolve_defaults(args, defaults))
 
 
 def resolve_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
@@ -291,8 +332,13 @@ def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: Trai
     """
     return {kind: train_model(dataclasses.replace(config, kind=kind), images, epochs=study.epochs,
                               batch_size=study.batch_size, learning_rate=study.learning_rate, seed=study.seed,
-                              progress=study.progress, desc=f"{kind} d={config.latent_dim}")
+                              progress=study.progress, desc=f"{kind} d={config.latent_dim}", **scale_kwargs(study))
             for kind in ("ae", "vae")}
+
+
+def scale_kwargs(study: TrainingConfig) -> dict[str, Any]:
+    """:func:`train`'s ``devices``, ``track`` and ``logdir`` (``OUT/tensorboard``) of a study."""
+    return dict(devices=study.devices, track=study.track, logdir=study.out / "tensorboard")
 
 
 def aggregate_posterior_samples(model: models.VAE, params: Any, key: jax.Array, x: np.ndarray) -> np.ndarray:
