@@ -207,7 +207,7 @@ def _finish(out: Path, config: RunConfig, model: Any, result: runs.Fitted, image
             metric: str) -> None:
     """The run's figures and its summary line."""
     history = result.history
-    params = scale.on_one_device(result.state.params)  # several processes: the figures are process 0's alone
+    params = scale.on_one_device(result.state.params)  # process 0's alone; not drawn again on every device
     plotting.save_run_figures(out, model, params, config, images["test"], splits["test"], history, metric)
     if config.model.latent != "gaussian":
         print(f"No latent-space figures: the {config.model.latent_dim} {config.model.latent} latents have no "
