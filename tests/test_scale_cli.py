@@ -113,6 +113,10 @@ def test_two_processes_stream_their_rows_track_once_and_resume_as_one_device(tmp
     np.testing.assert_allclose(elbo, [(e, float(r["validation_elbo"])) for e, r in enumerate(_rows(two), 1)],
                                rtol=1e-6)
     assert sorted(p.name for p in two.iterdir() if p.name.endswith(".npy")) == ["train_images.npy"]
+    # Every process refuses what it cannot do, in one line, and none waits for the others.
+    alone = _job("train", *SMALL_FASHION, "--epochs", "1", "--out", tmp_path / "alone")  # --devices one
+    assert [r.returncode for r in alone] == [2, 2] and not (tmp_path / "alone").exists()
+    assert all(r.stderr.strip().endswith("train with --devices all.") for r in alone), alone[0].stderr
 
 
 def test_streamed_from_disk_trains_as_in_memory_and_tracks(tmp_path):
