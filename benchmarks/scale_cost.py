@@ -55,13 +55,13 @@ def child(setting: str, examples: int, epochs: int, folder: str) -> None:
     placed = scale.placement(state, step, images, batch_size=BATCH, devices=devices, data_source=source,
                              folder=folder)
     epoch_fn = placed.epoch_fn or training.train_epoch
-    state, data_ = placed.state, placed.data
-    if isinstance(data_, np.ndarray):  # as training.fit puts it on the device
-        data_ = jax.numpy.asarray(data_)
+    state, train = placed.state, placed.data
+    if isinstance(train, np.ndarray):  # as training.fit puts it on the device
+        train = jax.numpy.asarray(train)
     seconds = []
     for e in range(epochs + 1):  # the first compiles
         start = time.perf_counter()
-        state, metrics = epoch_fn(placed.step, state, data_, jax.random.key(e), batch_size=BATCH)
+        state, metrics = epoch_fn(placed.step, state, train, jax.random.key(e), batch_size=BATCH)
         jax.block_until_ready(metrics)
         seconds.append(time.perf_counter() - start)
     if parallel.is_writer():
