@@ -122,11 +122,13 @@ def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128,
     folder = Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)
     trackers = scale.trackers(folder, track=track, model=model, examples=images, seed=seed)
     start = time.perf_counter()
-    state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
-                                     batch_size=batch_size, hooks=trackers, epoch_fn=placed.epoch_fn,
-                                     progress=progress, desc=desc)
-    seconds = time.perf_counter() - start
-    scale.close(trackers)
+    try:
+        state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
+                                         batch_size=batch_size, hooks=trackers, epoch_fn=placed.epoch_fn,
+                                         progress=progress, desc=desc)
+        seconds = time.perf_counter() - start
+    finally:
+        scale.close(trackers)
     return scale.on_one_device(state), history, seconds
 
 
