@@ -1,133 +1,31 @@
-"""Shared scaffolding of the experiment modules: arguments, data, training, output.
+"""Shared scaffolding of the experiment modules: configs, data, training, output.
 
 Every experiment is ``python -m experiments.NAME --out DIR [--quick]`` and
 writes its PNG figures, a ``results.json`` and the ``config.json`` it ran
-with into ``DIR``.
+with into ``DIR``. The command line is :mod:`experiments._args`, the stored
+parts :mod:`experiments._parts`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import io
-import json
-import math
-import sys
+import re
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import optax
 
+from experiments._args import (TRACK_DEFAULTS, Option, finite_float, nonnegative_float,  # noqa: F401
+                               nonnegative_int, parse_study, parser, positive_float, positive_int,
+                               resolve_defaults, study_main)
+from experiments._parts import Parts, StudyError, _jsonable, check_resume, npz_bytes, read_npz  # noqa: F401
+from vae_jax.runs import write_json
 from vae_jax import data as vdata
-from vae_jax import models, objectives, training
-from vae_jax.runs import write_bytes, write_json
-
-
-class StudyError(RuntimeError):
-    """A stored part of a study that cannot be used (damaged, truncated): exit status 1."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (its default prints the whole usage first)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
-def parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """An argument parser with the options every experiment has.
-
-    Args:
-      doc: the module docstring (the ``--help`` text).
-      prog: the name in messages, e.g. ``"experiments.beta_vae"`` (default: argparse's).
-    """
-    p = _OneLineParser(prog=prog and f"python -m {prog}", description=doc,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=out_folder,
-                   help="output folder for figures, results.json, config.json")
-    p.add_argument("--quick", action="store_true", help="tiny size (seconds), as run by the test suite")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="PRNG seed of everything (default 0)")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files "
-                   "(default: $VAE_JAX_DATA_DIR or /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
-
-
-def _number(text: str, kind: type, *, low: float, inclusive: bool) -> Any:
-    """``kind(text)`` if it is a finite number above ``low`` (or equal, with ``inclusive``)."""
-    relation = ">=" if inclusive else ">"
-    expected = f"{'an integer' if kind is int else 'a finite number'} {relation} {low:g}"
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}") from None
-    if not math.isfinite(value) or value < low or (value == low and not inclusive):
-        raise argparse.ArgumentTypeError(f"must be {expected}; got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _number(text, int, low=1, inclusive=True)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _number(text, int, low=0, inclusive=True)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (NaN and infinity are refused)."""
-    return _number(text, float, low=0.0, inclusive=False)
-
-
-def nonnegative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    return _number(text, float, low=0.0, inclusive=True)
-
-
-def finite_float(text: str) -> float:
-    """argparse type: any finite number."""
-    return _number(text, float, low=-math.inf, inclusive=False)
-
-
-def out_folder(text: str) -> Path:
-    """argparse type of ``--out``: a folder name that is not empty and not an existing file."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must name a folder; got an empty string")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file; expected a folder (existing or new)")
-    return path
-
-
-def study_main(prog: str) -> Callable[[Callable[..., dict]], Callable[..., dict]]:
-    """Decorates a study's ``main(argv)`` with the CLI's error handling: one line on stderr, an exit status.
-
-    A ``ValueError`` (a bad option or combination of options) exits with 2, a
-    :class:`StudyError`, ``OSError`` (a full disk, a missing data folder),
-    ``FloatingPointError`` or ``ImportError`` with 1, Ctrl-C with 130; the
-    message is ``python -m PROG: error: ...`` on one line, as ``vae-jax`` prints.
-    """
-    def decorate(main: Callable[..., dict]) -> Callable[..., dict]:
-        @functools.wraps(main)
-        def wrapped(argv: list[str] | None = None) -> dict:
-            try:
-                return main(argv)
-            except ValueError as e:
-                code, message = 2, str(e)
-            except (StudyError, OSError, FloatingPointError, ImportError) as e:
-                code, message = 1, str(e)
-            except KeyboardInterrupt:
-                code, message = 130, "interrupted"
-            print(f"python -m {prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-            raise SystemExit(code)
-        return wrapped
-    return decorate
+from vae_jax import models, objectives, scale, training
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -154,7 +52,7 @@ class StudyConfig:
         (lists become tuples: the config is frozen)."""
         values = {**vars(args), "progress": not args.no_progress, **resolved}
         return cls(**{f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name]
-                      for f in dataclasses.fields(cls)})
+                      for f in dataclasses.fields(cls) if f.name in values})  # else the field's default
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON values (tuples as lists, paths as strings)."""
@@ -163,11 +61,18 @@ class StudyConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingConfig(StudyConfig):
-    """A study that trains models with Adam (the options of :func:`add_training_args`)."""
+    """A study that trains models with Adam (the options of :func:`add_training_args`).
+
+    Attributes:
+      devices: ``"one"`` or ``"all"`` (data-parallel over every local device), as ``vae-jax train --devices``.
+      track: ``"tensorboard"`` (each model's event files in ``OUT/tensorboard/MODEL``) or ``"none"``.
+    """
 
     epochs: int
     batch_size: int
     learning_rate: float
+    devices: str = "one"
+    track: str = "none"
 
 
 def load_data(study: StudyConfig, *, quick_train: int = 2000, quick_test: int = 500,
@@ -197,85 +102,39 @@ def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any) -
 
 def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
           seed: int = 0, dynamic_binarization: bool = False, progress: bool = True, desc: str = "train",
+          devices: str = "one", track: str = "none", logdir: Path | None = None,
           **hparams: float) -> tuple[training.TrainState, list[dict[str, float]], float]:
     """Trains ``model`` with Adam on ``images [N, H, W, C]``; ``hparams`` go to its objective.
 
+    ``devices`` and ``track`` take the CLI's path (:mod:`vae_jax.scale`): ``"all"`` trains
+    data-parallel over every local device (the one-device numbers to float32 rounding);
+    ``"tensorboard"`` writes the epochs and reconstructions of ``images[:8]`` to
+    ``logdir/DESC`` (``desc`` made a folder name).
+
     Returns:
-      ``(state, history, seconds)``: history has one dict of epoch means per epoch.
+      ``(state, history, seconds)``: history has one dict of epoch means per epoch; the
+      state is on one device (what follows training runs there).
     """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
     state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
+    placed = scale.placement(state, step, images, batch_size=batch_size, devices=devices)
+    folder = Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)
+    trackers = scale.trackers(folder, track=track, model=model, examples=images, seed=seed)
     start = time.perf_counter()
-    state, history, _ = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
-                                     progress=progress, desc=desc)
-    return state, history, time.perf_counter() - start
+    try:
+        state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
+                                         batch_size=batch_size, hooks=trackers, epoch_fn=placed.epoch_fn,
+                                         progress=progress, desc=desc)
+        seconds = time.perf_counter() - start
+    finally:
+        scale.close(trackers)
+    return scale.on_one_device(state), history, seconds
 
 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
     """``fn(params, x_i)`` for every example of ``x``, jitted and vmapped: a numpy array."""
     return np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, x))
-
-
-class Option(NamedTuple):
-    """One of a study's own options: ``p.add_argument(flag, type=type, default=default, help=help, nargs=nargs)``."""
-
-    flag: str
-    type: Callable[[str], Any]
-    default: Any
-    help: str
-    nargs: str | None = None
-
-
-def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int,
-                      hidden_sizes: list[int] | None = None) -> None:
-    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (and ``--hidden-sizes``, when given) to ``p``.
-
-    ``--epochs`` defaults to None: :func:`parse_study` resolves it to ``epochs``
-    (``quick_epochs`` with ``--quick``).
-    """
-    p.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"training epochs of each model (default {epochs}; {quick_epochs} with --quick)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="examples per Adam step (default 128)")
-    p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="Adam step size (default 1e-3)")
-    if hidden_sizes is not None:
-        widths = " ".join(map(str, hidden_sizes))
-        p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=hidden_sizes,
-                       help=f"MLP encoder widths, reversed for the decoder (default {widths})")
-
-
-def parse_study(cls: type, doc: str, prog: str, argv: list[str] | None, *, options: tuple[Option, ...] = (),
-                epochs: int, quick_epochs: int, hidden_sizes: list[int] | None = None,
-                defaults: dict[str, tuple[Any, Any]] | None = None):
-    """Parses a training study's command line into its frozen config ``cls`` (a :class:`TrainingConfig`).
-
-    Args:
-      cls, doc, prog: the config class, the module docstring and name.
-      argv: the arguments (None: ``sys.argv``).
-      options: the study's own options, besides :func:`parser`'s and :func:`add_training_args`'.
-      epochs, quick_epochs, hidden_sizes: as :func:`add_training_args` takes them.
-      defaults: ``name: (quick, full)`` defaults of options given as None (see :func:`resolve_defaults`).
-    """
-    p = parser(doc, prog)
-    for option in options:
-        p.add_argument(option.flag, type=option.type, default=option.default, help=option.help, nargs=option.nargs)
-    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes)
-    args = p.parse_args(argv)
-    return cls.from_args(args, **resolve_defaults(args, {"epochs": (quick_epochs, epochs), **(defaults or {})}))
-
-
-def resolve_defaults(args: argparse.Namespace, defaults: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
-    """Each option named in ``defaults`` (``name: (quick, full)``) as given, or its default when not given.
-
-    "Not given" is None: an explicit value, 0 included, is never replaced by a default (as
-    ``args.x or default`` would). Lists become tuples, as frozen configs hold them.
-    """
-    out = {}
-    for name, (quick, full) in defaults.items():
-        value = getattr(args, name)
-        value = (quick if args.quick else full) if value is None else value
-        out[name] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: TrainingConfig) -> dict[str, Trained]:
@@ -291,8 +150,13 @@ def train_ae_and_vae(config: models.ModelConfig, images: np.ndarray, study: Trai
     """
     return {kind: train_model(dataclasses.replace(config, kind=kind), images, epochs=study.epochs,
                               batch_size=study.batch_size, learning_rate=study.learning_rate, seed=study.seed,
-                              progress=study.progress, desc=f"{kind} d={config.latent_dim}")
+                              progress=study.progress, desc=f"{kind} d={config.latent_dim}", **scale_kwargs(study))
             for kind in ("ae", "vae")}
+
+
+def scale_kwargs(study: TrainingConfig) -> dict[str, Any]:
+    """:func:`train`'s ``devices``, ``track`` and ``logdir`` (``OUT/tensorboard``) of a study."""
+    return dict(devices=study.devices, track=study.track, logdir=study.out / "tensorboard")
 
 
 def aggregate_posterior_samples(model: models.VAE, params: Any, key: jax.Array, x: np.ndarray) -> np.ndarray:
@@ -334,116 +198,3 @@ def write_outputs(out: Path, *, config: dict[str, Any], results: dict[str, Any])
     write_json(out / "results.json", _jsonable(results))
 
 
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.generic, jax.Array)) or hasattr(obj, "item"):
-        arr = np.asarray(obj)
-        return arr.item() if arr.ndim == 0 else arr.tolist()
-    return obj
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """``arrays`` as the bytes of a compressed ``.npz`` file."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of the bytes of an ``.npz`` file."""
-    with np.load(io.BytesIO(data)) as arrays:
-        return dict(arrays)
-
-
-def check_resume(out: Path, *, resume: bool) -> None:
-    """Refuses ``--resume`` when ``out`` holds no earlier run (as ``vae-jax train --resume`` does).
-
-    Raises:
-      ValueError: ``resume`` and ``out`` is not a folder.
-    """
-    if resume and not out.is_dir():
-        raise ValueError(f"--resume continues an earlier run in --out, but there is no folder {str(out)!r}; "
-                         f"check the path, or start without --resume.")
-
-
-class Parts:
-    """The finished pieces of a long study, one file each in ``folder``, for ``--resume``.
-
-    A run that is stopped (a session's end, a crash) keeps every piece it
-    finished; the same command loads them instead of recomputing and computes
-    the rest. Each JSON piece records the ``options`` it was made with: loading
-    it under other options is an error naming the changed ones, never a silent
-    mix of two runs. Without ``resume``, a folder that already holds pieces is an
-    error too (nothing is overwritten). Every file is written atomically; one that
-    cannot be read (truncated, edited) is a :class:`StudyError` naming it.
-
-    Args:
-      folder: where the pieces live (created on the first ``save``).
-      resume: whether pieces already in ``folder`` may be used.
-
-    Raises:
-      ValueError: ``folder`` holds pieces and ``resume`` is False.
-    """
-
-    def __init__(self, folder: Path, *, resume: bool):
-        self.folder = Path(folder)
-        held = sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
-        if held and not resume:
-            raise ValueError(f"{self.folder} holds {len(held)} finished pieces of an earlier run; pass --resume "
-                             f"to keep them, or choose another --out.")
-
-    def load(self, name: str, options: dict[str, Any]) -> Any | None:
-        """The value saved under ``name`` with the same ``options``, or None when there is none.
-
-        Raises:
-          ValueError: the piece was made with other options.
-          StudyError: the piece cannot be read.
-        """
-        path = self.folder / f"{name}.json"
-        saved = self.read_file(f"{name}.json", lambda data: _piece(json.loads(data)))
-        if saved is None:
-            return None
-        options = json.loads(json.dumps(_jsonable(options)))
-        if saved["config"] != options:
-            diff = sorted(k for k in set(saved["config"]) | set(options) if saved["config"].get(k) != options.get(k))
-            raise ValueError(f"{path} was made with other options ({', '.join(diff)}); run with the options it "
-                             f"was made with, or choose another --out (or delete it to recompute it).")
-        return saved["value"]
-
-    def save(self, name: str, options: dict[str, Any], value: Any) -> None:
-        """Saves ``value`` (JSON-able) under ``name`` with the ``options`` it was made with."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / f"{name}.json", {"config": _jsonable(options), "value": _jsonable(value)})
-
-    def read_file(self, filename: str, decode: Callable[[bytes], Any]) -> Any | None:
-        """``decode(bytes)`` of ``folder / filename``, or None when it does not exist.
-
-        Raises:
-          StudyError: the file cannot be read or ``decode`` fails on it.
-        """
-        path = self.folder / filename
-        if not path.exists():
-            return None
-        try:
-            return decode(path.read_bytes())
-        except Exception as e:  # any decoder's error: the file is what is wrong
-            raise StudyError(f"{path} is damaged ({type(e).__name__}: {e}); delete it to recompute that part, "
-                             f"or choose another --out.") from e
-
-    def write_file(self, filename: str, data: bytes) -> None:
-        """Writes ``data`` to ``folder / filename`` atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_bytes(self.folder / filename, data)
-
-
-def _piece(saved: Any) -> dict[str, Any]:
-    if not isinstance(saved, dict) or set(saved) != {"config", "value"} or not isinstance(saved["config"], dict):
-        raise ValueError("expected {\"config\": {...}, \"value\": ...}")
-    return saved

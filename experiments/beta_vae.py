@@ -183,7 +183,8 @@ OPTIONS = (_common.Option("--betas", _common.nonnegative_float, [0.5, 1.0, 2.0, 
 
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config`."""
-    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2)
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2,
+                               scale_options=False)  # a stacked sweep (vmapped states): one device
 
 
 def score_models(model, states, cfg: Config, test, labels) -> tuple[list[dict], dict, list]:

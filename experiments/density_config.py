@@ -103,6 +103,9 @@ QUICK_NET = Net(8, (64,))
 SIZES = {"full": Sizes(None, None, 2000, 50, None, 5000, 100, 500),
          "quick": Sizes(500, 50, 2, 50, None, 50, 1, 10)}
 PROTOCOL = Sizes(None, None, 2000, 50, None, 5000, 100, 500)  # num_samples: at least
+# How the rows train (vae_jax.scale): saved and bound to the checkpoints only when not these defaults,
+# so that the runs made before the options existed keep their configuration (and resume).
+SCALE_DEFAULTS = {"devices": "one", "data_source": "memory"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +113,10 @@ class StudyConfig(Sizes):
     """Everything a row's numbers depend on (saved as ``OUT/models/config.json``).
 
     The :class:`Sizes` fields, then the data, net and optimiser; ``*_images`` are
-    the numbers of images found (None before the data is loaded).
+    the numbers of images found (None before the data is loaded); ``devices`` and
+    ``data_source`` are ``vae-jax train``'s options (one device or all; in memory or
+    streamed from disk: the same numbers to float32 rounding), saved only when not
+    :data:`SCALE_DEFAULTS`.
     """
 
     size: str = "full"
@@ -130,12 +136,16 @@ class StudyConfig(Sizes):
     train_images: int | None = None
     validation_images: int | None = None
     test_images: int | None = None
+    devices: str = SCALE_DEFAULTS["devices"]
+    data_source: str = SCALE_DEFAULTS["data_source"]
 
     def to_dict(self) -> dict[str, Any]:
-        """As saved in ``config.json`` and ``result.json`` (the image counts only once known)."""
+        """As saved in ``config.json`` and ``result.json`` (the image counts only once known, the scale
+        options only when not the defaults)."""
         d = dataclasses.asdict(self)
         d["net"]["hidden_sizes"] = list(self.net.hidden_sizes)
-        return {k: v for k, v in d.items() if not (k.endswith("_images") and v is None)}
+        return {k: v for k, v in d.items()
+                if not (k.endswith("_images") and v is None) and not (k in SCALE_DEFAULTS and SCALE_DEFAULTS[k] == v)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudyConfig":
@@ -161,7 +171,8 @@ def make_config(args: argparse.Namespace) -> StudyConfig:
     cfg = StudyConfig(**dataclasses.asdict(sizes), size=size, dataset=args.dataset, net=net,
                       learning_rate=args.learning_rate, batch_size=args.batch_size, chunk_size=args.chunk_size,
                       eval_batch_size=args.eval_batch_size, seed=args.seed,
-                      validation_size=10000 if size != "quick" else 200)
+                      validation_size=10000 if size != "quick" else 200,
+                      **{k: getattr(args, k, None) or default for k, default in SCALE_DEFAULTS.items()})
     protocol = (size == "full" and dataclasses.replace(sizes, num_samples=PROTOCOL.num_samples) == PROTOCOL
                 and sizes.num_samples >= PROTOCOL.num_samples and net.architecture == "gated_mlp"
                 and (cfg.learning_rate, cfg.batch_size) == (5e-4, 100))

@@ -84,7 +84,7 @@ from experiments.density_report import (REFERENCES, markdown_table, paired_diffe
                                         snapshot, state_table, write_table)
 from experiments.density_train import (EpochTimer, Status, evaluate_row, interim, row_setup,  # noqa: F401
                                        run_model, write_json)
-from vae_jax import runs
+from vae_jax import runs, scale
 from vae_jax.checkpoints import changed_fields
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=500, help="importance samples decoded at once")
     p.add_argument("--eval-batch-size", type=int, default=50, help="test images per compiled log p(x) call")
     p.add_argument("--tfds-data-dir", default=None, help="tensorflow-datasets folder for --dataset mnist")
+    p.add_argument("--devices", choices=scale.DEVICES, default=None, help="'one' device (default) or 'all': "
+                   "data-parallel over every local device (as vae-jax train; bound to the checkpoints)")
+    p.add_argument("--data-source", choices=scale.DATA_SOURCES, default=None, help="'memory' (default) or 'disk': "
+                   "each row's training images written once to OUT/models/NAME/train_images.npy and streamed "
+                   "(as vae-jax train; bound to the checkpoints)")
+    p.add_argument("--track", choices=scale.TRACKS, default=None, help="'tensorboard' (each row's epochs and "
+                   "images in OUT/models/NAME/tensorboard; the default, 'none' with --quick) or 'none'; may change "
+                   "on --resume")
     p.add_argument("--snapshot", type=Path, default=None, metavar="DEST", help="train nothing: copy each finished "
                    "model's result.json and, for unfinished ones, a partial status (epochs so far, best validation "
                    "value, history, resume command) from OUT into DEST (e.g. docs/results/density_table)")
@@ -161,11 +169,11 @@ def train_rows(args: argparse.Namespace, cfg: StudyConfig, *, command: str) -> l
     data = load(cfg, args)
     cfg = with_images(cfg, *map(len, data))
     _check_saved_config(out, cfg)
-    rows = []
+    rows, track = [], _common.resolve_defaults(args, _common.TRACK_DEFAULTS)["track"]
     for name in args.models or DEFAULT_MODELS:
         try:
             rows.append(run_model(name, cfg, data, out, resume=args.resume, command=command,
-                                  resume_command=resume_command, progress=not args.no_progress))
+                                  resume_command=resume_command, progress=not args.no_progress, track=track))
         except runs.RunLockedError as e:  # another process trains it: go on with the next row
             print(f"{name}: skipped: {e}", flush=True)
             continue

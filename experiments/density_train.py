@@ -23,19 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from experiments import _common
 from experiments._density_io import load
 from experiments.density_config import ROWS, StudyConfig, model_config
-from vae_jax import checkpoints, estimators, evaluation, hooks, models, runs, training
+from vae_jax import checkpoints, estimators, evaluation, hooks, models, runs, scale, training
 
 METRIC = "validation_objective"
 ROW_LAYOUT = runs.Layout("status.json", frozenset({
     runs.LOCK_FILE, "status.json", "history.csv", "checkpoints", "checkpoints.lock", "checkpoints.corrupt",
-    "result.json", "test_log_px.npy", "interim.json", "interim_test_log_px.npy"}))
+    "result.json", "test_log_px.npy", "interim.json", "interim_test_log_px.npy", "tensorboard", scale.IMAGES_FILE}))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -115,8 +114,11 @@ def bound_config(cfg: StudyConfig, name: str) -> dict[str, Any]:
 
 
 def run_model(name: str, cfg: StudyConfig, data: tuple, out: Path, *, resume: bool, command: str,
-              resume_command: str, progress: bool) -> dict:
+              resume_command: str, progress: bool, track: str = "none") -> dict:
     """Trains (or resumes) one row, evaluates its best checkpoint and writes ``result.json``.
+
+    ``cfg.devices`` and ``cfg.data_source`` place the training, ``track="tensorboard"`` adds
+    event files in ``OUT/models/NAME/tensorboard``, as ``vae-jax train`` does (:mod:`vae_jax.scale`).
 
     Raises:
       SystemExit: the row's folder does not fit (finished or checkpointed without ``resume``).
@@ -135,17 +137,22 @@ def run_model(name: str, cfg: StudyConfig, data: tuple, out: Path, *, resume: bo
     start = time.perf_counter()
     try:
         with runs.RunFolder(folder, resume=resume and bool(runs.checkpoint_epochs(folder)), layout=ROW_LAYOUT) as run:
-            fitted = runs.resumable_fit(run, initial, _plan(name, cfg, model, (train, validation), key_fit, key_val,
-                                                            warmup_epochs, base, folder, progress),
-                                        on_resume=lambda history, moved: print(
-                                            f"{name}: resumed after epoch {len(history)}", flush=True))
+            trackers = scale.trackers(folder / "tensorboard", track=track, model=model, examples=validation,
+                                      seed=cfg.seed, start=max(run.epochs, default=0))
+            try:
+                fitted = runs.resumable_fit(run, *_plan(name, cfg, model, initial, (train, validation), key_fit,
+                                                        key_val, warmup_epochs, base, folder, progress, trackers),
+                                            on_resume=lambda history, moved: print(
+                                                f"{name}: resumed after epoch {len(history)}", flush=True))
+            finally:
+                scale.close(trackers)
     except ValueError as e:  # the folder check: one line, as before
         raise SystemExit(str(e).replace("add --resume", "pass --resume")) from None
     train_seconds = time.perf_counter() - start
     write_json(folder / "status.json", dict(base, state="evaluating", epochs=len(fitted.history),
                                             stop_reason=fitted.stop_reason, updated=time.ctime()))
-    result = evaluate_row(name, model, fitted.best_state.params, validation, test, key_test, cfg, progress=progress,
-                          values_path=folder / "test_log_px.npy")
+    result = evaluate_row(name, model, scale.on_one_device(fitted.best_state.params), validation, test, key_test, cfg,
+                          progress=progress, values_path=folder / "test_log_px.npy")
     result.update(_result_fields(name, cfg, fitted, warmup_epochs, train_seconds), command=command,
                   resume_command=resume_command, model_config=model_config(cfg, name))
     write_json(folder / "result.json", result)
@@ -154,20 +161,23 @@ def run_model(name: str, cfg: StudyConfig, data: tuple, out: Path, *, resume: bo
     return result
 
 
-def _plan(name: str, cfg: StudyConfig, model, data: tuple, key_fit, key_val, warmup_epochs: int, base: dict,
-          folder: Path, progress: bool) -> runs.FitPlan:
-    """The row's :class:`vae_jax.runs.FitPlan`: validation with common random numbers every epoch, early
-    stopping counted after the warm-up, the CSV log and ``status.json`` beside each checkpoint."""
+def _plan(name: str, cfg: StudyConfig, model, initial, data: tuple, key_fit, key_val, warmup_epochs: int, base: dict,
+          folder: Path, progress: bool, trackers: list) -> tuple[Any, runs.FitPlan]:
+    """The row's initial state placed on ``cfg.devices`` (:func:`vae_jax.scale.placement`) and its
+    :class:`vae_jax.runs.FitPlan`: validation with common random numbers every epoch, early stopping
+    counted after the warm-up, the CSV log, ``status.json`` and the trackers beside each checkpoint."""
     train, validation = data
     objective, val_objective, val_hparams = objectives_for(model, name)
-    return runs.FitPlan(
-        training.make_train_step(objective, dynamic_binarization=True), jnp.asarray(train), key_fit, cfg.epochs,
-        cfg.batch_size, METRIC, hooks.Validate(val_objective, validation, key_val, hparams=val_hparams,
-                                               same_draws=True),
+    placed = scale.placement(initial, training.make_train_step(objective, dynamic_binarization=True), train,
+                             batch_size=cfg.batch_size, devices=cfg.devices, data_source=cfg.data_source,
+                             folder=folder)
+    return placed.state, runs.FitPlan(
+        placed.step, placed.data, key_fit, cfg.epochs, cfg.batch_size, METRIC,
+        hooks.Validate(val_objective, validation, key_val, hparams=val_hparams, same_draws=True),
         config=bound_config(cfg, name), before=(EpochTimer(),),
-        logs=(runs.CSVLog(folder / "history.csv"), Status(folder / "status.json", base)),
+        logs=(runs.CSVLog(folder / "history.csv"), Status(folder / "status.json", base), *trackers),
         early_stopping=hooks.EarlyStopping(METRIC, patience=cfg.patience, count_from=warmup_epochs),
-        max_minutes=cfg.max_minutes, progress=progress, desc=name)
+        max_minutes=cfg.max_minutes, progress=progress, desc=name, epoch_fn=placed.epoch_fn)
 
 
 def _result_fields(name: str, cfg: StudyConfig, fitted: runs.Fitted, warmup_epochs: int,

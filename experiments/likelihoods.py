@@ -162,7 +162,7 @@ def train_and_score(likelihood: str, index: int, cfg: Config, train_images, test
     state, history, seconds = _common.train(
         model, train_images, epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
         seed=cfg.seed, dynamic_binarization=likelihood == "bernoulli", progress=cfg.progress,
-        desc=likelihood, beta=1.0)
+        desc=likelihood, beta=1.0, **_common.scale_kwargs(cfg))
     evaluation_data = test_binary if likelihood == "bernoulli" else test
     key_elbo, key_ll = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), index), 3)[:2]
     elbo = evaluation.evaluate(model.objective, state.params, evaluation_data, key_elbo, hparams={"beta": 1.0})

@@ -529,7 +529,7 @@ def test_resume_takes_the_lock_once_and_checks_the_folder_once(run, tmp_path, mo
     # Issue 23: train --resume took the lock twice and checked the folder up to four times.
     out = _copy(run, tmp_path / "once")
     calls = []
-    for owner, name in ((runs, "check_run_folder"), (runs.RunLock, "acquire")):
+    for owner, name in ((runs.folder, "check_run_folder"), (runs.RunLock, "acquire")):
         real = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name),
                                                                                    _real(*a, **k))[1])

@@ -77,7 +77,7 @@ def test_values_do_not_depend_on_batch_size_and_match_per_example_calls():
 def test_padded_last_batch_compiles_once():
     lg, x = _linear_gaussian(orthogonal=True)
     model = LinearGaussianVAE(shift=0.123)  # a model no other test compiles
-    compiled = (evaluation._batch_log_marginal_eigen if evaluation._USE_EIGEN[0]
+    compiled = (evaluation._batch_log_marginal_eigen if evaluation._use_eigen()
                 else evaluation._batch_log_marginal_default)  # the CPU path compiles with Eigen matmuls
     before = compiled._cache_size()
     for n in (11, 7, 5):  # 4 + 4 + 3, 4 + 3, 4 + 1: every call has shape [4, 5]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 NUM_DEVICES = 4
 BATCH_SIZE = 64
@@ -61,8 +62,11 @@ def sharded_worker(out_path: str, processes: int, process_id: int, port: int) ->
     mesh = parallel.make_mesh()
     step = parallel.make_sharded_train_step(model.objective, mesh, dynamic_binarization=True)
     state = parallel.replicate(state, mesh)
-    # Each process passes its own quarter/half of the first batch.
+    # Each process passes its own quarter/half of the first batch: the rows local_rows names.
     local = BATCH_SIZE // processes
+    assert parallel.local_rows(mesh, BATCH_SIZE) == slice(process_id * local, (process_id + 1) * local)
+    assert parallel.is_writer() == (process_id == 0)
+    assert parallel.all_agree(True) and parallel.all_agree(process_id == 0) == (processes == 1)
     batch = parallel.shard_batch(data[process_id * local:(process_id + 1) * local], mesh)
     step_key = parallel.replicate(jax.random.key(STEP_KEY), mesh)
     hlo = step.lower(state, batch, step_key).compile().as_text()
@@ -153,3 +157,42 @@ def test_two_processes_match_one_device(tmp_path):
 
 if __name__ == "__main__":
     sharded_worker(sys.argv[1], processes=int(sys.argv[2]), process_id=int(sys.argv[3]), port=int(sys.argv[4]))
+
+
+def test_initialize_from_env_joins_the_named_job_only_and_says_why_it_cannot(monkeypatch):
+    import jax
+
+    from vae_jax import parallel
+
+    assert parallel.initialize_from_env({}) is False  # no coordinator: one process, jax untouched
+    job = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:6789", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID must be a non-negative integer; got 'one'"):
+        parallel.initialize_from_env({**job, "JAX_PROCESS_ID": "one"})
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    assert parallel.initialize_from_env(job) is True
+    assert parallel.initialize_from_env({"JAX_COORDINATOR_ADDRESS": "h:1"}) is True  # JAX detects the rest
+    assert calls == [(("10.0.0.1:6789",), {"num_processes": 2, "process_id": 1}),
+                     (("h:1",), {"num_processes": None, "process_id": None})]
+
+    def unreachable(*a, **k):
+        raise RuntimeError("DEADLINE_EXCEEDED: barrier timed out\n(a long trace)")
+
+    monkeypatch.setattr(jax.distributed, "initialize", unreachable)
+    with pytest.raises(ConnectionError, match=r"could not join the job of JAX_COORDINATOR_ADDRESS=10.0.0.1:6789 "
+                                              r"\(DEADLINE_EXCEEDED: barrier timed out\)"):
+        parallel.initialize_from_env(job)
+
+
+def test_one_process_is_the_writer_and_holds_every_row():
+    import jax.numpy as jnp
+
+    from vae_jax import parallel
+
+    mesh = parallel.make_mesh()  # this process's devices only
+    assert parallel.is_writer() and parallel.all_agree(True) and not parallel.all_agree(False)
+    assert parallel.local_rows(mesh, 8 * mesh.size) == slice(0, 8 * mesh.size)
+    x = jnp.arange(3.0)
+    assert parallel.host_local({"x": x})["x"] is x  # fully addressable: left as it is
+    parallel.barrier("alone")  # returns at once

@@ -33,7 +33,7 @@ def test_the_lock_file_is_removed_on_release_and_a_replaced_file_is_locked_again
                 return os.stat_result((result.st_mode, result.st_ino + 1, *result[2:]))
         return result
 
-    monkeypatch.setattr(runs.os, "stat", replaced_once)
+    monkeypatch.setattr(runs.lock.os, "stat", replaced_once)
     with runs.RunLock(folder) as lock:
         assert len(calls) == 2 and lock._fd is not None
 
@@ -44,7 +44,7 @@ def test_atomic_writers_share_one_strategy_and_leave_the_old_file_on_failure(tmp
     runs.write_csv(tmp_path / "m.csv", [{"epoch": 1, "loss": 2.5}, {"epoch": 2, "loss": 1.5}])
     assert (tmp_path / "m.csv").read_bytes() == b"epoch,loss\r\n1,2.5\r\n2,1.5\r\n"  # as csv writes it
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE((tmp_path / "m.csv").stat().st_mode) == 0o644
-    monkeypatch.setattr(runs.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    monkeypatch.setattr(runs.files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
     for write in (lambda: runs.write_json(path, {"x": 2}), lambda: runs.write_csv(path, [{"epoch": 1}])):
         with pytest.raises(OSError, match="No space left"):
             write()

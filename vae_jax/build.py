@@ -103,8 +103,6 @@ def _check_train(train: TrainConfig) -> None:
                           ("track", CHOICES["track"])):
         if getattr(train, name) not in choices:
             raise ValueError(f"Unknown {name} {getattr(train, name)!r}; expected one of {choices}.")
-    if train.devices == "all" and train.data_source == "disk":
-        raise ValueError("data_source='disk' streams to one device; use devices='one' with it.")
     if train.estimator:
         registry.get(train.estimator)
     options = parse_options(train.estimator_options)

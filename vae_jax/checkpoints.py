@@ -18,6 +18,11 @@ Readers take a shared lock on ``checkpoints.lock`` while they list and read;
 the writer takes it exclusively while it saves and deletes, so a reader beside
 a running train never sees a step disappear under it.
 
+Several processes (``jax.distributed``): every process saves and restores (Orbax
+writes each array once, from the process that holds it, and synchronises them);
+process 0 alone takes the lock, cleans up and moves checkpoints aside, so the
+folder must be one that every process sees (a shared file system).
+
 Retention: the latest checkpoint (to resume) and the best by a validation
 metric (to evaluate). The best is ranked from the history, which the checksum
 covers, never from Orbax's metrics file, which it does not.
@@ -43,6 +48,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vae_jax import parallel
 from vae_jax._quiet import call_quietly, first_line
 from vae_jax.training import TrainState
 
@@ -197,6 +203,8 @@ class RunCheckpoints:
         self._manager.close()
 
     def _locked(self):
+        if not self.read_only and not parallel.is_writer():  # process 0 holds it for every process of the job
+            return contextlib.nullcontext()
         mode = fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX
         return _flock(self._lock_path, mode, required=not self.read_only)
 
@@ -215,8 +223,8 @@ class RunCheckpoints:
         return value
 
     def _remove_leftovers(self) -> None:
-        """Removes what a killed process left: unfinished temporary steps and half-deleted old ones."""
-        for path in self.directory.iterdir():
+        """Removes what a killed process left: unfinished temporary steps and half-deleted old ones (process 0)."""
+        for path in self.directory.iterdir() if parallel.is_writer() else ():
             if path.name == _TRASH or ".orbax-checkpoint-tmp" in path.name:
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -311,7 +319,8 @@ class RunCheckpoints:
             for step in self.epochs:
                 if step not in keep:
                     self._guard(lambda: self._manager.delete(step))
-            shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
+            if parallel.is_writer():
+                shutil.rmtree(self.directory / _TRASH, ignore_errors=True)
 
     def restore(self, template: TrainState, *, which: Which = "latest"
                 ) -> tuple[TrainState, list[dict[str, float]]]:
@@ -403,14 +412,14 @@ class RunCheckpoints:
         """
         if self.read_only:
             raise CheckpointError(f"{str(self.directory)!r} was opened read-only.")
-        moved = []
+        moved = [s for s in self.epochs if s > epoch]
         with self._locked():
-            for step in [s for s in self.epochs if s > epoch]:
+            for step in moved if parallel.is_writer() else ():
                 target = self.directory.with_name(self.directory.name + ".corrupt") / str(step)
                 target.parent.mkdir(exist_ok=True)
                 shutil.rmtree(target, ignore_errors=True)
                 (self.directory / str(step)).rename(target)
-                moved.append(step)
+            parallel.barrier("checkpoints moved aside")  # every process reloads after process 0 moved them
             self._guard(self._manager.reload)
         return moved
 

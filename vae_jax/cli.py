@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from vae_jax import runner, runs
+from vae_jax import parallel, runner, runs
 from vae_jax.build import CHOICES as _CHOICES
 from vae_jax.build import estimator_help, validate
 from vae_jax.checkpoints import WHICH, CheckpointError
@@ -143,6 +143,7 @@ def _given(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    parallel.initialize_from_env()  # a job of several processes (docs/scale.md), before any device is used
     given, progress = _given(args), not args.no_progress
     if not args.resume:
         if args.checkpoint != "latest":

@@ -169,7 +169,7 @@ class TrainConfig:
       estimator_options: ``"NAME=VALUE,..."`` options of the estimator (:func:`parse_options`);
         ``hidden`` sets the units of NVIL's baseline / RELAX's network.
       devices: ``"one"`` (the default device) or ``"all"``: data-parallel over every device (of
-        every host after ``jax.distributed.initialize()``) with :mod:`vae_jax.parallel`.
+        every host of a job: :func:`vae_jax.parallel.initialize_from_env`) with :mod:`vae_jax.parallel`.
       data_source: ``"memory"`` (one ``lax.scan`` over device-resident data) or ``"disk"``: the
         training images written once to ``RUN/train_images.npy`` and streamed
         (:mod:`vae_jax.streaming`); the same batches and draws.
@@ -204,8 +204,9 @@ class TrainConfig:
     estimator_options: str = _field("", "options of --estimator as NAME=VALUE,...: e.g. baseline=leave_one_out "
                                     "(or running_mean), num_pairs=2, temperature=0.5, hidden=50 (units of NVIL's "
                                     "baseline / RELAX's network); the draws are --num-samples")
-    devices: str = _field("one", "'one' device, or 'all': data-parallel over every device (and every host after "
-                          "jax.distributed.initialize()); the batch size must divide over them")
+    devices: str = _field("one", "'one' device, or 'all': data-parallel over every device (and every host of the "
+                          "job that JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID name: "
+                          "docs/scale.md); the batch size must divide over them")
     data_source: str = _field("memory", "'memory' (the data on the device, one compiled scan per epoch) or 'disk' "
                               "(training images written once to RUN/train_images.npy and streamed through Grain)")
     track: str = _field("tensorboard", "'tensorboard' (scalars, reconstructions and samples in RUN/tensorboard) or "

@@ -55,12 +55,20 @@ def _log_marginal_fn(model, params, batch, keys, *, num_samples, chunk_size):
 _batch_log_marginal_default = jax.jit(_log_marginal_fn, static_argnames=("model", "num_samples", "chunk_size"))
 _batch_log_marginal_eigen = jax.jit(_log_marginal_fn, static_argnames=("model", "num_samples", "chunk_size"),
                                     compiler_options=LOG_MARGINAL_COMPILER_OPTIONS)
-_USE_EIGEN = [jax.default_backend() == "cpu"]
+_USE_EIGEN: list[bool | None] = [None]  # decided at the first call: importing must not start a backend
+# (jax.distributed.initialize() comes after the imports and before any device is used)
+
+
+def _use_eigen() -> bool:
+    """Whether log p(x) compiles with Eigen's matmuls: on CPU, unless this XLA rejected the option."""
+    if _USE_EIGEN[0] is None:
+        _USE_EIGEN[0] = jax.default_backend() == "cpu"
+    return _USE_EIGEN[0]
 
 
 def _batch_log_marginal(model, params, batch, keys, *, num_samples, chunk_size):
     """``[B]`` log p(x) of ``batch [B, ...]``, one key each; compiled once per shape."""
-    if _USE_EIGEN[0]:
+    if _use_eigen():
         try:
             return _batch_log_marginal_eigen(model, params, batch, keys, num_samples=num_samples,
                                              chunk_size=chunk_size)

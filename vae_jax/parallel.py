@@ -10,9 +10,11 @@ random draws are the same, because ``jax_threefry_partitionable`` makes them
 independent of the sharding).
 
 The same code runs on one CPU, on every GPU/TPU of a host, and across hosts:
-call ``jax.distributed.initialize()`` first, then :func:`make_mesh` spans the
+call ``jax.distributed.initialize()`` first (:func:`initialize_from_env` does,
+when ``JAX_COORDINATOR_ADDRESS`` is set), then :func:`make_mesh` spans the
 devices of every process. Each process passes the same data and keys
-(replicated), and, for :func:`shard_batch`, its own part of the batch::
+(replicated), and, for :func:`shard_batch`, its own rows of the batch
+(:func:`local_rows`); only process 0 writes files (:func:`is_writer`)::
 
     mesh = make_mesh()
     step = make_sharded_train_step(model.objective, mesh)
@@ -22,15 +24,82 @@ devices of every process. Each process passes the same data and keys
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from vae_jax import training
+from vae_jax._quiet import first_line
 
 BATCH_AXIS = "batch"
+ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")  # read by initialize_from_env
+
+
+def initialize_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """Joins the multi-process job the environment names: ``jax.distributed.initialize()``.
+
+    Only when ``JAX_COORDINATOR_ADDRESS`` (``HOST:PORT`` of process 0, reachable from every
+    process) is set; ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0 .. N-1) then name the job's
+    size and this process. Where they are unset, JAX detects them (SLURM, Open MPI, TPU pods).
+    Call it before anything touches a device.
+
+    Args:
+      environ: the environment (default ``os.environ``).
+
+    Returns:
+      Whether this call joined a job (False: no coordinator named, or already joined).
+
+    Raises:
+      ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an integer.
+      ConnectionError: the job could not be joined (names the coordinator and JAX's reason).
+    """
+    environ = os.environ if environ is None else environ
+    address = environ.get(ENVIRONMENT[0], "")
+    if not address or jax.distributed.is_initialized():
+        return False
+    numbers = {}
+    for name, arg in zip(ENVIRONMENT[1:], ("num_processes", "process_id")):
+        text = environ.get(name, "").strip()
+        if text and not text.isdigit():
+            raise ValueError(f"{name} must be a non-negative integer; got {text!r}.")
+        numbers[arg] = int(text) if text else None
+    try:
+        jax.distributed.initialize(address, **numbers)
+    except Exception as e:  # noqa: BLE001  (JAX raises several kinds; the message is what matters)
+        raise ConnectionError(f"could not join the job of {ENVIRONMENT[0]}={address} ({first_line(e)}).") from None
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes files: process 0 of a multi-process job (the only one of a single process)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process of the job has reached the barrier ``name`` (one process: returns)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def all_agree(ok: bool) -> bool:
+    """Whether ``ok`` holds in every process; also a barrier (every process must call it). One process: ``ok``."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def host_local(tree: Any) -> Any:
+    """``tree`` with its arrays that span several processes fetched into this process (numpy).
+
+    A replicated array of a multi-process job may enter only computations that every process
+    runs; what one process does alone (figures, tracker images) needs its own copy.
+    """
+    return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and not x.is_fully_addressable
+                        else x, tree)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -68,12 +137,27 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda leaf: _place(leaf, replicated(mesh)), tree)
 
 
+def local_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch of ``batch_size`` that this process's devices in ``mesh`` hold.
+
+    Raises:
+      ValueError: ``batch_size`` does not divide over the mesh.
+    """
+    _check_divisible(batch_size, mesh)
+    held = batch_sharded(mesh).addressable_devices_indices_map((batch_size,)).values()
+    per_device, starts = batch_size // mesh.size, sorted(index[0].start or 0 for index in held)
+    if starts != list(range(starts[0], starts[0] + len(starts) * per_device, per_device)):
+        raise ValueError("this process's devices are not contiguous in the mesh; build it with make_mesh().")
+    return slice(starts[0], starts[0] + len(starts) * per_device)
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> jax.Array:
     """Splits ``batch [B, ...]`` along ``B`` across the devices of ``mesh``.
 
     Args:
-      batch: this process's examples (all of them with one process); ``B`` must
-        be divisible by the number of this process's devices in ``mesh``.
+      batch: this process's examples (all of them with one process; the rows
+        :func:`local_rows` names with several); ``B`` must be divisible by the
+        number of this process's devices in ``mesh``.
       mesh: from :func:`make_mesh`.
 
     Returns:

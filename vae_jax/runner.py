@@ -17,7 +17,6 @@ checkpoint folder's shared lock), so they may run beside a train.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.metadata
 import math
 import os
@@ -32,7 +31,7 @@ import optax
 from tqdm.auto import tqdm
 
 from vae_jax import data as vdata
-from vae_jax import estimators, evaluation, family_runs, hooks, parallel, plotting, runs, tracking, training
+from vae_jax import estimators, evaluation, family_runs, hooks, plotting, runs, scale, training
 from vae_jax._checks import check_positive_int
 from vae_jax.build import training_objective, validate
 from vae_jax.checkpoints import RunCheckpoints
@@ -41,6 +40,7 @@ from vae_jax.models import build_model
 from vae_jax.runs import load_run_config, write_json
 
 _EVAL_SEED_OFFSET = {"validation": 1, "test": 2}  # static binarisation seeds of the held-out splits
+_ARTIFACTS = ("metrics.csv", "learning_curves.png", "reconstructions.png", "prior_samples.png")  # sent to MLflow
 
 
 def load_images(config: RunConfig) -> tuple[dict[str, np.ndarray], dict[str, vdata.Split]]:
@@ -158,92 +158,40 @@ def train_run(run: runs.RunFolder, config: RunConfig, *, checkpoint: str = "late
     input_shape = images["train"].shape[1:]
     model, state, step, eval_objective, metric = setup(config, input_shape)
     state = family_runs.start_state(config, model, state, data["train"])
-    state, step, train_data, epoch_fn = _placement(config, out, state, step, data["train"])
+    placed = scale.placement(state, step, data["train"], batch_size=t.batch_size, devices=t.devices,
+                             data_source=t.data_source, folder=out)
     _, key_fit, key_eval = _keys(t.seed)
-    trackers = _trackers(config, out, model, images["validation"], start=max(run.epochs, default=0))
+    flat = {f"{part}.{k}": v for part, fields in config.to_dict().items() for k, v in fields.items()}
+    examples = None if family_runs.is_family(config) else images["validation"]  # families: scalars only
+    trackers = scale.trackers(out / "tensorboard", track=t.track, model=model, examples=examples,
+                              seed=t.seed, start=max(run.epochs, default=0), mlflow_uri=t.mlflow_uri, params=flat,
+                              run_name=out.name)
     log = _RunLog(out, metric, t.epochs, runs.previous_seconds(out / "run.json") if run.resume else 0.0)
     saved = {**config.to_dict(), "input_shape": list(input_shape), "sizes": {k: len(v) for k, v in images.items()}}
-    if not run.resume:
+    if not run.resume and run.writer:
         log.write([], status="starting")  # first: marks the folder as this run's
         write_json(out / "config.json", saved)
-    plan = runs.FitPlan(step, train_data, key_fit, t.epochs, t.batch_size, metric,
+    # Several processes: each trains, validates and checkpoints; process 0 alone logs and writes files.
+    plan = runs.FitPlan(placed.step, placed.data, key_fit, t.epochs, t.batch_size, metric,
                         hooks.Validate(eval_objective, data["validation"], key_eval), config=bound_config(config),
                         defaults=DEFAULTS,
-                        logs=(runs.CSVLog(out / "metrics.csv"), log, *trackers), progress=progress,
-                        epoch_fn=epoch_fn)
+                        logs=(runs.CSVLog(out / "metrics.csv"), log, *trackers) if run.writer else (),
+                        progress=progress and run.writer, epoch_fn=placed.epoch_fn)
+    artifacts = tuple(out / name for name in _ARTIFACTS)
     try:
-        result = runs.resumable_fit(run, state, plan, checkpoint=checkpoint, status=log.write,
-                                    on_resume=_say_resumed(out, saved))
+        result = runs.resumable_fit(run, placed.state, plan, checkpoint=checkpoint,
+                                    status=log.write if run.writer else None,
+                                    on_resume=_say_resumed(out, saved) if run.writer else None)
     except runs.Interrupted as stop:
-        _close(trackers, out, status="KILLED")
+        scale.close(trackers, status="KILLED", artifacts=artifacts)
         then = ("Continue with the same command and --resume." if stop.epochs else
                 "Run the same command again (without --resume) to start over.")
         print(f"\nInterrupted after {stop.epochs} complete epochs; {stop.kept} {then}", flush=True)
         return 130
-    _finish(out, config, model, result, images, splits, metric, data["test"])
-    _close(trackers, out, status="FINISHED")
+    if run.writer:
+        _finish(out, config, model, result, images, splits, metric, data["test"])
+    scale.close(trackers, status="FINISHED", artifacts=artifacts)
     return 0
-
-
-def _placement(config: RunConfig, out: Path, state: Any, step: Any, train: np.ndarray):
-    """``(state, step, data, epoch_fn)`` for ``config.train.devices`` and ``data_source``: the in-memory
-    scan on one device, data-parallel over every device, or streamed from ``out/train_images.npy``.
-
-    Raises:
-      ValueError: a batch that does not divide over the devices; images that are not 8-bit levels
-        (``data_source="disk"`` stores uint8, so it would not train on the same numbers).
-    """
-    t = config.train
-    if t.devices == "all":
-        mesh = parallel.make_mesh()
-        if t.batch_size % mesh.size:
-            raise ValueError(f"batch_size={t.batch_size} does not divide over the {mesh.size} devices; use a "
-                             f"multiple of {mesh.size}.")
-        return (parallel.replicate(state, mesh), parallel.shard_train_step(step, mesh), train,
-                functools.partial(parallel.train_epoch_sharded, mesh=mesh))
-    if t.data_source == "disk":
-        from vae_jax import streaming  # Grain is an extra: imported only by the runs that stream
-
-        if not np.array_equal(np.rint(train * 255) / np.float32(255), train):
-            raise ValueError("data_source='disk' stores 8-bit pixels (uint8); these training images are not "
-                             "k/255 levels, so they would change: use data_source='memory'.")
-        path = out / "train_images.npy"
-        if not path.is_file():
-            streaming.write_images(path, [train], num=len(train))
-        return state, step, streaming.DiskImages(path), streaming.train_epoch_streaming
-    return state, step, train, None
-
-
-def _trackers(config: RunConfig, out: Path, model: Any, validation: np.ndarray, *, start: int) -> list:
-    """The run's tracking hooks (``config.train.track``, ``mlflow_uri``); none of them can stop the run.
-
-    Raises:
-      ValueError: ``mlflow_uri`` without the mlflow package.
-    """
-    t, found = config.train, []
-    if t.track == "tensorboard":
-        images = (None if family_runs.is_family(config)  # a conditional VAE, M2 and VQ-VAE log scalars only
-                  else tracking.model_images(model, validation[:8], jax.random.key(t.seed), num_samples=16))
-        found.append(tracking.TensorBoard(out / "tensorboard", images=images, start_epoch=start))
-    if t.mlflow_uri:
-        flat = {f"{part}.{k}": v for part, fields in config.to_dict().items() for k, v in fields.items()}
-        try:
-            found.append(tracking.MLflow(t.mlflow_uri, run_name=out.name, params=flat))
-        except ImportError as e:
-            raise ValueError(str(e)) from None
-    return found
-
-
-def _close(trackers: list, out: Path, *, status: str) -> None:
-    """Flushes the trackers; MLflow also gets the run's CSV and figures."""
-    for tracker in trackers:
-        if isinstance(tracker, tracking.MLflow):
-            for name in ("metrics.csv", "learning_curves.png", "reconstructions.png", "prior_samples.png"):
-                if (out / name).is_file():
-                    tracker.log_artifact(out / name)
-            tracker.close(status)
-        else:
-            tracker.close()
 
 
 def bound_config(config: RunConfig) -> dict[str, Any]:
@@ -271,11 +219,11 @@ def _finish(out: Path, config: RunConfig, model: Any, result: runs.Fitted, image
             metric: str, test: Any) -> None:
     """The run's figures and its summary line."""
     history = result.history
+    params = scale.on_one_device(result.state.params)  # process 0's alone; not drawn again on every device
     if family_runs.is_family(config):
-        family_runs.save_figures(out, model, result.state.params, config, test, history, metric)
+        family_runs.save_figures(out, model, params, config, test, history, metric)
     else:
-        plotting.save_run_figures(out, model, result.state.params, config, images["test"], splits["test"], history,
-                                  metric)
+        plotting.save_run_figures(out, model, params, config, images["test"], splits["test"], history, metric)
     if config.model.latent != "gaussian":
         print(f"No latent-space figures: the {config.model.latent_dim} {config.model.latent} latents have no "
               "continuous 2-D code to scatter or grid to decode (reconstructions use q's most probable b).",

@@ -21,6 +21,7 @@ pages would count as resident), so a process holds only the prefetched batches.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpy.lib import format as npy_format
+
+from vae_jax import parallel
 
 try:
     import grain
@@ -151,18 +154,28 @@ def batches(source: DiskImages, order: np.ndarray, *, threads: int = 2, prefetch
 
 
 def train_epoch_streaming(train_step: Callable, state: Any, data: DiskImages, key: jax.Array, *,
-                          batch_size: int, threads: int = 2, prefetch: int = 4) -> tuple[Any, dict[str, jax.Array]]:
+                          batch_size: int, threads: int = 2, prefetch: int = 4,
+                          mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict[str, jax.Array]]:
     """One epoch over ``data`` on disk: an ``epoch_fn`` for :func:`vae_jax.training.fit`.
 
     Each batch is put on the device before the previous step has finished (JAX dispatches
     asynchronously), so reading overlaps computing.
 
+    Args:
+      mesh: data-parallel (:func:`vae_jax.parallel.make_mesh`; ``train_step`` from
+        :func:`vae_jax.parallel.shard_train_step`): each process reads only its rows of each
+        batch (:func:`vae_jax.parallel.local_rows`) and the devices share the step.
+
     Returns:
       ``(state, metrics)``: metrics are the means over the epoch's steps, as for ``train_epoch``.
     """
     order, keys = epoch_order(key, len(data), batch_size)
+    place = jax.device_put
+    if mesh is not None:
+        order, keys = order[:, parallel.local_rows(mesh, batch_size)], parallel.replicate(keys, mesh)
+        place = functools.partial(parallel.shard_batch, mesh=mesh)
     totals = None
     for batch, step_key in zip(batches(data, order, threads=threads, prefetch=prefetch), keys):
-        state, metrics = train_step(state, jax.device_put(batch), step_key)
+        state, metrics = train_step(state, place(batch), step_key)
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
     return state, jax.tree.map(lambda total: total / len(order), totals)

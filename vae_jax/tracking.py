@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from vae_jax.parallel import host_local
 from vae_jax.plotting import tile_images
 
 Images = Callable[[Any], Mapping[str, np.ndarray]]
@@ -131,10 +132,11 @@ def model_images(model: Any, examples: np.ndarray, key: Any, *, num_samples: int
     sample = jax.jit(lambda params: model.sample(params, key, num_samples))
 
     def images(state: Any) -> dict[str, np.ndarray]:
-        recon = np.asarray(reconstruct(state.params, examples))
+        params = host_local(state.params)  # several processes: only process 0 draws them
+        recon = np.asarray(reconstruct(params, examples))
         pairs = np.concatenate([examples, recon]).reshape(-1, *examples.shape[1:])
         return {"reconstructions": tile_images(pairs, ncols=len(examples)),
-                "prior_samples": tile_images(np.asarray(sample(state.params)), ncols=int(math.sqrt(num_samples)))}
+                "prior_samples": tile_images(np.asarray(sample(params)), ncols=int(math.sqrt(num_samples)))}
 
     return images
 
