@@ -71,6 +71,8 @@ ROWS = {
                             warmup=True),
     "hvae_warmup": Row("HVAE + warm-up", model={"num_layers": 2}, warmup=True),
     "iaf_warmup": Row("VAE + IAF (2 steps) + warm-up", model={"flow": "iaf", "flow_steps": 2}, warmup=True),
+    "convhvae_vamp_warmup": Row("ConvHVAE + VampPrior (K={K}) + warm-up", model={"num_layers": 2, "architecture": "conv", "prior": "vamp"}, warmup=True),  # noqa: E501
+    "convhvae_warmup": Row("ConvHVAE + warm-up", model={"num_layers": 2, "architecture": "conv"}, warmup=True),
 }
 DEFAULT_MODELS = ["vae", "vae_warmup", "vamp_warmup", "iwae5"]
 

@@ -73,7 +73,7 @@ class ModelConfig:
       num_categories: K of each one-hot group of categorical latents.
       num_layers: stochastic layers L; ``>= 2`` is a :class:`vae_jax.hierarchical.HierarchicalVAE`
         (L = 2: the VampPrior paper's HVAE; ``latent_dim`` latents and ``hidden_sizes[0]`` units per
-        layer; ``architecture="gated_mlp"``).
+        layer; ``architecture="gated_mlp"``, or ``"conv"``: the ConvHVAE's gated convolutions).
       flow: the posterior's normalizing flow: ``"none"`` (diagonal Gaussian) or one of
         :data:`vae_jax.flow_models.FLOWS` (``"iaf"``, ``"planar"``, ``"householder"``); with
         ``num_layers >= 2`` on every layer's factor.
@@ -105,7 +105,8 @@ class ModelConfig:
                          "or 'categorical' (d one-hot groups of --num-categories); discrete ones need --estimator")
     num_categories: int = _field(10, "categories K of each one-hot group (--latent categorical)")
     num_layers: int = _field(1, "stochastic layers; 2 is the hierarchical VAE of the VampPrior paper (HVAE), with "
-                             "--architecture gated_mlp, --latent-dim latents and hidden_sizes[0] units per layer")
+                             "--architecture gated_mlp (or conv: the ConvHVAE's gated convolutions), --latent-dim "
+                             "latents and hidden_sizes[0] units per layer")
     flow: str = _field("none", "normalizing flow of the posterior: 'none' (diagonal Gaussian), 'iaf' (inverse "
                        "autoregressive, MADE), 'planar' or 'householder' (gated_mlp; every layer's with --num-layers)")
     flow_steps: int = _field(2, "steps of the --flow")

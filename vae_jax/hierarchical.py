@@ -1,7 +1,7 @@
-"""Hierarchical VAE: L stochastic layers, the HVAE of the VampPrior paper for L = 2.
+"""Hierarchical VAE: L stochastic layers, the HVAE and ConvHVAE of the VampPrior paper for L = 2.
 
-Follows the authors' ``models/HVAE_2level.py`` (github.com/jmtomczak/vae_vampprior), with
-gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He initialisation):
+``net="gated_mlp"`` follows the authors' ``models/HVAE_2level.py`` (github.com/jmtomczak/vae_vampprior),
+with gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He initialisation):
 
 - ``q(z_L | x)``: x -> gated 300 -> gated 300 -> (mean, log-variance) of z_L;
 - ``q(z_l | x, z_{l+1})``: gated 300 of x and gated 300 of z_{l+1}, concatenated, gated 300 -> heads;
@@ -13,6 +13,13 @@ gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He initiali
   (IAF, planar or Householder) whose parameters come from the hidden layer of that factor;
 - any prior on the top layer: standard normal, learned mixture, or the VampPrior (the top
   encoder ``q(z_L | x)`` at K pseudo-inputs, as in the authors' ``log_p_z2``).
+
+``net="conv"`` is the authors' ``models/convHVAE_2level.py``: the same model with gated convolutions
+where x enters and leaves (:mod:`vae_jax._hierarchical_nets`): ``q(z_L | x)`` and the x-branch of
+``q(z_l | x, z_{l+1})`` are stacks of five gated convolutions (two of stride 2) flattened to
+6 x H/4 x W/4 features, and ``p(x | z_1, z_2)`` is a gated dense layer to an image, four gated 3 x 3
+convolutions and a 1 x 1 convolution. The VampPrior's pseudo-inputs are images that the
+convolutional top encoder reads.
 
 ``z`` is ONE vector, the concatenation ``[z_1, ..., z_L]`` (bottom first;
 :func:`vae_jax.posteriors.split_layers`). ``model.bind(params)`` gives the usual
@@ -27,111 +34,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Sequence
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
 from vae_jax._checks import check_positive_int
+from vae_jax._hierarchical_nets import NETS, HierarchicalDecoder, HierarchicalEncoder, conv_feature_size
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.objectives import Bound
-from vae_jax.networks import GatedDense
-from vae_jax._posterior_heads import FLOWS, HE_NORMAL, FlowHead, GaussianHead, flow_layer, flow_steps
+from vae_jax._posterior_heads import FLOWS, flow_layer, flow_steps
 from vae_jax.posteriors import HierarchicalPosterior, split_layers
 
 Params = Any
-
-
-class HierarchicalEncoder(nn.Module):
-    """``q(z_L | x)`` and ``q(z_l | x, z_{l+1})``; ``latent_sizes`` bottom first. With ``flow`` (not
-    ``"none"``) every layer also gets a :class:`vae_jax._posterior_heads.FlowHead` on the hidden layer
-    that feeds its Gaussian head, and each layer is ``(mean, log_std, step_params)``."""
-
-    latent_sizes: Sequence[int]
-    hidden_size: int = 300
-    flow: str = "none"
-    flow_steps: int = 2
-    made_hidden_sizes: Sequence[int] = (320, 320)
-    context_dim: int = 100
-
-    def setup(self):
-        below = len(self.latent_sizes) - 1
-        self.top_layers = [GatedDense(self.hidden_size), GatedDense(self.hidden_size)]
-        self.x_branches = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.z_branches = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.joints = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.heads = [GaussianHead(size) for size in self.latent_sizes]  # bottom first; the last is the top's
-        if self.flow != "none":
-            self.flow_heads = [FlowHead(size, self.flow, self.flow_steps, self.made_hidden_sizes, self.context_dim)
-                               for size in self.latent_sizes]
-
-    def _layer(self, level: int, h: jax.Array) -> tuple:
-        mean, log_std = self.heads[level](h)
-        return (mean, log_std) if self.flow == "none" else (mean, log_std, self.flow_heads[level](h))
-
-    def top(self, x: jax.Array) -> tuple:
-        """``(mean [d_L], log_std [d_L][, flow step parameters])`` of ``q(z_L | x)``."""
-        h = x.reshape(-1)
-        for layer in self.top_layers:
-            h = layer(h)
-        return self._layer(len(self.latent_sizes) - 1, h)
-
-    def x_features(self, x: jax.Array) -> tuple[jax.Array, ...]:
-        """The x-branch of every lower layer's ``q(z_l | x, z_{l+1})``, ``L - 1`` arrays ``[hidden]``."""
-        return tuple(branch(x.reshape(-1)) for branch in self.x_branches)
-
-    def conditional(self, level: int, h_x: jax.Array, z_above: jax.Array) -> tuple:
-        """``(mean, log_std[, flow step parameters])`` of ``q(z_{level+1} | x, z_{level+2})``."""
-        h = jnp.concatenate([h_x, self.z_branches[level](z_above)])
-        return self._layer(level, self.joints[level](h))
-
-    def __call__(self, x: jax.Array) -> tuple:
-        """Touches every layer (for ``init``); returns the top layer."""
-        for level, h_x in enumerate(self.x_features(x)):
-            self.conditional(level, h_x, jnp.zeros((self.latent_sizes[level + 1],), x.dtype))
-        return self.top(x)
-
-
-class HierarchicalDecoder(nn.Module):
-    """``p(z_l | z_{l+1})`` and ``p(x | z_1, z_2)``; ``latent_sizes`` bottom first, ``len >= 2``."""
-
-    output_shape: Sequence[int]
-    latent_sizes: Sequence[int]
-    hidden_size: int = 300
-    num_outputs: int = 1
-
-    def setup(self):
-        below = len(self.latent_sizes) - 1
-        self.prior_first = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.prior_second = [GatedDense(self.hidden_size) for _ in range(below)]
-        self.prior_heads = [GaussianHead(size) for size in self.latent_sizes[:-1]]
-        self.z1_branch, self.z2_branch = GatedDense(self.hidden_size), GatedDense(self.hidden_size)
-        self.joint = GatedDense(self.hidden_size)
-        self.out = nn.Dense(math.prod(self.output_shape) * self.num_outputs, kernel_init=HE_NORMAL)
-
-    def conditional_prior(self, level: int, z_above: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(mean, log_std)`` of ``p(z_{level+1} | z_{level+2})``."""
-        return self.prior_heads[level](self.prior_second[level](self.prior_first[level](z_above)))
-
-    def likelihood_params(self, z: jax.Array) -> Any:
-        """``z [d_1 + ... + d_L] ->`` the parameters of p(x | z_1, z_2) (logits ``[H, W, C]``, or
-        ``(mean, log_std)`` for ``num_outputs=2``)."""
-        z1, z2 = split_layers(z, self.latent_sizes)[:2]
-        h = self.joint(jnp.concatenate([self.z1_branch(z1), self.z2_branch(z2)]))
-        out = self.out(h)
-        if self.num_outputs == 1:
-            return out.reshape(tuple(self.output_shape))
-        mean, log_std = jnp.split(out, 2)
-        return mean.reshape(tuple(self.output_shape)), log_std.reshape(tuple(self.output_shape))
-
-    def __call__(self, z: jax.Array) -> Any:
-        """Touches every layer (for ``init``); returns :meth:`likelihood_params`."""
-        for level, size in enumerate(self.latent_sizes[1:]):
-            self.conditional_prior(level, jnp.zeros((size,), z.dtype))
-        return self.likelihood_params(z)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +65,9 @@ class HierarchicalVAE(PosteriorModelMixin):
       flow: ``"none"`` (Gaussian factors) or a flow of :data:`vae_jax.flow_models.FLOWS` on every
         layer's factor (its parameters from that factor's hidden layer); flow_steps, made_hidden_sizes,
         context_dim: as for :class:`vae_jax.flow_models.FlowVAE`.
+      net: ``"gated_mlp"`` (the HVAE) or ``"conv"`` (the ConvHVAE: gated convolutions where x enters
+        and leaves; images of any ``H, W``).
+      conv_channels: ``(small, large)`` channels of the ConvHVAE's convolutions (the authors': ``(32, 64)``).
     """
 
     input_shape: tuple[int, ...]
@@ -161,11 +80,14 @@ class HierarchicalVAE(PosteriorModelMixin):
     flow_steps: int = 2
     made_hidden_sizes: tuple[int, ...] = (320, 320)
     context_dim: int = 100
+    net: str = "gated_mlp"
+    conv_channels: tuple[int, int] = (32, 64)
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "latent_sizes", tuple(self.latent_sizes))
         object.__setattr__(self, "made_hidden_sizes", tuple(int(s) for s in self.made_hidden_sizes))
+        object.__setattr__(self, "conv_channels", tuple(self.conv_channels))
         if self.flow != "none":
             flow_steps(self.flow, self.flow_steps)  # validates flow and flow_steps
         if len(self.input_shape) != 3:
@@ -175,8 +97,12 @@ class HierarchicalVAE(PosteriorModelMixin):
                              f"{self.latent_sizes}. One layer is vae_jax.models.VAE.")
         if self.flow not in ("none", *FLOWS):
             raise ValueError(f"Unknown flow {self.flow!r}; expected 'none' or one of {FLOWS}.")
-        for size in (*self.latent_sizes, self.hidden_size, self.num_components, self.context_dim):
-            check_positive_int(size, "latent sizes, hidden_size, num_components and context_dim")
+        if self.net not in NETS:
+            raise ValueError(f"Unknown net {self.net!r}; expected one of {NETS}.")
+        if len(self.conv_channels) != 2:
+            raise ValueError(f"conv_channels must be (small, large); got {self.conv_channels}.")
+        for size in (*self.latent_sizes, self.hidden_size, self.num_components, self.context_dim, *self.conv_channels):
+            check_positive_int(size, "latent sizes, hidden_size, num_components, context_dim and conv_channels")
         distributions.check_likelihood(self.likelihood)
 
     @property
@@ -191,12 +117,14 @@ class HierarchicalVAE(PosteriorModelMixin):
     @property
     def encoder(self) -> HierarchicalEncoder:
         return HierarchicalEncoder(self.latent_sizes, self.hidden_size, self.flow, self.flow_steps,
-                                   self.made_hidden_sizes, self.context_dim)
+                                   self.made_hidden_sizes, self.context_dim, self.net, self.conv_channels,
+                                   conv_feature_size(self.input_shape) if self.net == "conv" else None)
 
     @property
     def decoder(self) -> HierarchicalDecoder:
         num_outputs = 2 if self.likelihood == "gaussian_learned" else 1
-        return HierarchicalDecoder(self.input_shape, self.latent_sizes, self.hidden_size, num_outputs)
+        return HierarchicalDecoder(self.input_shape, self.latent_sizes, self.hidden_size, num_outputs, self.net,
+                                   self.conv_channels)
 
     def init_params(self, key: jax.Array, x: jax.Array) -> Params:
         """Parameters for one example ``x [H, W, C]``."""

@@ -16,6 +16,7 @@ from vae_jax import discrete as discrete_latents
 from vae_jax.flow_models import FLOWS, FlowVAE
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax._checks import check_positive_int
+from vae_jax._hierarchical_nets import NETS as HIERARCHICAL_NETS
 from vae_jax.config import ModelConfig
 from vae_jax.models import families
 from vae_jax.models.discrete import DiscreteVAE
@@ -84,20 +85,22 @@ def _check_posterior(config: ModelConfig) -> None:
     check_positive_int(config.flow_steps, "flow_steps")
     if config.num_layers == 1 and config.flow == "none":
         return
-    wanted = {"kind": "vae", "architecture": "gated_mlp", "compute_dtype": "float32"}
-    wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    nets = HIERARCHICAL_NETS if config.num_layers >= 2 else ("gated_mlp",)
+    wanted = {"kind": ("vae",), "architecture": nets, "compute_dtype": ("float32",)}
+    wrong = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) not in v]
     if wrong:
-        raise ValueError(f"num_layers={config.num_layers}, flow={config.flow!r} is built on the gated net of a "
-                         f"VAE in float32 (--architecture gated_mlp); it does not take {', '.join(wrong)}.")
+        raise ValueError(f"num_layers={config.num_layers}, flow={config.flow!r} is built on a gated net of a VAE "
+                         f"in float32 (--architecture {' or '.join(nets)}); it does not take {', '.join(wrong)}.")
 
 
 def build_model(config: ModelConfig, input_shape: Sequence[int]) -> Any:
     """The model that ``config`` describes, for images ``[H, W, C]``: a :class:`VAE` or :class:`AE`;
     a :class:`DiscreteVAE` (``latent`` ``"bernoulli"`` / ``"categorical"``); a
-    :class:`~vae_jax.hierarchical.HierarchicalVAE` (``num_layers >= 2``); a
-    :class:`~vae_jax.flow_models.FlowVAE` (one layer, ``flow`` other than ``"none"``); for ``kind``
-    ``"conditional"``, ``"m2"``, ``"vq"`` a :class:`~vae_jax.conditional.ConditionalVAE`,
-    :class:`~vae_jax.semi_supervised.M2` or :class:`~vae_jax.vq.VQVAE` (:mod:`vae_jax.models.families`).
+    :class:`~vae_jax.hierarchical.HierarchicalVAE` (``num_layers >= 2``; ``architecture="conv"``: the
+    ConvHVAE's gated convolutions); a :class:`~vae_jax.flow_models.FlowVAE` (one layer, ``flow`` other
+    than ``"none"``); for ``kind`` ``"conditional"``, ``"m2"``, ``"vq"`` a
+    :class:`~vae_jax.conditional.ConditionalVAE`, :class:`~vae_jax.semi_supervised.M2` or
+    :class:`~vae_jax.vq.VQVAE` (:mod:`vae_jax.models.families`).
 
     Raises:
       ValueError: a field no model takes (:func:`check_config`) or an ``input_shape`` other than ``(H, W, C)``.
@@ -115,7 +118,8 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]) -> Any:
     if config.num_layers >= 2:
         return HierarchicalVAE(input_shape, latent_sizes=(config.latent_dim,) * config.num_layers,
                                hidden_size=hidden[0], likelihood=config.likelihood, prior=config.prior,
-                               num_components=config.num_components, flow=config.flow, flow_steps=config.flow_steps)
+                               num_components=config.num_components, flow=config.flow, flow_steps=config.flow_steps,
+                               net=config.architecture)
     if config.flow != "none":
         return FlowVAE(input_shape, latent_dim=config.latent_dim, hidden_sizes=hidden, flow=config.flow,
                        flow_steps=config.flow_steps, likelihood=config.likelihood, prior=config.prior,
