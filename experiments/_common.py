@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from vae_jax import data as vdata
-from vae_jax import models, objectives, training
+from vae_jax import models, objectives, streaming, training
 from vae_jax.runs import write_bytes, write_json
 
 
@@ -195,21 +195,37 @@ def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any) -
     return Trained(model, *train(model, images, **kwargs))
 
 
-def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
+def train(model: Any, images: Any, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
           seed: int = 0, dynamic_binarization: bool = False, progress: bool = True, desc: str = "train",
           **hparams: float) -> tuple[training.TrainState, list[dict[str, float]], float]:
-    """Trains ``model`` with Adam on ``images [N, H, W, C]``; ``hparams`` go to its objective.
+    """Trains ``model`` with Adam on ``images [N, H, W, C]``, or on labelled pairs ``(x [N, ...], y [N])``
+    (the model's ``init`` takes one ``x``); ``hparams`` go to its objective.
 
     Returns:
       ``(state, history, seconds)``: history has one dict of epoch means per epoch.
     """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
-    state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
+    first = jax.tree.leaves(images)[0][0]
+    state = training.create_train_state(model, key_init, first, optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
     start = time.perf_counter()
     state, history, _ = training.fit(step, state, images, key_fit, epochs=epochs, batch_size=batch_size,
                                      progress=progress, desc=desc)
     return state, history, time.perf_counter() - start
+
+
+def loop_epoch(train_step: Callable, state: training.TrainState, data: Any, key: jax.Array, *,
+               batch_size: int) -> tuple[training.TrainState, dict[str, jax.Array]]:
+    """:func:`vae_jax.training.train_epoch` as a Python loop of compiled steps (same batches, keys and means):
+    an ``epoch_fn`` for ``fit``. For convolutional models on the CPU: inside ``train_epoch``'s ``lax.scan``,
+    XLA's CPU convolutions (and their gradients) ran 3-15x slower per step than the same jitted step called
+    from Python (measured for the VQ-VAE of ``experiments.vq_vae``)."""
+    order, keys = streaming.epoch_order(key, len(jax.tree.leaves(data)[0]), batch_size)
+    totals = None
+    for rows, step_key in zip(order, keys):
+        state, metrics = train_step(state, jax.tree.map(lambda a: a[rows], data), step_key)
+        totals = metrics if totals is None else jax.tree.map(jax.numpy.add, totals, metrics)
+    return state, jax.tree.map(lambda total: total / len(order), totals)
 
 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
@@ -447,3 +463,29 @@ def _piece(saved: Any) -> dict[str, Any]:
     if not isinstance(saved, dict) or set(saved) != {"config", "value"} or not isinstance(saved["config"], dict):
         raise ValueError("expected {\"config\": {...}, \"value\": ...}")
     return saved
+
+
+def computed_piece(parts: Parts, name: str, options: dict[str, Any],
+                   compute: Callable[[], tuple[Any, dict[str, np.ndarray]]]) -> tuple[Any, dict[str, np.ndarray]]:
+    """A piece of a study with its arrays: loaded from ``parts`` (``NAME.json`` and ``NAME.npz``) when it was
+    made with ``options``, else ``compute()`` and saved (the arrays first, so a piece found is complete).
+
+    Args:
+      parts: the study's pieces.
+      name: the piece's name.
+      options: what it depends on (a piece of other options is refused: :meth:`Parts.load`).
+      compute: ``() -> (JSON-able value, {name: array})``.
+
+    Returns:
+      ``(value, arrays)``.
+    """
+    value = parts.load(name, options)
+    arrays = parts.read_file(f"{name}.npz", read_npz) if value is not None else None
+    if value is not None and arrays is not None:
+        print(f"{name}: loaded from {parts.folder}", flush=True)
+        return value, arrays
+    value, arrays = compute()
+    value = json.loads(json.dumps(_jsonable(value)))  # as a resumed run reads it
+    parts.write_file(f"{name}.npz", npz_bytes(arrays))
+    parts.save(name, options, value)
+    return value, arrays
