@@ -15,8 +15,11 @@ binarisation) are compared on one seeded binarisation of the test images:
 ``log p(x | y) - log p(x)`` is the information the label adds about the image;
 for one model it is ``log p(y | x) + log 10 <= log 10 = 2.30`` nats.
 
+A second conditional VAE learns the prior p(z | y) (one diagonal Gaussian per
+class) instead of N(0, I); its samples draw z from the class's own Gaussian.
+
 Writes ``samples.png`` (one row per class: decoder means of z ~ N(0, I)),
-``vae_samples.png``, ``results.json`` and ``config.json``. Finished models'
+``samples_learned_prior.png`` (z ~ p(z | y)), ``vae_samples.png``, ``results.json`` and ``config.json``. Finished models'
 numbers are kept in ``OUT/parts`` and reused by the same command.
 
 Size: 20000 training images, 20 epochs, MLP 784-256-128-16 (the conditional
@@ -83,10 +86,11 @@ def vae_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
     return value, {"log_px": log_p.values, "samples": np.asarray(samples)}
 
 
-def cvae_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
-    """The conditional VAE: trained, ``log p(x | y)``, ELBO, the summed-out ``log p(x)``, samples per class."""
+def cvae_piece(cfg: Config, data: dict, key, *, learned_prior: bool = False) -> tuple[dict, dict]:
+    """A conditional VAE (prior N(0, I), or a learned p(z | y): one Gaussian per class): trained, ``log p(x | y)``,
+    ELBO, the summed-out ``log p(x)``, samples per class."""
     model = conditional.conditional_vae(data["train"].shape[1:], latent_dim=cfg.latent_dim, num_classes=NUM_CLASSES,
-                                        hidden_sizes=cfg.hidden_sizes)
+                                        hidden_sizes=cfg.hidden_sizes, learned_prior=learned_prior)
     state, history, seconds = _common.train(model, (data["train"], data["train_labels"]), epochs=cfg.epochs,
                                             batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed,
                                             dynamic_binarization=True, progress=cfg.progress, desc="conditional vae",
@@ -138,12 +142,14 @@ def study_data(cfg: Config) -> dict:
             "test_labels": ds.test.labels[:n].astype(np.int32)}
 
 
-def save_figures(cfg: Config, cvae: dict, vae: dict) -> None:
-    """The class-conditional grid (one row per class) and the VAE's samples."""
+def save_figures(cfg: Config, cvae: dict, learned: dict, vae: dict) -> None:
+    """The class-conditional grids (one row per class) of both conditional VAEs and the VAE's samples."""
     per = cfg.samples_per_class
-    rows = {name: cvae["samples"][c * per:(c + 1) * per] for c, name in enumerate(vdata.FASHION_MNIST_CLASSES)}
-    plotting.save_image_rows(rows, cfg.out / "samples.png",
-                             title="conditional VAE: means of p(x | z, y), z ~ N(0, I), one row per class y")
+    for arrays, name, prior in ((cvae, "samples.png", "N(0, I)"), (learned, "samples_learned_prior.png", "p(z | y)")):
+        rows = {label: arrays["samples"][c * per:(c + 1) * per]
+                for c, label in enumerate(vdata.FASHION_MNIST_CLASSES)}
+        plotting.save_image_rows(rows, cfg.out / name,
+                                 title=f"conditional VAE: means of p(x | z, y), z ~ {prior}, one row per class y")
     plotting.save_image_grid(vae["samples"], cfg.out / "vae_samples.png", ncols=per,
                              title="unconditional VAE: means of p(x | z), z ~ N(0, I)")
 
@@ -156,21 +162,29 @@ def run(cfg: Config) -> dict:
     key = jax.random.key(cfg.seed)
     cvae, cvae_arrays = _common.computed_piece(parts, "cvae", cfg.piece_options(),
                                                lambda: cvae_piece(cfg, data, jax.random.fold_in(key, 1)))
+    learned, learned_arrays = _common.computed_piece(
+        parts, "cvae_learned_prior", cfg.piece_options(),
+        lambda: cvae_piece(cfg, data, jax.random.fold_in(key, 3), learned_prior=True))
     vae, vae_arrays = _common.computed_piece(parts, "vae", cfg.piece_options(),
                                              lambda: vae_piece(cfg, data, jax.random.fold_in(key, 2)))
-    save_figures(cfg, cvae_arrays, vae_arrays)
-    gain = cvae_arrays["log_px_given_y"] - vae_arrays["log_px"]
-    summed = cvae_arrays["log_px_summed"] - vae_arrays["log_px"]
-    results = {"models": {"conditional": cvae, "vae": vae},
-               "log_px_given_y_minus_log_px": {"mean": float(gain.mean()),
-                                               "paired_stderr": float(gain.std(ddof=1) / math.sqrt(len(gain)))},
-               "log_px_summed_minus_log_px": {"mean": float(summed.mean()),
-                                              "paired_stderr": float(summed.std(ddof=1) / math.sqrt(len(summed)))},
+    save_figures(cfg, cvae_arrays, learned_arrays, vae_arrays)
+    differences = {}
+    for name, arrays in (("conditional", cvae_arrays), ("conditional_learned_prior", learned_arrays)):
+        for quantity in ("log_px_given_y", "log_px_summed"):
+            differences[f"{name}: {quantity} - vae log_px"] = paired(arrays[quantity] - vae_arrays["log_px"])
+    results = {"models": {"conditional": cvae, "conditional_learned_prior": learned, "vae": vae},
+               "paired_differences": differences,
                "log_num_classes": math.log(NUM_CLASSES), "train_size": len(data["train"]), "eval_size": len(data["test"]),
                "units": "nats per binarised test image", "wall_seconds_this_call": time.perf_counter() - start,
                "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
     _common.write_outputs(cfg.out, config=cfg, results=results)
     return results
+
+
+def paired(difference: np.ndarray) -> dict:
+    """Mean and standard error of per-image differences (the same test images)."""
+    return {"mean": float(difference.mean()),
+            "paired_stderr": float(difference.std(ddof=1) / math.sqrt(len(difference)))}
 
 
 @_common.study_main(PROG)

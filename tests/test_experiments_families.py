@@ -129,7 +129,7 @@ def test_floored_decoder_never_goes_below_its_floor():
 def test_conditional_study_quick(tmp_path, fast_compilation, capsys):
     argv = ["--out", str(tmp_path), "--quick", "--no-progress"]
     results = conditional.main(argv)
-    _pngs(tmp_path, ("samples.png", "vae_samples.png"))
+    _pngs(tmp_path, ("samples.png", "samples_learned_prior.png", "vae_samples.png"))
     cvae, vae = results["models"]["conditional"], results["models"]["vae"]
     arrays, vae_arrays = _arrays(tmp_path, "cvae"), _arrays(tmp_path, "vae")
     n = results["eval_size"]
@@ -141,8 +141,10 @@ def test_conditional_study_quick(tmp_path, fast_compilation, capsys):
     assert cvae["implied_classifier_error"] == pytest.approx(np.mean(per_class.argmax(1) != labels))
     assert cvae["log_px_given_y"] == pytest.approx(np.mean(arrays["log_px_given_y"]), rel=1e-5)
     gain = arrays["log_px_given_y"] - vae_arrays["log_px"]
-    assert results["log_px_given_y_minus_log_px"]["mean"] == pytest.approx(gain.mean(), rel=1e-4)
-    for model in (cvae, vae):  # importance sampling at least the ELBO (8 samples, 20 images: a wide margin)
+    pair = results["paired_differences"]["conditional: log_px_given_y - vae log_px"]
+    assert pair["mean"] == pytest.approx(gain.mean(), rel=1e-4)
+    assert pair["paired_stderr"] == pytest.approx(gain.std(ddof=1) / math.sqrt(n), rel=1e-4)
+    for model in (cvae, results["models"]["conditional_learned_prior"], vae):  # importance sampling at least the ELBO (8 samples, 20 images: a wide margin)
         assert model.get("log_px_given_y", model.get("log_px")) > model["elbo"] - 1
     again = conditional.main(argv)
     assert again["models"] == results["models"] and "loaded from" in capsys.readouterr().out
