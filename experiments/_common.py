@@ -13,7 +13,7 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -22,10 +22,11 @@ import optax
 from experiments._args import (TRACK_DEFAULTS, Option, finite_float, nonnegative_float,  # noqa: F401
                                nonnegative_int, parse_study, parser, positive_float, positive_int,
                                resolve_defaults, study_main)
-from experiments._parts import Parts, StudyError, _jsonable, check_resume, npz_bytes, read_npz  # noqa: F401
+from experiments._parts import (Parts, StudyError, _jsonable, check_resume, computed_piece,  # noqa: F401
+                               npz_bytes, read_npz)
 from vae_jax.runs import write_json
 from vae_jax import data as vdata
-from vae_jax import models, objectives, scale, training
+from vae_jax import models, objectives, scale, streaming, training
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,27 +101,31 @@ def train_model(config: models.ModelConfig, images: np.ndarray, **kwargs: Any) -
     return Trained(model, *train(model, images, **kwargs))
 
 
-def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
+def train(model: Any, images: Any, *, epochs: int, batch_size: int = 128, learning_rate: float = 1e-3,
           seed: int = 0, dynamic_binarization: bool = False, progress: bool = True, desc: str = "train",
           devices: str = "one", track: str = "none", logdir: Path | None = None,
           **hparams: float) -> tuple[training.TrainState, list[dict[str, float]], float]:
-    """Trains ``model`` with Adam on ``images [N, H, W, C]``; ``hparams`` go to its objective.
+    """Trains ``model`` with Adam on ``images [N, H, W, C]``, or on labelled pairs ``(x [N, ...], y [N])``
+    (the model's ``init`` takes one ``x``); ``hparams`` go to its objective.
 
     ``devices`` and ``track`` take the CLI's path (:mod:`vae_jax.scale`): ``"all"`` trains
     data-parallel over every local device (the one-device numbers to float32 rounding);
     ``"tensorboard"`` writes the epochs and reconstructions of ``images[:8]`` to
-    ``logdir/DESC`` (``desc`` made a folder name).
+    ``logdir/DESC`` (``desc`` made a folder name; scalars only for pairs).
 
     Returns:
       ``(state, history, seconds)``: history has one dict of epoch means per epoch; the
       state is on one device (what follows training runs there).
     """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
-    state = training.create_train_state(model, key_init, images[0], optax.adam(learning_rate), **hparams)
+    pairs = isinstance(images, tuple)
+    first = jax.tree.leaves(images)[0][0]
+    state = training.create_train_state(model, key_init, first, optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
     placed = scale.placement(state, step, images, batch_size=batch_size, devices=devices)
     folder = Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)
-    trackers = scale.trackers(folder, track=track, model=model, examples=images, seed=seed)
+    trackers = scale.trackers(folder, track=track, model=model, examples=None if pairs else images,
+                              seed=seed)
     start = time.perf_counter()
     try:
         state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
@@ -130,6 +135,20 @@ def train(model: Any, images: np.ndarray, *, epochs: int, batch_size: int = 128,
     finally:
         scale.close(trackers)
     return scale.on_one_device(state), history, seconds
+
+
+def loop_epoch(train_step: Callable, state: training.TrainState, data: Any, key: jax.Array, *,
+               batch_size: int) -> tuple[training.TrainState, dict[str, jax.Array]]:
+    """:func:`vae_jax.training.train_epoch` as a Python loop of compiled steps (same batches, keys and means):
+    an ``epoch_fn`` for ``fit``. For convolutional models on the CPU: inside ``train_epoch``'s ``lax.scan``,
+    XLA's CPU convolutions (and their gradients) ran 3-15x slower per step than the same jitted step called
+    from Python (measured for the VQ-VAE of ``experiments.vq_vae``)."""
+    order, keys = streaming.epoch_order(key, len(jax.tree.leaves(data)[0]), batch_size)
+    totals = None
+    for rows, step_key in zip(order, keys):
+        state, metrics = train_step(state, jax.tree.map(lambda a: a[rows], data), step_key)
+        totals = metrics if totals is None else jax.tree.map(jax.numpy.add, totals, metrics)
+    return state, jax.tree.map(lambda total: total / len(order), totals)
 
 
 def batched(fn, params: Any, x: np.ndarray) -> np.ndarray:
@@ -196,5 +215,3 @@ def write_outputs(out: Path, *, config: dict[str, Any], results: dict[str, Any])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", _jsonable(config))
     write_json(out / "results.json", _jsonable(results))
-
-

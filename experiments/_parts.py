@@ -134,3 +134,29 @@ def _piece(saved: Any) -> dict[str, Any]:
     if not isinstance(saved, dict) or set(saved) != {"config", "value"} or not isinstance(saved["config"], dict):
         raise ValueError("expected {\"config\": {...}, \"value\": ...}")
     return saved
+
+
+def computed_piece(parts: Parts, name: str, options: dict[str, Any],
+                   compute: Callable[[], tuple[Any, dict[str, np.ndarray]]]) -> tuple[Any, dict[str, np.ndarray]]:
+    """A piece of a study with its arrays: loaded from ``parts`` (``NAME.json`` and ``NAME.npz``) when it was
+    made with ``options``, else ``compute()`` and saved (the arrays first, so a piece found is complete).
+
+    Args:
+      parts: the study's pieces.
+      name: the piece's name.
+      options: what it depends on (a piece of other options is refused: :meth:`Parts.load`).
+      compute: ``() -> (JSON-able value, {name: array})``.
+
+    Returns:
+      ``(value, arrays)``.
+    """
+    value = parts.load(name, options)
+    arrays = parts.read_file(f"{name}.npz", read_npz) if value is not None else None
+    if value is not None and arrays is not None:
+        print(f"{name}: loaded from {parts.folder}", flush=True)
+        return value, arrays
+    value, arrays = compute()
+    value = json.loads(json.dumps(_jsonable(value)))  # as a resumed run reads it
+    parts.write_file(f"{name}.npz", npz_bytes(arrays))
+    parts.save(name, options, value)
+    return value, arrays
