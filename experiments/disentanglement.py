@@ -358,10 +358,16 @@ def parse_args(argv: list[str] | None) -> Config:
                             figures=not args.no_figures, dpi=40 if q else 110)
 
 
-def evaluation_set(data: CachedSprites, cfg: Config) -> EvalSet:
-    """``eval_size`` random grid points of ``cfg.data_seed``; the first is the traversals' reference image."""
-    factors = data.sample_factors(cfg.sizes.eval_size, np.random.default_rng(10_000 + cfg.data_seed))
+def evaluation_factors(sprites: dsprites.Sprites, eval_size: int, data_seed: int) -> np.ndarray:
+    """The evaluation images' factor indices ``[eval_size, 5]``; the first is the traversals' reference image."""
+    factors = sprites.sample_factors(eval_size, np.random.default_rng(10_000 + data_seed))
     factors[0] = TRAVERSAL_FACTORS
+    return factors
+
+
+def evaluation_set(data: CachedSprites, cfg: Config) -> EvalSet:
+    """``eval_size`` random grid points of ``cfg.data_seed`` (:func:`evaluation_factors`) and their images."""
+    factors = evaluation_factors(data, cfg.sizes.eval_size, cfg.data_seed)
     return EvalSet(factors, data.images(factors))
 
 

@@ -10,6 +10,7 @@ import pytest
 from experiments import _common
 from experiments import _disentanglement_report as report
 from experiments import disentanglement as study
+from experiments import disentanglement_dci as dci_rescore
 from vae_jax import dsprites
 
 SCORES = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "factor_vae_score",
@@ -61,7 +62,26 @@ def test_quick_run_writes_everything_and_resumes(tmp_path, capsys):
     assert comparison["correction"]["family_size"] == 6  # 3 weighted settings x (MIG, DCI D)
     assert json.loads((tmp_path / "models" / "seed0.json").read_text())["config"]["epochs"] == 1
     assert np.load(tmp_path / "models" / "seed0.npz")["beta_vae_1_codes"].shape == (200, 10)
+    _check_dci_from_stored_codes(tmp_path, results)
     _check_stale_and_damaged_parts(tmp_path, tmp_path.parent / f"{tmp_path.name}_copy", capsys)
+
+
+def _check_dci_from_stored_codes(out, results):
+    """DCI recomputed from the stored codes at the run's own rounds (1) is the run's DCI, model for model
+    (the codes, factors and split line up); at 3 rounds it differs and the paired differences add up."""
+    same = dci_rescore.main(["--run", str(out), "--trees", "1"])
+    assert len(same["rows"]) == len(results["rows"]) == 8 and same["run_dci_trees"] == 1
+    for row in same["rows"]:
+        for name in dci_rescore.NAMES:
+            assert row[name] == row["run"][name], (row, name)
+    assert json.loads((out / "dci_1_rounds.json").read_text()) == json.loads(json.dumps(same))
+    other = dci_rescore.main(["--run", str(out), "--trees", "3"])
+    assert any(r["dci_informativeness"] != r["run"]["dci_informativeness"] for r in other["rows"])
+    for s in other["summary"]:
+        group = [r for r in other["rows"] if (r["method"], r["weight"]) == (s["method"], s["weight"])]
+        d = s["dci_disentanglement"]
+        assert d["difference"]["mean"] == pytest.approx(d["mean"] - d["run_mean"], abs=1e-12)
+        assert d["run_mean"] == pytest.approx(np.mean([r["run"]["dci_disentanglement"] for r in group]), abs=1e-12)
 
 
 def _check_stale_and_damaged_parts(out, copy, capsys):
