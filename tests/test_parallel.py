@@ -144,11 +144,15 @@ def check_equal_to_single_device(sharded: dict[str, np.ndarray], truth: dict[str
     assert np.max(np.abs(truth[kernel] - np.asarray(initial.params["decoder"]["Dense_0"]["kernel"]))) > 5e-3
 
 
+# The default suite runs this path end to end: test_scale_cli's CLI run on 4 devices, resumed by 2 processes
+# x 2 devices, matches one device's numbers. These two check the parameters leaf by leaf (slow: 36 s).
+@pytest.mark.slow
 def test_four_devices_match_one_device(tmp_path):
     workers = start_workers(tmp_path, processes=1)
     check_equal_to_single_device(collect(workers), single_device_truth())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device(tmp_path):
     """``jax.distributed.initialize()`` with 2 processes of 2 CPU devices: the multi-host path."""
     workers = start_workers(tmp_path, processes=2)
