@@ -20,7 +20,8 @@ diagonal Gaussian per class) instead of N(0, I); its samples draw z from the
 class's own Gaussian.
 
 Writes ``samples.png`` (one row per class: decoder means of z ~ N(0, I)),
-``samples_learned_prior.png`` (z ~ p(z | y), with the learned prior), ``vae_samples.png``, ``results.json`` and ``config.json``. Finished models'
+``samples_learned_prior.png`` (z ~ p(z | y), with the learned prior), ``vae_samples.png``,
+``results.json`` and ``config.json``. Finished models'
 numbers are kept in ``OUT/parts`` and reused by the same command.
 
 Size: 20000 training images, 20 epochs, MLP 784-256-128-16 (the conditional
@@ -132,7 +133,8 @@ OPTIONS = (
                    "importance samples of log p(x | y) and the VAE's log p(x) (default 500, quick 8)"),
     _common.Option("--class-importance", _common.positive_int, None,
                    "importance samples of each log p(x | c) summed over the classes (default 100, quick 8)"),
-    _common.Option("--samples-per-class", _common.positive_int, None, "samples in each class's row (default 10, quick 3)"))
+    _common.Option("--samples-per-class", _common.positive_int, None,
+                   "samples in each class's row (default 10, quick 3)"))
 
 
 def parse_args(argv: list[str] | None) -> Config:

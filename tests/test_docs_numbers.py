@@ -794,7 +794,8 @@ def semi_supervised_study():
     runs = r["runs"]
     alphas = [f"alpha = {runs[str(n)]['m2']['0']['alpha']:g} for {n} labels" for n in cfg["labels"]]
     m2_seconds = [m["train_seconds"] for n in runs for m in runs[n]["m2"].values()]
-    gaps = [100 * (r["summary"][str(n)]["m2"]["mean"] - r["summary"][str(n)]["classifier"]["mean"]) for n in cfg["labels"]]
+    gaps = [100 * (r["summary"][str(n)]["m2"]["mean"] - r["summary"][str(n)]["classifier"]["mean"])
+            for n in cfg["labels"]]
     return _semi_rows("semi_supervised") + alphas + [
         f"by {gaps[0]:.0f} points with {cfg['labels'][0]} labels and {gaps[1]:.0f} points with {cfg['labels'][1]}",
         f"a pool of the first {r['train_size']} training images",
@@ -813,7 +814,8 @@ def vq_vae_study():
     m = r["models"]
     ema, loss, g = m["ema"], m["loss"], m["gaussian"]
     rows = [f"| VQ-VAE, {name} | {v['bits_per_dim']:.3f} +- {v['bits_per_dim_stderr']:.3f} | "
-            f"{v['reconstruction_bits_per_dim']:.3f} | {v['code_bits_per_dim']:.3f} | {v['squared_error_per_pixel']:.4f} | "
+            f"{v['reconstruction_bits_per_dim']:.3f} | {v['code_bits_per_dim']:.3f} | "
+            f"{v['squared_error_per_pixel']:.4f} | "
             f"{v['test_perplexity']:.1f} | {v['test_dead_codes']} |"
             for name, v in (("EMA codebook", ema), ("codebook loss", loss))]
     rows.append(f"| Gaussian VAE, learned sigma | {g['bits_per_dim']:.3f} +- {g['bits_per_dim_stderr']:.3f} | "
@@ -826,7 +828,8 @@ def vq_vae_study():
         f"channels {'-'.join(map(str, cfg['features']))}",
         f"a {grid} grid of {cfg['num_codes']} codes of dimension {cfg['embedding_dim']}",
         f"beta = {cfg['beta']:g}", f"decay {cfg['ema_decay']:g}",
-        f"{cfg['prior_layers']} masked layers of {cfg['prior_features']} channels, trained {cfg['prior_epochs']} epochs "
+        f"{cfg['prior_layers']} masked layers of {cfg['prior_features']} channels, "
+        f"trained {cfg['prior_epochs']} epochs "
         f"(Adam {_lr(cfg['prior_learning_rate'])})",
         f"the first {r['eval_size']} test images", f"{cfg['num_importance']} importance samples",
         f"the first {cfg['probe_size']} training images",
@@ -835,7 +838,8 @@ def vq_vae_study():
         f"{ema['uniform_code_bits_per_image']:.0f} bits",
         f"{g['bits_per_dim'] - ema['bits_per_dim']:.2f} bits/dim below",
         f"{g['squared_error_per_pixel'] / ema['squared_error_per_pixel']:.2f} times smaller",
-        f"at most about {ema['bits_per_dim']:.2f}", f"small ({g['elbo_bits_per_dim'] - g['bits_per_dim']:.2f} bits/dim)",
+        f"at most about {ema['bits_per_dim']:.2f}",
+        f"small ({g['elbo_bits_per_dim'] - g['bits_per_dim']:.2f} bits/dim)",
         f"as low as {ema['bits_per_dim']:.2f}", f"on the {math.prod(ema['grid'])} codes",
         f"-log2 p(c*) / {r['dims']}",
         f"{ema['test_dead_codes']} dead code at the end, against {loss['test_dead_codes']} with the codebook loss",
