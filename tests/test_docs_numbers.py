@@ -755,6 +755,7 @@ def conditional_study():
     r = _json("docs/results/conditional/results.json")
     cfg = _json("docs/results/conditional/config.json")
     cvae, learned, vae = (r["models"][k] for k in ("conditional", "conditional_learned_prior", "vae"))
+    bernoulli = _json("docs/figures/likelihoods/results.json")["models"]["bernoulli"]
     d = r["paired_differences"]
     rows = [f"| conditional VAE, {name} | {_pm2(m['log_px_given_y'], m['log_px_given_y_stderr'])} | "
             f"{_pm2(m['log_px_summed'], m['log_px_summed_stderr'])} | {m['elbo']:.2f} | {m['kl']:.2f} | "
@@ -775,6 +776,7 @@ def conditional_study():
         f"{cfg['class_importance']} per class",
         f"log 10 = {r['log_num_classes']:.2f} nats",
         f"{cvae['train_seconds']:.0f} s, {learned['train_seconds']:.0f} s and {vae['train_seconds']:.0f} s of training",
+        f"{bernoulli['log_likelihood']:.1f} +- {bernoulli['log_likelihood_stderr']:.1f} there",
     ]
 
 
