@@ -15,17 +15,19 @@ binarisation) are compared on one seeded binarisation of the test images:
 ``log p(x | y) - log p(x)`` is the information the label adds about the image;
 for one model it is ``log p(y | x) + log 10 <= log 10 = 2.30`` nats.
 
-A second conditional VAE learns the prior p(z | y) (one diagonal Gaussian per
-class) instead of N(0, I); its samples draw z from the class's own Gaussian.
+A second conditional VAE (``--priors learned``) learns the prior p(z | y) (one
+diagonal Gaussian per class) instead of N(0, I); its samples draw z from the
+class's own Gaussian.
 
 Writes ``samples.png`` (one row per class: decoder means of z ~ N(0, I)),
-``samples_learned_prior.png`` (z ~ p(z | y)), ``vae_samples.png``, ``results.json`` and ``config.json``. Finished models'
+``samples_learned_prior.png`` (z ~ p(z | y), with the learned prior), ``vae_samples.png``,
+``results.json`` and ``config.json``. Finished models'
 numbers are kept in ``OUT/parts`` and reused by the same command.
 
 Size: 20000 training images, 20 epochs, MLP 784-256-128-16 (the conditional
 model's first layers also take the 10 one-hot inputs), 1000 test images, 500
-importance samples (100 per class for the sum over labels). ``--quick``: 500
-images, 1 epoch, 20 test images, 8 samples.
+importance samples (100 per class for the sum over labels). ``--quick``: 200
+images, 1 epoch, MLP 784-32-16, the N(0, I) prior only, 20 test images, 8 samples, 3 samples per class.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ from vae_jax import data as vdata
 
 PROG = "experiments.conditional"
 NUM_CLASSES = 10
+PRIORS = {"standard": ("conditional", "cvae", "samples.png", "N(0, I)"),
+          "learned": ("conditional_learned_prior", "cvae_learned_prior", "samples_learned_prior.png", "p(z | y)")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
+    priors: tuple[str, ...]
     hidden_sizes: tuple[int, ...]
     latent_dim: int
     train_size: int
@@ -60,13 +65,15 @@ class Config(_common.TrainingConfig):
     samples_per_class: int
 
     def piece_options(self) -> dict:
-        """What every piece depends on (all options but the output folder and the progress bars)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("out", "progress")}
+        """What every piece depends on (all options but the output folder, the progress bars and which priors)."""
+        return {k: v for k, v in self.to_json().items() if k not in ("out", "progress", "priors")}
 
 
 def _log_marginal(cfg: Config, model, params, data, key, num_samples: int, desc: str):
+    # batches of at most eval_size images: log p(x | y) and the ten log p(x | c) share one compilation
     return evaluation.log_marginal(model, params, data, key, num_samples=num_samples,
-                                   chunk_size=min(num_samples, 250), batch_size=100, progress=cfg.progress, desc=desc)
+                                   chunk_size=min(num_samples, 250), batch_size=min(100, cfg.eval_size),
+                                   progress=cfg.progress, desc=desc)
 
 
 def vae_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
@@ -115,6 +122,10 @@ def cvae_piece(cfg: Config, data: dict, key, *, learned_prior: bool = False) -> 
 
 
 OPTIONS = (
+    _common.Option("--priors", str, None, "priors of the conditional VAEs, of standard (N(0, I)) and learned "
+                   "(p(z | y)) (default both; quick standard)", "+"),
+    _common.Option("--hidden-sizes", _common.positive_int, None,
+                   "MLP encoder widths, reversed for the decoder (default 256 128, quick 32)", "+"),
     _common.Option("--latent-dim", _common.positive_int, 16, "size of z (default 16)"),
     _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"),
     _common.Option("--eval-size", _common.positive_int, None, "test images scored (default 1000, quick 20)"),
@@ -122,30 +133,36 @@ OPTIONS = (
                    "importance samples of log p(x | y) and the VAE's log p(x) (default 500, quick 8)"),
     _common.Option("--class-importance", _common.positive_int, None,
                    "importance samples of each log p(x | c) summed over the classes (default 100, quick 8)"),
-    _common.Option("--samples-per-class", _common.positive_int, 10, "samples in each class's row (default 10)"))
+    _common.Option("--samples-per-class", _common.positive_int, None,
+                   "samples in each class's row (default 10, quick 3)"))
 
 
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a :class:`Config` (``--quick`` and the defaults resolved)."""
-    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=1,
-                               hidden_sizes=[256, 128],
-                               defaults={"eval_size": (20, 1000), "num_importance": (8, 500),
-                                         "class_importance": (8, 100)})
+    cfg = _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=1,
+                              defaults={"priors": (["standard"], list(PRIORS)),
+                                        "hidden_sizes": ([32], [256, 128]), "eval_size": (20, 1000),
+                                        "num_importance": (8, 500),
+                                        "class_importance": (8, 100), "samples_per_class": (3, 10)})
+    if set(cfg.priors) - set(PRIORS) or len(set(cfg.priors)) < len(cfg.priors):
+        raise ValueError(f"--priors takes distinct names of {', '.join(PRIORS)}; got {' '.join(cfg.priors)}.")
+    return cfg
 
 
 def study_data(cfg: Config) -> dict:
     """Training images and labels, and one seeded binarisation of the test images with their labels."""
-    ds = _common.load_data(cfg, quick_train=500, quick_test=cfg.eval_size)
+    ds = _common.load_data(cfg, quick_train=200, quick_test=cfg.eval_size)
     n = min(cfg.eval_size, len(ds.test.images))
     return {"train": ds.train.images[:cfg.train_size], "train_labels": ds.train.labels[:cfg.train_size].astype(np.int32),
             "test": vdata.binarize_static(ds.test.images[:n], seed=cfg.seed),
             "test_labels": ds.test.labels[:n].astype(np.int32)}
 
 
-def save_figures(cfg: Config, cvae: dict, learned: dict, vae: dict) -> None:
-    """The class-conditional grids (one row per class) of both conditional VAEs and the VAE's samples."""
+def save_figures(cfg: Config, conditionals: dict, vae: dict) -> None:
+    """The class-conditional grids (one row per class) of the conditional VAEs and the VAE's samples."""
     per = cfg.samples_per_class
-    for arrays, name, prior in ((cvae, "samples.png", "N(0, I)"), (learned, "samples_learned_prior.png", "p(z | y)")):
+    for which, (_, arrays) in conditionals.items():
+        _, _, name, prior = PRIORS[which]
         rows = {label: arrays["samples"][c * per:(c + 1) * per]
                 for c, label in enumerate(vdata.FASHION_MNIST_CLASSES)}
         plotting.save_image_rows(rows, cfg.out / name,
@@ -160,19 +177,20 @@ def run(cfg: Config) -> dict:
     parts = _common.Parts(cfg.out / "parts", resume=True)
     data = study_data(cfg)
     key = jax.random.key(cfg.seed)
-    cvae, cvae_arrays = _common.computed_piece(parts, "cvae", cfg.piece_options(),
-                                               lambda: cvae_piece(cfg, data, jax.random.fold_in(key, 1)))
-    learned, learned_arrays = _common.computed_piece(
-        parts, "cvae_learned_prior", cfg.piece_options(),
-        lambda: cvae_piece(cfg, data, jax.random.fold_in(key, 3), learned_prior=True))
+    conditionals = {prior: _common.computed_piece(
+        parts, PRIORS[prior][1], cfg.piece_options(),
+        lambda prior=prior: cvae_piece(cfg, data, jax.random.fold_in(key, 1 if prior == "standard" else 3),
+                                       learned_prior=prior == "learned"))
+        for prior in PRIORS if prior in cfg.priors}
     vae, vae_arrays = _common.computed_piece(parts, "vae", cfg.piece_options(),
                                              lambda: vae_piece(cfg, data, jax.random.fold_in(key, 2)))
-    save_figures(cfg, cvae_arrays, learned_arrays, vae_arrays)
+    save_figures(cfg, conditionals, vae_arrays)
     differences = {}
-    for name, arrays in (("conditional", cvae_arrays), ("conditional_learned_prior", learned_arrays)):
+    for prior, (_, arrays) in conditionals.items():
+        name = PRIORS[prior][0]
         for quantity in ("log_px_given_y", "log_px_summed"):
             differences[f"{name}: {quantity} - vae log_px"] = paired(arrays[quantity] - vae_arrays["log_px"])
-    results = {"models": {"conditional": cvae, "conditional_learned_prior": learned, "vae": vae},
+    results = {"models": {**{PRIORS[prior][0]: value for prior, (value, _) in conditionals.items()}, "vae": vae},
                "paired_differences": differences,
                "log_num_classes": math.log(NUM_CLASSES), "train_size": len(data["train"]), "eval_size": len(data["test"]),
                "units": "nats per binarised test image", "wall_seconds_this_call": time.perf_counter() - start,

@@ -23,8 +23,8 @@ baseline's final errors), ``results.json`` and ``config.json``. Each model
 
 Size: a pool of 10000 training images, 10 epochs of batch 128, MLP widths
 256 and z of 16, 100 and 1000 labels, seeds 0 1 2, the full test set. ``--quick``:
-a pool of 300 images, 20 and 50 labels, 1 seed, 1 epoch, 20 classifier steps,
-200 test images. A reduced run: the paper trains far longer on all 60000 MNIST
+a pool of 300 images, 20 and 50 labels, 1 seed, 1 epoch, MLP width 32, 20
+classifier steps, 200 test images. A reduced run: the paper trains far longer on all 60000 MNIST
 images.
 """
 
@@ -132,6 +132,8 @@ OPTIONS = (
     _common.Option("--seeds", _common.nonnegative_int, None, "seeds of every labels count (default 0 1 2)", "+"),
     _common.Option("--train-size", _common.positive_int, None, "training pool (default 10000, quick 300)"),
     _common.Option("--eval-size", _common.positive_int, None, "test images (default 10000, quick 200)"),
+    _common.Option("--hidden-sizes", _common.positive_int, None,
+                   "MLP widths of the encoder, decoder and classifier (default 256, quick 32)", "+"),
     _common.Option("--latent-dim", _common.positive_int, 16, "size of z (default 16)"),
     _common.Option("--classifier-steps", _common.positive_int, None,
                    "Adam steps of the labels-only classifier (default 2000, quick 20)"))
@@ -140,8 +142,8 @@ OPTIONS = (
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
     cfg = _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=10, quick_epochs=1,
-                              hidden_sizes=[256],
                               defaults={"labels": ([20, 50], [100, 1000]), "seeds": ([0], [0, 1, 2]),
+                                        "hidden_sizes": ([32], [256]),
                                         "train_size": (300, 10000), "eval_size": (200, 10000),
                                         "classifier_steps": (20, 2000)})
     if max(cfg.labels) > cfg.train_size:

@@ -31,7 +31,8 @@ and reused by the same command (a piece made with other options is refused).
 Size: 20000 training images, 10 epochs, conv VQ-VAE with channels 8-16 (a 7x7
 grid of 64 codes of dimension 8), a 3-layer PixelCNN with 32 channels trained
 10 epochs, 1000 test images, 500 importance samples for the Gaussian VAE.
-``--quick``: 500 images, 1 epoch, 50 test images, 16 importance samples.
+``--quick``: 256 images, 1 epoch, channels 4-8, a 1-layer PixelCNN with 8 channels,
+20 test images, a probe of 32 images, 8 importance samples.
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ def dequantizing(step):
 
 def probe_usage(model: vq.VQVAE, probe: jax.Array):
     """``params -> {"probe_perplexity", "probe_dead_codes"}``: the codebook use over all grid positions of ``probe``."""
-    codes_of = jax.jit(jax.vmap(model.codes, in_axes=(None, 0)))
-    return lambda params: {f"probe_{k}": float(v)
-                           for k, v in vq.codebook_usage(codes_of(params, probe), model.num_codes).items()}
+    usage_of = jax.jit(lambda params: vq.codebook_usage(jax.vmap(model.codes, in_axes=(None, 0))(params, probe),
+                                                        model.num_codes))
+    return lambda params: {f"probe_{k}": float(v) for k, v in usage_of(params).items()}
 
 
 def train_vq(cfg: Config, model: vq.VQVAE, train, probe, key) -> tuple[training.TrainState, list, dict]:
@@ -163,7 +164,8 @@ def vq_piece(cfg: Config, update: str, data: dict, key) -> tuple[dict, dict]:
     shift = dims * math.log(likelihoods.LEVELS)
     to_bits = lambda nats: float(-nats / (dims * math.log(2)))  # noqa: E731
     usage = vq.codebook_usage(codes_of(params, x), cfg.num_codes)
-    samples = jax.vmap(model.decode_codes, in_axes=(None, 0))(params, prior.sample(prior_params, jax.random.fold_in(key, 3), 2 * SHOWN))[0]
+    decoded = jax.jit(jax.vmap(model.decode_codes, in_axes=(None, 0)))
+    samples = decoded(params, prior.sample(prior_params, jax.random.fold_in(key, 3), 2 * SHOWN))[0]
     value = {"bits_per_dim": float(vq.bits_per_dim(log_joint.mean(), dims)),
              "bits_per_dim_stderr": float(log_joint.std(ddof=1) / math.sqrt(len(log_joint)) / (dims * math.log(2))),
              "log_joint": float(log_joint.mean()) - shift,
@@ -205,28 +207,31 @@ def gaussian_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
 OPTIONS = (
     _common.Option("--updates", str, None, "codebook updates trained, of ema and loss (default both; quick ema)", "+"),
     _common.Option("--train-size", _common.positive_int, 20000, "training images used (default 20000)"),
-    _common.Option("--eval-size", _common.positive_int, None, "test images scored (default 1000, quick 50)"),
+    _common.Option("--eval-size", _common.positive_int, None, "test images scored (default 1000, quick 20)"),
     _common.Option("--probe-size", _common.positive_int, None,
-                   "training images whose codes measure codebook use each epoch (default 1000, quick 100)"),
+                   "training images whose codes measure codebook use each epoch (default 1000, quick 32)"),
     _common.Option("--num-codes", _common.positive_int, 64, "codebook size K (default 64)"),
     _common.Option("--embedding-dim", _common.positive_int, 8, "dimension D of each code (default 8)"),
-    _common.Option("--features", _common.positive_int, [8, 16], "channels of the stride-2 convolutions (8 16)", "+"),
+    _common.Option("--features", _common.positive_int, None,
+                   "channels of the stride-2 convolutions (default 8 16, quick 4 8)", "+"),
     _common.Option("--beta", _common.nonnegative_float, 0.25, "commitment weight (default 0.25)"),
     _common.Option("--ema-decay", _common.nonnegative_float, 0.99, "EMA codebook decay in [0, 1) (default 0.99)"),
-    _common.Option("--prior-features", _common.positive_int, 32, "PixelCNN channels (default 32)"),
-    _common.Option("--prior-layers", _common.positive_int, 3, "PixelCNN masked layers (default 3)"),
+    _common.Option("--prior-features", _common.positive_int, None, "PixelCNN channels (default 32, quick 8)"),
+    _common.Option("--prior-layers", _common.positive_int, None, "PixelCNN masked layers (default 3, quick 1)"),
     _common.Option("--prior-epochs", _common.positive_int, None, "PixelCNN epochs (default 10, quick 1)"),
     _common.Option("--prior-learning-rate", _common.positive_float, 3e-3, "PixelCNN Adam step (default 3e-3)"),
     _common.Option("--latent-dim", _common.positive_int, 16, "z size of the Gaussian VAE (default 16)"),
     _common.Option("--num-importance", _common.positive_int, None,
-                   "importance samples per test image of the Gaussian VAE (default 500, quick 16)"))
+                   "importance samples per test image of the Gaussian VAE (default 500, quick 8)"))
 
 
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a :class:`Config` (``--quick`` and the defaults resolved)."""
     cfg = _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=10, quick_epochs=1,
-                              defaults={"updates": (["ema"], list(UPDATES)), "eval_size": (50, 1000), "probe_size": (100, 1000), "prior_epochs": (1, 10),
-                                        "num_importance": (16, 500)})
+                              defaults={"updates": (["ema"], list(UPDATES)), "eval_size": (20, 1000),
+                                        "probe_size": (32, 1000), "features": ([4, 8], [8, 16]),
+                                        "prior_features": (8, 32), "prior_layers": (1, 3), "prior_epochs": (1, 10),
+                                        "num_importance": (8, 500)})
     if not cfg.updates or set(cfg.updates) - set(UPDATES) or len(set(cfg.updates)) < len(cfg.updates):
         raise ValueError(f"--updates takes distinct names of {', '.join(UPDATES)}; got {' '.join(cfg.updates)}.")
     if not cfg.ema_decay < 1:
@@ -236,7 +241,7 @@ def parse_args(argv: list[str] | None) -> Config:
 
 def study_data(cfg: Config) -> dict:
     """Training images, the probe set, the test images and one seeded dequantization of them."""
-    data = _common.load_data(cfg, quick_train=500, quick_test=cfg.eval_size)
+    data = _common.load_data(cfg, quick_train=256, quick_test=cfg.eval_size)
     train = data.train.images[:cfg.train_size]
     test = data.test.images[:cfg.eval_size]
     if cfg.probe_size > len(train):

@@ -95,7 +95,7 @@ def _python_blocks(page: Path) -> list[str]:
 
 DOC_PAGES = [README] + [ROOT / "docs" / f"{name}.md" for name in (
     "cli", "data", "ae_vs_vae", "beta_vae", "likelihoods", "gradient_estimators", "marginal_likelihood", "benchmarks",
-    "model_families")]
+    "model_families", "conditional", "semi_supervised", "vq_vae")]
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)

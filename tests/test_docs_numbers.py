@@ -875,6 +875,131 @@ def scale():
                    f"--examples {r['examples']} --epochs {r['timed_epochs']} --out benchmarks/results/scale_cost.json"]
 
 
+# ------------------------------------------------------------------------------------- model families
+
+
+def _pm2(mean, se):
+    return f"{mean:.2f} +- {se:.2f}"
+
+
+def conditional_study():
+    r = _json("docs/results/conditional/results.json")
+    cfg = _json("docs/results/conditional/config.json")
+    cvae, learned, vae = (r["models"][k] for k in ("conditional", "conditional_learned_prior", "vae"))
+    bernoulli = _json("docs/figures/likelihoods/results.json")["models"]["bernoulli"]
+    d = r["paired_differences"]
+    rows = [f"| conditional VAE, {name} | {_pm2(m['log_px_given_y'], m['log_px_given_y_stderr'])} | "
+            f"{_pm2(m['log_px_summed'], m['log_px_summed_stderr'])} | {m['elbo']:.2f} | {m['kl']:.2f} | "
+            f"{100 * m['implied_classifier_error']:.1f}% |"
+            for name, m in (("p(z) = N(0, I)", cvae), ("learned p(z \\| y)", learned))]
+    rows.append(f"| VAE (no label) | | {_pm2(vae['log_px'], vae['log_px_stderr'])} | {vae['elbo']:.2f} | "
+                f"{vae['kl']:.2f} | |")
+    for key, name in (("conditional", "p(z) = N(0, I)"), ("conditional_learned_prior", "learned p(z \\| y)")):
+        given, summed = (d[f"{key}: {q} - vae log_px"] for q in ("log_px_given_y", "log_px_summed"))
+        rows.append(f"| {name} | {_pm2(given['mean'], given['paired_stderr'])} | "
+                    f"{_pm2(summed['mean'], summed['paired_stderr'])} |")
+    return rows + [
+        f"MLP 784-{'-'.join(map(str, cfg['hidden_sizes']))}-{cfg['latent_dim']}",
+        f"the first {cfg['train_size']} training images for {cfg['epochs']} epochs (Adam {_lr(cfg['learning_rate'])}, "
+        f"batches of {cfg['batch_size']}",
+        f"the first {r['eval_size']} test images",
+        f"{cfg['num_importance']} importance samples per image",
+        f"{cfg['class_importance']} per class",
+        f"log 10 = {r['log_num_classes']:.2f} nats",
+        f"{cvae['train_seconds']:.0f} s, {learned['train_seconds']:.0f} s and {vae['train_seconds']:.0f} s of training",
+        f"{bernoulli['log_likelihood']:.1f} +- {bernoulli['log_likelihood_stderr']:.1f} there",
+    ]
+
+
+def _error_cells(summary):
+    per_seed = ", ".join(f"{100 * e:.1f}" for e in summary["per_seed"])
+    return f"{100 * summary['mean']:.1f}% +- {100 * summary['std_ddof1']:.1f} | {per_seed}"
+
+
+def _semi_rows(folder):
+    r = _json(f"docs/results/{folder}/results.json")
+    return [f"| {n} | {_error_cells(s['m2'])} | {_error_cells(s['classifier'])} |" for n, s in r["summary"].items()]
+
+
+def semi_supervised_study():
+    r = _json("docs/results/semi_supervised/results.json")
+    cfg = _json("docs/results/semi_supervised/config.json")
+    runs = r["runs"]
+    alphas = [f"alpha = {runs[str(n)]['m2']['0']['alpha']:g} for {n} labels" for n in cfg["labels"]]
+    m2_seconds = [m["train_seconds"] for n in runs for m in runs[n]["m2"].values()]
+    gaps = [100 * (r["summary"][str(n)]["m2"]["mean"] - r["summary"][str(n)]["classifier"]["mean"])
+            for n in cfg["labels"]]
+    return _semi_rows("semi_supervised") + alphas + [
+        f"by {gaps[0]:.0f} points with {cfg['labels'][0]} labels and {gaps[1]:.0f} points with {cfg['labels'][1]}",
+        f"a pool of the first {r['train_size']} training images",
+        f"{cfg['epochs']} epochs of batches of {cfg['batch_size']}",
+        f"MLP widths {'-'.join(map(str, cfg['hidden_sizes']))}, z of {cfg['latent_dim']}",
+        f"seeds {', '.join(map(str, cfg['seeds']))}",
+        f"all {r['eval_size']} test images",
+        f"{cfg['classifier_steps']} Adam steps",
+        f"{min(m2_seconds) / 60:.1f} to {max(m2_seconds) / 60:.1f} minutes",
+    ] + _semi_longer()
+
+
+def _semi_longer():
+    r = _json("docs/results/semi_supervised_epochs40/results.json")
+    cfg = _json("docs/results/semi_supervised_epochs40/config.json")
+    short = _json("docs/results/semi_supervised/config.json")
+    other = lambda c: {k: v for k, v in c.items() if k not in ("out", "epochs", "progress")}  # noqa: E731
+    assert other(cfg) == other(short), "the longer run differs from the default-size one in more than --epochs"
+    curves = {n: np.mean([[h["test_error"] for h in m["history"]] for m in r["runs"][n]["m2"].values()], axis=0)
+              for n in r["runs"]}
+    return _semi_rows("semi_supervised_epochs40") + [
+        f"`--epochs {cfg['epochs']}`",
+        f"M2's mean error after epoch 20 is {100 * curves['100'][19]:.1f}% (100 labels) and "
+        f"{100 * curves['1000'][19]:.1f}% (1000 labels)",
+    ]
+
+
+def vq_vae_study():
+    r = _json("docs/results/vq_vae/results.json")
+    cfg = _json("docs/results/vq_vae/config.json")
+    m = r["models"]
+    ema, loss, g = m["ema"], m["loss"], m["gaussian"]
+    rows = [f"| VQ-VAE, {name} | {v['bits_per_dim']:.3f} +- {v['bits_per_dim_stderr']:.3f} | "
+            f"{v['reconstruction_bits_per_dim']:.3f} | {v['code_bits_per_dim']:.3f} | "
+            f"{v['squared_error_per_pixel']:.4f} | "
+            f"{v['test_perplexity']:.1f} | {v['test_dead_codes']} |"
+            for name, v in (("EMA codebook", ema), ("codebook loss", loss))]
+    rows.append(f"| Gaussian VAE, learned sigma | {g['bits_per_dim']:.3f} +- {g['bits_per_dim_stderr']:.3f} | "
+                f"{g['reconstruction_bits_per_dim']:.3f} | {g['kl_bits_per_dim']:.3f} | "
+                f"{g['squared_error_per_pixel']:.4f} | | |")
+    reference = _json("docs/figures/likelihoods/results.json")["models"]["gaussian_learned"]["bits_per_dim"]
+    grid = "x".join(map(str, ema["grid"]))
+    return rows + [
+        f"{r['train_size']} training images for {cfg['epochs']} epochs",
+        f"channels {'-'.join(map(str, cfg['features']))}",
+        f"a {grid} grid of {cfg['num_codes']} codes of dimension {cfg['embedding_dim']}",
+        f"beta = {cfg['beta']:g}", f"decay {cfg['ema_decay']:g}",
+        f"{cfg['prior_layers']} masked layers of {cfg['prior_features']} channels, "
+        f"trained {cfg['prior_epochs']} epochs "
+        f"(Adam {_lr(cfg['prior_learning_rate'])})",
+        f"the first {r['eval_size']} test images", f"{cfg['num_importance']} importance samples",
+        f"the first {cfg['probe_size']} training images",
+        f"its ELBO is {g['elbo_bits_per_dim']:.3f} bits/dim",
+        f"{ema['code_bits_per_image']:.1f} and {loss['code_bits_per_image']:.1f} bits per image",
+        f"{ema['uniform_code_bits_per_image']:.0f} bits",
+        f"{g['bits_per_dim'] - ema['bits_per_dim']:.2f} bits/dim below",
+        f"{g['squared_error_per_pixel'] / ema['squared_error_per_pixel']:.2f} times smaller",
+        f"at most about {ema['bits_per_dim']:.2f}",
+        f"small ({g['elbo_bits_per_dim'] - g['bits_per_dim']:.2f} bits/dim)",
+        f"as low as {ema['bits_per_dim']:.2f}", f"on the {math.prod(ema['grid'])} codes",
+        f"-log2 p(c*) / {r['dims']}",
+        f"{ema['test_dead_codes']} dead code at the end, against {loss['test_dead_codes']} with the codebook loss",
+        f"bound is {loss['bits_per_dim'] - ema['bits_per_dim']:.2f} bits/dim lower",
+        f"{ema['initial_probe']['probe_perplexity']:.1f} at the start",
+        f"{ema['history'][0]['probe_perplexity']:.1f} (EMA) and {loss['history'][0]['probe_perplexity']:.1f} (loss) "
+        f"after the first epoch",
+        f"{reference:.3f} bits/dim",
+        f"{ema['train_seconds']:.0f} s (EMA), {loss['train_seconds']:.0f} s (loss) and {g['train_seconds']:.0f} s",
+    ]
+
+
 PAGES = {
     "README.md": readme,
     "docs/scale.md": scale,
@@ -887,6 +1012,9 @@ PAGES = {
     "docs/benchmarks.md": benchmarks,
     "docs/marginal_likelihood.md": marginal_likelihood,
     "docs/disentanglement.md": disentanglement,
+    "docs/conditional.md": conditional_study,
+    "docs/semi_supervised.md": semi_supervised_study,
+    "docs/vq_vae.md": vq_vae_study,
 }
 
 

@@ -123,7 +123,7 @@ def trackers(logdir: str | Path, *, track: str, model: Any, examples: np.ndarray
     if track not in TRACKS:
         raise ValueError(f"track must be one of {TRACKS}; got {track!r}.")
     found = []
-    if not parallel.is_writer():
+    if not parallel.is_writer() or (track == "none" and not mlflow_uri):
         return found
     from vae_jax import tracking  # tensorboardX takes seconds to import: only for the runs that track
 
