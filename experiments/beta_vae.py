@@ -37,6 +37,11 @@ Writes ``rate_distortion.png``, ``traversals.png`` (one panel per beta),
 ``active_units.png`` (posterior-mean variance per unit), ``results.json`` and
 ``config.json``.
 
+``--devices all`` trains the stack data-parallel over every local device
+(each step's batch split; the one-device numbers to float32 rounding);
+``--track tensorboard`` (the default at full size) writes each beta's epochs,
+reconstructions and prior samples to ``tensorboard/beta_B`` (docs/scale.md).
+
 Size: the default is 20000 training images, MLP 784-256-128-10, 20 epochs,
 five betas; ``--quick`` is 1000 images and 2 epochs (mostly compilation).
 Measured times: docs/beta_vae.md.

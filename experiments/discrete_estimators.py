@@ -36,6 +36,12 @@ depend only on the seed, estimator and step, so a resumed run trains exactly
 the models an uninterrupted one would; only its timings differ). Each piece
 records the options it was made with; a piece made with other options is
 refused, naming them. ``--resume`` needs the folder of an earlier run.
+
+``--devices all`` trains both studies data-parallel over every local device
+(the one-device numbers to float32 rounding; pieces made so record it, and
+are refused by a run on one device). ``--track tensorboard`` (the default at full size)
+writes each training's epochs (study B's with its bounds) and images to
+``tensorboard/`` (docs/scale.md).
 """
 
 from __future__ import annotations

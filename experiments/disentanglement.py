@@ -37,6 +37,12 @@ with other options (epochs, sizes, metric sizes...), naming them. Writes
 ``metrics_vs_beta.png``, ``traversals.png``, ``results.json`` and
 ``config.json`` (``--no-figures``: the JSON files only).
 
+``--devices all`` trains each stack data-parallel over every local device
+(the one-device numbers to float32 rounding; seed files made so record it,
+and are refused by a run on one device); ``--track tensorboard`` (the default
+at full size) writes each model's epochs and images to
+``tensorboard/METHOD_WEIGHT_seedS`` (docs/scale.md).
+
 Sizes: ``--quick`` (2 seeds, betas 1 and 4, TC weight 4, gamma 10, 512
 16x16 images, 1 epoch, tiny metric sizes with one boosting round, XLA
 optimisation level 0 for the training epochs) is what the test suite runs.

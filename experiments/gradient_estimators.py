@@ -27,6 +27,11 @@ score function (no baseline, running mean, leave-one-out), STL, IWAE, DReG.
    ``--marginal-samples`` draws) (``training_curves.png``).
 
 Writes the three PNGs, ``results.json`` and ``config.json`` into ``--out``.
+``--devices all`` trains studies 1 and 3 data-parallel over every local device
+(the one-device numbers to float32 rounding);
+``--track tensorboard`` (the default at full size) writes each training's
+epochs (study 3's with its test ELBO and log p(x)) and images to
+``tensorboard/`` (docs/scale.md).
 
 Size: the default is 10000 training and 1000 test images, MLP 784-256-128-16,
 k = 8, 20 epochs per study; ``--quick`` is 500 images, a small MLP, 2 epochs,
