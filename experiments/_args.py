@@ -126,9 +126,9 @@ class Option(NamedTuple):
 
 
 def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: int,
-                      hidden_sizes: list[int] | None = None, scale_options: bool = True) -> None:
-    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (``--hidden-sizes``, when given, and
-    with ``scale_options`` ``--devices`` and ``--track``: :func:`add_scale_args`) to ``p``.
+                      hidden_sizes: list[int] | None = None) -> None:
+    """Adds ``--epochs``, ``--batch-size``, ``--learning-rate`` (``--hidden-sizes``, when given), ``--devices``
+    and ``--track`` (:func:`add_scale_args`) to ``p``.
 
     ``--epochs`` defaults to None: :func:`parse_study` resolves it to ``epochs``
     (``quick_epochs`` with ``--quick``).
@@ -141,8 +141,7 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int, quick_epochs: 
         widths = " ".join(map(str, hidden_sizes))
         p.add_argument("--hidden-sizes", type=positive_int, nargs="+", default=hidden_sizes,
                        help=f"MLP encoder widths, reversed for the decoder (default {widths})")
-    if scale_options:
-        add_scale_args(p)
+    add_scale_args(p)
 
 
 def add_scale_args(p: argparse.ArgumentParser) -> None:
@@ -161,24 +160,22 @@ TRACK_DEFAULTS = {"track": ("none", "tensorboard")}  # (--quick, full): the test
 
 def parse_study(cls: type, doc: str, prog: str, argv: list[str] | None, *, options: tuple[Option, ...] = (),
                 epochs: int, quick_epochs: int, hidden_sizes: list[int] | None = None,
-                defaults: dict[str, tuple[Any, Any]] | None = None, scale_options: bool = True):
+                defaults: dict[str, tuple[Any, Any]] | None = None):
     """Parses a training study's command line into its frozen config ``cls`` (a :class:`TrainingConfig`).
 
     Args:
       cls, doc, prog: the config class, the module docstring and name.
       argv: the arguments (None: ``sys.argv``).
       options: the study's own options, besides :func:`parser`'s and :func:`add_training_args`'.
-      epochs, quick_epochs, hidden_sizes, scale_options: as :func:`add_training_args` takes them
-        (``scale_options``: the study trains through :func:`train`, which honours them).
+      epochs, quick_epochs, hidden_sizes: as :func:`add_training_args` takes them.
       defaults: ``name: (quick, full)`` defaults of options given as None (see :func:`resolve_defaults`).
     """
     p = parser(doc, prog)
     for option in options:
         p.add_argument(option.flag, type=option.type, default=option.default, help=option.help, nargs=option.nargs)
-    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes,
-                      scale_options=scale_options)
+    add_training_args(p, epochs=epochs, quick_epochs=quick_epochs, hidden_sizes=hidden_sizes)
     args = p.parse_args(argv)
-    defaults = {"epochs": (quick_epochs, epochs), **(TRACK_DEFAULTS if scale_options else {}), **(defaults or {})}
+    defaults = {"epochs": (quick_epochs, epochs), **TRACK_DEFAULTS, **(defaults or {})}
     return cls.from_args(args, **resolve_defaults(args, defaults))
 
 

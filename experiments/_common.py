@@ -13,13 +13,13 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 import optax
 
-from experiments._args import (TRACK_DEFAULTS, Option, finite_float, nonnegative_float,  # noqa: F401
+from experiments._args import (TRACK_DEFAULTS, Option, add_scale_args, finite_float, nonnegative_float,  # noqa: F401
                                nonnegative_int, parse_study, parser, positive_float, positive_int,
                                resolve_defaults, study_main)
 from experiments._parts import (Parts, StudyError, _jsonable, check_resume, computed_piece,  # noqa: F401
@@ -61,19 +61,31 @@ class StudyConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainingConfig(StudyConfig):
-    """A study that trains models with Adam (the options of :func:`add_training_args`).
+class ScaledConfig(StudyConfig):
+    """A study that takes ``vae-jax train``'s scale options (:func:`add_scale_args`).
 
     Attributes:
       devices: ``"one"`` or ``"all"`` (data-parallel over every local device), as ``vae-jax train --devices``.
       track: ``"tensorboard"`` (each model's event files in ``OUT/tensorboard/MODEL``) or ``"none"``.
     """
 
+    devices: str = "one"
+    track: str = "none"
+
+    def stored_scale_options(self) -> dict[str, str]:
+        """What a stored piece of the study depends on of these options: ``devices`` when not ``"one"`` (the
+        numbers differ by float32 rounding; the pieces of runs made before the option existed hold none),
+        never ``track`` (it changes no number)."""
+        return {} if self.devices == "one" else {"devices": self.devices}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig(ScaledConfig):
+    """A study that trains models with Adam (the options of :func:`add_training_args`)."""
+
     epochs: int
     batch_size: int
     learning_rate: float
-    devices: str = "one"
-    track: str = "none"
 
 
 def load_data(study: StudyConfig, *, quick_train: int = 2000, quick_test: int = 500,
@@ -108,33 +120,76 @@ def train(model: Any, images: Any, *, epochs: int, batch_size: int = 128, learni
     """Trains ``model`` with Adam on ``images [N, H, W, C]``, or on labelled pairs ``(x [N, ...], y [N])``
     (the model's ``init`` takes one ``x``); ``hparams`` go to its objective.
 
-    ``devices`` and ``track`` take the CLI's path (:mod:`vae_jax.scale`): ``"all"`` trains
-    data-parallel over every local device (the one-device numbers to float32 rounding);
-    ``"tensorboard"`` writes the epochs and reconstructions of ``images[:8]`` to
-    ``logdir/DESC`` (``desc`` made a folder name; scalars only for pairs).
+    ``devices``, ``track`` and ``logdir`` as :func:`fit_scaled` takes them.
 
     Returns:
       ``(state, history, seconds)``: history has one dict of epoch means per epoch; the
       state is on one device (what follows training runs there).
     """
     key_init, key_fit = jax.random.split(jax.random.key(seed))
-    pairs = isinstance(images, tuple)
     first = jax.tree.leaves(images)[0][0]
     state = training.create_train_state(model, key_init, first, optax.adam(learning_rate), **hparams)
     step = training.make_train_step(model.objective, dynamic_binarization=dynamic_binarization)
-    placed = scale.placement(state, step, images, batch_size=batch_size, devices=devices)
-    folder = Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", desc)
-    trackers = scale.trackers(folder, track=track, model=model, examples=None if pairs else images,
-                              seed=seed)
+    return fit_scaled(model, state, step, images, key_fit, epochs=epochs, batch_size=batch_size, seed=seed,
+                      progress=progress, desc=desc, devices=devices, track=track, logdir=logdir)
+
+
+def fit_scaled(model: Any, state: Any, step: Callable, data: Any, key: jax.Array, *, epochs: int,
+               batch_size: int, seed: int = 0, hooks: Sequence[Callable] = (), then: Sequence[Callable] = (),
+               epoch_fn: Callable | None = None, stacked: Sequence[str] = (), progress: bool = True,
+               desc: str = "train", devices: str = "one", track: str = "none",
+               logdir: Path | None = None) -> tuple[Any, list[dict[str, Any]], float]:
+    """``training.fit(step, state, data, key, ...)`` on the CLI's path (:mod:`vae_jax.scale`): a study's training.
+
+    ``devices="all"`` trains data-parallel over every local device (the one-device numbers to
+    float32 rounding; any step, since a jitted step computes the same function whatever the
+    batch's sharding); ``track="tensorboard"`` writes each epoch's row (after ``hooks``, which
+    may add entries to it) and reconstructions of ``data[:8]`` and prior samples to
+    ``logdir/DESC`` (``desc`` made a folder name; scalars only for ``(x, y)`` pairs).
+
+    Args:
+      model, state, step, data, key: the model (its images), the fresh train state, its
+        ``train_step``, the training data and the training key (as ``fit`` takes them).
+      epochs, batch_size, progress, desc: as ``fit`` takes them; ``seed``: of the prior samples drawn.
+      hooks, then: ``fit``'s hooks run before the trackers, and after them (e.g. a clock that
+        leaves the trackers' time out).
+      epoch_fn: an epoch over the placed step, state and data (e.g. a stacked sweep's:
+        :func:`vae_jax.training.train_epoch_stacked` takes replicated ones); default the placement's.
+      stacked: a stacked state's model names, one tracker each (``logdir/NAME``); its rows hold
+        a list of one value per model.
+      devices, track, logdir: ``vae-jax train``'s options; ``OUT/tensorboard``.
+
+    Returns:
+      ``(state, history, seconds)``: the trained state on one device, ``fit``'s history, the
+      training seconds.
+    """
+    placed = scale.placement(state, step, data, batch_size=batch_size, devices=devices)
+    examples = None if isinstance(data, tuple) else data
+    trackers = [scale.trackers(Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name), track=track,
+                               model=model, examples=examples, seed=seed) for name in (stacked or [desc])]
+    views = [_each_model(trackers)] if stacked else trackers[0]
     start = time.perf_counter()
     try:
-        state, history, _ = training.fit(placed.step, placed.state, placed.data, key_fit, epochs=epochs,
-                                         batch_size=batch_size, hooks=trackers, epoch_fn=placed.epoch_fn,
-                                         progress=progress, desc=desc)
+        state, history, _ = training.fit(placed.step, placed.state, placed.data, key, epochs=epochs,
+                                         batch_size=batch_size, hooks=[*hooks, *views, *then],
+                                         epoch_fn=epoch_fn or placed.epoch_fn, progress=progress, desc=desc)
         seconds = time.perf_counter() - start
     finally:
-        scale.close(trackers)
+        for found in trackers:
+            scale.close(found)
     return scale.on_one_device(state), history, seconds
+
+
+def _each_model(trackers: list[list[Callable]]) -> Callable:
+    """One ``fit`` hook of a stacked state that calls ``trackers[i]`` with model ``i``'s state and row."""
+    def hook(epoch: int, states: Any, history: list[dict[str, Any]]) -> None:
+        for i, found in enumerate(trackers):
+            if found:
+                row = {k: v[i] if isinstance(v, list) else v for k, v in history[-1].items()}
+                state = jax.tree.map(lambda leaf, i=i: leaf[i], states)
+                for tracker in found:
+                    tracker(epoch, state, [row])
+    return hook
 
 
 def loop_epoch(train_step: Callable, state: training.TrainState, data: Any, key: jax.Array, *,

@@ -37,6 +37,11 @@ Writes ``rate_distortion.png``, ``traversals.png`` (one panel per beta),
 ``active_units.png`` (posterior-mean variance per unit), ``results.json`` and
 ``config.json``.
 
+``--devices all`` trains the stack data-parallel over every local device
+(each step's batch split; the one-device numbers to float32 rounding);
+``--track tensorboard`` (the default at full size) writes each beta's epochs,
+reconstructions and prior samples to ``tensorboard/beta_B`` (docs/scale.md).
+
 Size: the default is 20000 training images, MLP 784-256-128-10, 20 epochs,
 five betas; ``--quick`` is 1000 images and 2 epochs (mostly compilation).
 Measured times: docs/beta_vae.md.
@@ -78,13 +83,16 @@ class Config(_common.TrainingConfig):
 
 
 def train_sweep(model, images: np.ndarray, betas: list[float], *, epochs: int, batch_size: int,
-                learning_rate: float, seed: int, progress: bool = True
-                ) -> tuple[training.TrainState, list[dict[str, list[float]]]]:
+                learning_rate: float, seed: int, progress: bool = True, devices: str = "one", track: str = "none",
+                logdir=None) -> tuple[training.TrainState, list[dict[str, list[float]]]]:
     """Trains one ``model`` per beta as one stacked, vmapped computation per epoch.
 
+    ``devices``, ``track`` and ``logdir`` as :func:`experiments._common.fit_scaled` takes them
+    (``"all"`` splits each step's batch over the devices; one event folder per beta).
+
     Returns:
-      ``(states, history)``: states with leaves ``[M, ...]`` (M = len(betas)) and one dict per
-      epoch mapping each metric to its M per-model values.
+      ``(states, history)``: states with leaves ``[M, ...]`` (M = len(betas)) on one device and one
+      dict per epoch mapping each metric to its M per-model values.
     """
     optimizer = optax.adam(learning_rate)  # one object: it is static metadata of the stacked state
     key_init, key_fit = jax.random.split(jax.random.key(seed))
@@ -96,8 +104,10 @@ def train_sweep(model, images: np.ndarray, betas: list[float], *, epochs: int, b
         keys = jnp.stack([key] * len(betas))  # common random numbers: every beta sees the same batches
         return training.train_epoch_stacked(step, states, data, keys, batch_size=batch_size)
 
-    states, history, _ = training.fit(step, states, images, key_fit, epochs=epochs, batch_size=batch_size,
-                                      epoch_fn=stacked_epoch, progress=progress, desc="beta sweep")
+    states, history, _ = _common.fit_scaled(
+        model, states, step, images, key_fit, epochs=epochs, batch_size=batch_size, seed=seed, epoch_fn=stacked_epoch,
+        stacked=[f"beta={b:g}" for b in betas], progress=progress, desc="beta sweep", devices=devices, track=track,
+        logdir=logdir)
     return states, history
 
 
@@ -183,8 +193,7 @@ OPTIONS = (_common.Option("--betas", _common.nonnegative_float, [0.5, 1.0, 2.0, 
 
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config`."""
-    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2,
-                               scale_options=False)  # a stacked sweep (vmapped states): one device
+    return _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=20, quick_epochs=2)
 
 
 def score_models(model, states, cfg: Config, test, labels) -> tuple[list[dict], dict, list]:
@@ -213,7 +222,8 @@ def run(cfg: Config) -> dict:
     model = models.build_model(config, train.shape[1:])
     start = time.perf_counter()
     states, history = train_sweep(model, train, list(cfg.betas), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                  learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress)
+                                  learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress,
+                                  **_common.scale_kwargs(cfg))
     seconds = time.perf_counter() - start
     test = data.test.images
     rows, panels, variances = score_models(model, states, cfg, test, data.test.labels)

@@ -36,6 +36,12 @@ depend only on the seed, estimator and step, so a resumed run trains exactly
 the models an uninterrupted one would; only its timings differ). Each piece
 records the options it was made with; a piece made with other options is
 refused, naming them. ``--resume`` needs the folder of an earlier run.
+
+``--devices all`` trains both studies data-parallel over every local device
+(the one-device numbers to float32 rounding; pieces made so record it, and
+are refused by a run on one device). ``--track tensorboard`` (the default at full size)
+writes each training's epochs (study B's with its bounds) and images to
+``tensorboard/`` (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -54,9 +60,8 @@ from experiments import _common
 from experiments._discrete_report import plot, summarise_runs
 from vae_jax import data as vdata
 from vae_jax import estimators as DE
-from vae_jax import models
+from vae_jax import models, scale, training
 from vae_jax import enumeration as EN
-from vae_jax import training
 
 PROG = "experiments.discrete_estimators"
 
@@ -123,7 +128,7 @@ class FashionConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(_common.StudyConfig):
+class Config(_common.ScaledConfig):
     """The study's options, resolved and checked before anything is computed or written."""
 
     estimators: tuple[str, ...]
@@ -145,7 +150,7 @@ class Config(_common.StudyConfig):
     def enumerable_options(self) -> dict[str, Any]:
         """The options study A's stored piece depends on."""
         return {"seed": self.seed, "quick": self.quick, "estimators": self.enumerable_labels(),
-                **dataclasses.asdict(self.enumerable)}
+                **dataclasses.asdict(self.enumerable), **self.stored_scale_options()}
 
     def enumerable_labels(self) -> list[str]:
         return [label for label in self.estimators if label not in NOT_ENUMERABLE]
@@ -155,7 +160,7 @@ class Config(_common.StudyConfig):
         options = dataclasses.asdict(self.fashion)
         for key in ("estimators", "seeds", "draws", "batch"):
             del options[key]
-        return {"seed": self.seed, "quick": self.quick, **options}
+        return {"seed": self.seed, "quick": self.quick, **options, **self.stored_scale_options()}
 
 
 def estimator(model, label):
@@ -261,6 +266,7 @@ def enumerable_study(cfg: Config, key, parts: _common.Parts) -> dict:
     compiled = []
 
     def checkpoint(epoch, params):
+        params = scale.on_one_device(params)  # the measurement's compiled call takes one device's arrays
         ext = with_extras(model, params, k_extra, digits[0], labels)
         grad_elbo = exact_elbo(params, batch)
         grad_bound = exact_bound(params, batch) if set(BOUND_LABELS) & set(labels) else None
@@ -282,8 +288,9 @@ def enumerable_study(cfg: Config, key, parts: _common.Parts) -> dict:
             checkpoint(epoch, state.params)
 
     step = training.make_train_step(objective, dynamic_binarization=True)
-    training.fit(step, state, digits[:enum.train], k_fit, epochs=enum.epochs, batch_size=50,
-                 hooks=(hook,), progress=cfg.progress, desc="exact-gradient training")
+    _common.fit_scaled(model, state, step, digits[:enum.train], k_fit, epochs=enum.epochs, batch_size=50,
+                       seed=cfg.seed, hooks=(hook,), progress=cfg.progress, desc="exact-gradient training",
+                       **_common.scale_kwargs(cfg))
     parts.save("enumerable", cfg.enumerable_options(), record)
     return record
 
@@ -310,12 +317,13 @@ def _bound_function(model):
 
 
 def train_one(model, label: str, seed_keys, data: FashionData, cfg: FashionConfig, bound, *, progress: bool,
-              desc: str):
+              desc: str, scaled: dict | None = None):
     """Trains one model of study B with estimator ``label``: ``(curve, trained state)``.
 
     ``seed_keys = (k_init, k_fit, k_eval)``: the model parameters come from ``k_init`` for every estimator
     of a seed (estimator parameter groups drawn beside them); the curve has the 10-draw train ELBO, the
-    100-sample test bound and the training seconds (evaluation excluded) after each epoch.
+    100-sample test bound and the training seconds (evaluation and tracking excluded) after each epoch.
+    ``scaled``: :func:`experiments._common.fit_scaled`'s ``devices``, ``track`` and ``logdir``.
     """
     k_init, k_fit, k_eval = seed_keys
     wrapped = DE.with_estimator_params(model, SETTINGS[label].estimator)
@@ -328,17 +336,21 @@ def train_one(model, label: str, seed_keys, data: FashionData, cfg: FashionConfi
              "seconds": [0.0]}
     clock = {"start": time.perf_counter(), "excluded": 0.0}
 
-    def hook(epoch, state, history):
-        now = time.perf_counter()
-        curve["seconds"].append(now - clock["start"] - clock["excluded"])
+    def hook(epoch, state, history):  # the bounds join the row the trackers log
+        clock["now"] = time.perf_counter()
+        curve["seconds"].append(clock["now"] - clock["start"] - clock["excluded"])
         curve["epoch"].append(epoch)
-        curve["train_elbo"].append(float(bound(state.params, data.fixed_train, k_eval, num_samples=0)))
-        curve["test_bound_100"].append(float(bound(state.params, data.fixed_test, k_eval, num_samples=100)))
-        clock["excluded"] += time.perf_counter() - now
+        for name, fixed, k in (("train_elbo", data.fixed_train, 0), ("test_bound_100", data.fixed_test, 100)):
+            history[-1][name] = float(bound(state.params, fixed, k_eval, num_samples=k))
+            curve[name].append(history[-1][name])
+
+    def after_trackers(epoch, state, history):
+        clock["excluded"] += time.perf_counter() - clock["now"]
 
     step = training.make_train_step(estimator(wrapped, label), dynamic_binarization=True)
-    result = training.fit(step, state, data.train, k_fit, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                          hooks=(hook,), progress=progress, desc=desc)
+    result = _common.fit_scaled(wrapped, state, step, data.train, k_fit, epochs=cfg.epochs,
+                                batch_size=cfg.batch_size, hooks=(hook,), then=(after_trackers,), progress=progress,
+                                desc=desc, **(scaled or {}))
     curve["steps"] = cfg.epochs * (len(data.train) // cfg.batch_size)
     return curve, result[0]
 
@@ -374,7 +386,7 @@ def fashion_mnist_study(cfg: Config, key, parts: _common.Parts) -> dict:
                 print(f"{label} seed {seed}: loaded from {parts.folder}", flush=True)
                 continue
             curve, state = train_one(model, label, seed_keys, data, fm, bound, progress=cfg.progress,
-                                     desc=f"{label} seed {seed}")
+                                     desc=f"{label} seed {seed}", scaled=_common.scale_kwargs(cfg))
             runs[label].append(curve)
             if keeps_params:
                 final = {g: state.params[g] for g in ("encoder", "decoder")}
@@ -434,6 +446,7 @@ def _arguments():
     p.add_argument("--resume", action="store_true",
                    help="keep the finished pieces in OUT/parts (study A; each estimator and seed of study B) and "
                         "compute only the rest; without it, an OUT holding pieces is an error")
+    _common.add_scale_args(p)
     return p
 
 
@@ -443,7 +456,8 @@ def parse_args(argv: list[str] | None) -> Config:
     q = args.quick
     r = _common.resolve_defaults(args, dict(
         enum_latents=(6, 10), enum_epochs=(1, 20), enum_checkpoints=([1], [1, 2, 5, 10, 20]), draws=(100, 2000),
-        fm_estimators=(args.estimators, args.estimators), seeds=(1, 2), epochs=(1, 3), fm_draws=(8, 100)))
+        fm_estimators=(args.estimators, args.estimators), seeds=(1, 2), epochs=(1, 3), fm_draws=(8, 100),
+        **_common.TRACK_DEFAULTS))
     enumerable = EnumerableConfig(latents=r["enum_latents"], epochs=r["enum_epochs"],
                                   checkpoints=r["enum_checkpoints"], learning_rate=args.enum_learning_rate,
                                   draws=r["draws"], batch=10 if q else 50, train=500 if q else None)
@@ -451,7 +465,8 @@ def parse_args(argv: list[str] | None) -> Config:
                             batch_size=args.batch_size, learning_rate=args.learning_rate, latents=args.latents,
                             train_size=args.train_size, quick_train=500, eval_size=50 if q else 1000,
                             draws=r["fm_draws"], batch=10 if q else 50)
-    return Config.from_args(args, estimators=tuple(args.estimators), enumerable=enumerable, fashion=fashion)
+    return Config.from_args(args, estimators=tuple(args.estimators), enumerable=enumerable, fashion=fashion,
+                            track=r["track"])
 
 
 def run(cfg: Config) -> dict:

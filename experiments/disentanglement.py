@@ -37,6 +37,12 @@ with other options (epochs, sizes, metric sizes...), naming them. Writes
 ``metrics_vs_beta.png``, ``traversals.png``, ``results.json`` and
 ``config.json`` (``--no-figures``: the JSON files only).
 
+``--devices all`` trains each stack data-parallel over every local device
+(the one-device numbers to float32 rounding; seed files made so record it,
+and are refused by a run on one device); ``--track tensorboard`` (the default
+at full size) writes each model's epochs and images to
+``tensorboard/METHOD_WEIGHT_seedS`` (docs/scale.md).
+
 Sizes: ``--quick`` (2 seeds, betas 1 and 4, TC weight 4, gamma 10, 512
 16x16 images, 1 epoch, tiny metric sizes with one boosting round, XLA
 optimisation level 0 for the training epochs) is what the test suite runs.
@@ -145,9 +151,11 @@ class Config(_common.TrainingConfig):
                 for w in getattr(self, spec.weights_field)]
 
     def part_options(self) -> dict:
-        """The options a seed's stored rows depend on (not which settings or seeds, nor the output)."""
-        return {k: v for k, v in self.to_json().items() if k not in (
-            "out", "data_dir", "progress", "figures", "dpi", "methods", "betas", "tc_weights", "gammas", "seeds")}
+        """The options a seed's stored rows depend on (not which settings or seeds, nor the output; ``devices``
+        only when not ``"one"``, so the seed files of earlier runs keep resuming)."""
+        return {**{k: v for k, v in self.to_json().items() if k not in (
+            "out", "data_dir", "progress", "figures", "dpi", "methods", "betas", "tc_weights", "gammas", "seeds",
+            "devices", "track")}, **self.stored_scale_options()}
 
 
 def pool(images: np.ndarray, size: int) -> np.ndarray:
@@ -229,9 +237,10 @@ def train_seed(model, images: np.ndarray, method: str, weights: list[float], see
         keys = jnp.stack([key] * len(weights))  # common random numbers across the weights
         return _stacked_epoch(cfg.quick)(train_step, states, data, keys, batch_size=batch_size)
 
-    result = training.fit(step, states, jnp.asarray(images), key_fit, epochs=cfg.epochs,
-                          batch_size=cfg.batch_size, epoch_fn=epoch_fn, progress=cfg.progress,
-                          desc=f"{method} seed {seed}")
+    result = _common.fit_scaled(model, states, step, jnp.asarray(images), key_fit, epochs=cfg.epochs,
+                                batch_size=cfg.batch_size, seed=seed, epoch_fn=epoch_fn,
+                                stacked=[f"{method}_{w:g}_seed{seed}" for w in weights], progress=cfg.progress,
+                                desc=f"{method} seed {seed}", **_common.scale_kwargs(cfg))
     return result[0], result[1]
 
 
@@ -350,12 +359,14 @@ def parse_args(argv: list[str] | None) -> Config:
                    help="boosting rounds of DCI's trees (default 100 as disentanglement_lib; quick 1)")
     p.add_argument("--no-figures", action="store_true",
                    help="write results.json only (e.g. one process per seed; a later call draws the figures)")
+    _common.add_scale_args(p)
     args = p.parse_args(argv)
     q = args.quick
     given = _common.resolve_defaults(args, dict(
         betas=([1.0, 4.0], [1.0, 2.0, 4.0, 8.0, 16.0]), tc_weights=([4.0], [4.0, 8.0]), gammas=([10.0], [10.0, 40.0]),
         seeds=([0, 1], [0, 1, 2, 3, 4]), epochs=(1, 6), train_size=(512, 20000), image_size=(16, 32),
-        hidden_sizes=([32], [256, 128]), discriminator_sizes=([32], [256, 256, 256]), dci_trees=(1, 100)))
+        hidden_sizes=([32], [256, 128]), discriminator_sizes=([32], [256, 256, 256]), dci_trees=(1, 100),
+        **_common.TRACK_DEFAULTS))
     return Config.from_args(args, **given, methods=tuple(args.methods), sizes=QUICK_SIZES if q else FULL_SIZES,
                             figures=not args.no_figures, dpi=40 if q else 110)
 

@@ -27,6 +27,11 @@ score function (no baseline, running mean, leave-one-out), STL, IWAE, DReG.
    ``--marginal-samples`` draws) (``training_curves.png``).
 
 Writes the three PNGs, ``results.json`` and ``config.json`` into ``--out``.
+``--devices all`` trains studies 1 and 3 data-parallel over every local device
+(the one-device numbers to float32 rounding);
+``--track tensorboard`` (the default at full size) writes each training's
+epochs (study 3's with its test ELBO and log p(x)) and images to
+``tensorboard/`` (docs/scale.md).
 
 Size: the default is 10000 training and 1000 test images, MLP 784-256-128-16,
 k = 8, 20 epochs per study; ``--quick`` is 500 images, a small MLP, 2 epochs,
@@ -146,8 +151,9 @@ def variance_through_training(model, state, train, batch, cfg: Config, key):
                 out[label][group].append(float(stats[group].total_variance))
 
     measure(0, state)
-    state, _, _ = training.fit(step, state, train, key_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                               hooks=[measure], progress=cfg.progress, desc="study 1: variance")
+    state, _, _ = _common.fit_scaled(model, state, step, train, key_train, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                     seed=cfg.seed, hooks=[measure], progress=cfg.progress, desc="study 1: variance",
+                                     **_common.scale_kwargs(cfg))
     return state, out
 
 
@@ -202,18 +208,21 @@ def train_each(model, init_key, train, test, batch, cfg: Config, key):
             step = estimators.with_running_baseline(step, decay=cfg.baseline_decay)
         curves = {"test_elbo": [], "test_log_px": [], "train_objective": []}
 
-        def on_epoch(epoch, state, history, curves=curves):
+        def on_epoch(epoch, state, history, curves=curves):  # the test numbers join the row the trackers log
             curves["train_objective"].append(-history[-1]["train_loss"])
-            curves["test_elbo"].append(evaluation.evaluate(model.objective, state.params, test,
-                                                         jax.random.key(cfg.seed + 1))["elbo"])
-            curves["test_log_px"].append(evaluation.log_marginal(
+            history[-1]["test_elbo"] = evaluation.evaluate(model.objective, state.params, test,
+                                                           jax.random.key(cfg.seed + 1))["elbo"]
+            history[-1]["test_log_px"] = evaluation.log_marginal(
                 model, state.params, test, jax.random.key(cfg.seed + 2), num_samples=cfg.marginal_samples,
-                chunk_size=min(100, cfg.marginal_samples), progress=False).mean)
+                chunk_size=min(100, cfg.marginal_samples), progress=False).mean
+            for name in ("test_elbo", "test_log_px"):
+                curves[name].append(history[-1][name])
 
         start = time.perf_counter()
         try:
-            training.fit(step, state, train, jax.random.fold_in(key, 1), epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, progress=cfg.progress, desc=label, hooks=[on_epoch])
+            _common.fit_scaled(model, state, step, train, jax.random.fold_in(key, 1), epochs=cfg.epochs,
+                               batch_size=cfg.batch_size, seed=cfg.seed, hooks=[on_epoch], progress=cfg.progress,
+                               desc=f"study 3: {label}", **_common.scale_kwargs(cfg))
             curves["diverged"] = False
         except FloatingPointError:
             curves["diverged"] = True
@@ -309,6 +318,7 @@ def _arguments():
     p.add_argument("--estimators", nargs="+", choices=list(SETTINGS), default=None,
                    help="estimators of studies 1 and 3 (default: all; quick: pathwise score_leave_one_out dreg)")
     p.add_argument("--latent-dim", type=pos, default=None, help="latent size (default 16; quick 4)")
+    _common.add_scale_args(p)
     return p
 
 
@@ -320,7 +330,8 @@ def parse_args(argv: list[str] | None) -> Config:
         ks=([1, 4], [1, 4, 16, 64, 256, 1024]), snr_batch=(2, 4),
         reference_ks=([1, 16], [1, 4, 16, 64, 256, 1024, 4096]), reference_draws=(50, 1000),
         estimators=(["pathwise", "score_leave_one_out", "dreg"], list(SETTINGS)), draws=(20, 100),
-        snr_draws=(20, 200), stat_batch=(8, 32), marginal_samples=(20, 100), latent_dim=(4, 16)))
+        snr_draws=(20, 200), stat_batch=(8, 32), marginal_samples=(20, 100), latent_dim=(4, 16),
+        **_common.TRACK_DEFAULTS))
     return Config.from_args(args, **resolved, checkpoints=tuple(args.checkpoints))
 
 

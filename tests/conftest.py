@@ -51,3 +51,19 @@ def fast_compilation():
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture
+def tensorboard_events():
+    """``events(folder) -> {"scalars": {tag: [(step, value), ...]}, "images": [tag, ...]}``: what TensorBoard's
+    own reader finds in a folder of event files (the truth for the trackers' output)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def events(folder) -> dict:
+        found = EventAccumulator(str(folder))
+        found.Reload()
+        tags = found.Tags()
+        return {"scalars": {tag: [(e.step, e.value) for e in found.Scalars(tag)] for tag in tags["scalars"]},
+                "images": tags["images"]}
+
+    return events

@@ -872,7 +872,16 @@ def scale():
     return rows + [f"trains {r['examples']} Fashion-MNIST images", f"median of {r['timed_epochs']} epochs",
                    f"load average of {r['load_average_1_5_15_before'][0]:.1f} before and "
                    f"{r['load_average_1_5_15_after'][0]:.1f} after",
-                   f"--examples {r['examples']} --epochs {r['timed_epochs']} --out benchmarks/results/scale_cost.json"]
+                   f"--examples {r['examples']} --epochs {r['timed_epochs']} --out benchmarks/results/scale_cost.json"
+                   ] + long_studies_on_two_devices()
+
+
+def long_studies_on_two_devices():
+    studies = _json("docs/results/scale_long_studies/quick_two_devices.json")["studies"]
+    gradient, discrete = studies["gradient_estimators"], studies["discrete_estimators"]
+    return [f"the gradient study's {gradient['numbers_compared']} numbers to {gradient['largest'][0]['relative']:.1e}",
+            f"the discrete study's {discrete['numbers_compared']} to {discrete['largest'][0]['relative']:.1e}",
+            f"relative biases to {discrete['largest_enumerable']['relative']:.1e}"]
 
 
 # ------------------------------------------------------------------------------------- model families

@@ -275,14 +275,20 @@ def _check_study_outputs(out, results, epochs):
         assert all(lp > e for lp, e in zip(curves["test_log_px"], curves["test_elbo"]))
 
 
-def test_gradient_estimator_study_quick(tmp_path):
+def test_gradient_estimator_study_quick(tmp_path, tensorboard_events):
     from experiments import gradient_estimators
 
     results = gradient_estimators.main(["--out", str(tmp_path), "--quick", "--no-progress",
-                                        "--estimators", "pathwise", "score_leave_one_out"])
+                                        "--estimators", "pathwise", "score_leave_one_out", "--track", "tensorboard"])
     assert set(results["training"]) == {"pathwise", "score_leave_one_out"}
     assert json.loads((tmp_path / "config.json").read_text())["quick"] is True
     _check_study_outputs(tmp_path, results, epochs=2)
+    # Every training is tracked; study 3's test numbers join the rows it logs.
+    assert "train_loss" in tensorboard_events(tmp_path / "tensorboard" / "study_1_variance")["scalars"]
+    for label, curves in results["training"].items():
+        events = tensorboard_events(tmp_path / "tensorboard" / f"study_3_{label}")
+        for name in ("test_elbo", "test_log_px"):
+            np.testing.assert_allclose(events["scalars"][name], list(enumerate(curves[name], 1)), rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -17,11 +17,19 @@ def _refused(argv, capsys, code=2):
     return err
 
 
-def test_discrete_estimator_study_quick(tmp_path, fast_compilation, capsys):
+def test_discrete_estimator_study_quick(tmp_path, fast_compilation, capsys, tensorboard_events):
     # Study B trains DisARM alone: every estimator trained is a compilation of its own (seconds each).
     results = discrete_estimators.main(["--out", str(tmp_path), "--quick", "--no-progress",
                                         "--estimators", "arm", "disarm", "vimco", "straight_through",
-                                        "--fm-estimators", "disarm"])
+                                        "--fm-estimators", "disarm", "--track", "tensorboard"])
+    # Both studies' trainings are tracked; study B's bounds join the rows it logs.
+    assert [s for s, _ in tensorboard_events(tmp_path / "tensorboard" / "exact-gradient_training")["scalars"][
+        "train_loss"]] == [1]
+    events = tensorboard_events(tmp_path / "tensorboard" / "disarm_seed_0")
+    curve = results["fashion_mnist"]["runs"]["disarm"][0]
+    for name in ("train_elbo", "test_bound_100"):
+        assert events["scalars"][name] == [(1, pytest.approx(curve[name][1], rel=1e-6))], name
+    assert {"reconstructions", "prior_samples"} <= set(events["images"])
     for name in ("enumerable.png", "fashion_mnist_training.png", "fashion_mnist_variance.png", "config.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "results.json").read_text())["seconds"] == results["seconds"]

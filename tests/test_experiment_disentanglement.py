@@ -37,10 +37,16 @@ def _check_outputs(out, results, *, seeds, settings, figures=True):
     assert arrays["beta_vae_1_importance"].shape == (10, len(dsprites.FACTOR_NAMES))
 
 
-def test_quick_run_writes_everything_and_resumes(tmp_path, capsys):
+def test_quick_run_writes_everything_and_resumes(tmp_path, capsys, tensorboard_events):
     """Two methods first; the second call trains only the method the seed files lack (beta-TCVAE)."""
     first = study.main(["--quick", "--out", str(tmp_path), "--no-progress", "--no-figures",
-                        "--methods", "beta_vae", "factor_vae"])
+                        "--methods", "beta_vae", "factor_vae", "--track", "tensorboard"])
+    for row in first["rows"]:  # each model of each stacked sweep has its own event files: its column of the rows
+        events = tensorboard_events(tmp_path / "tensorboard" / f"{row['method']}_{row['weight']:g}_seed{row['seed']}")
+        final = {name: value for name, value in row["final_train"].items() if name != "epoch"}
+        assert sorted(events["scalars"]) == sorted(final)
+        for name, value in final.items():
+            assert events["scalars"][name] == [(1, pytest.approx(value, rel=1e-6))], name
     _check_outputs(tmp_path, first, seeds=[0, 1], settings=[("beta_vae", 1.0), ("beta_vae", 4.0), ("factor_vae", 10.0)],
                    figures=False)
     assert not (tmp_path / "traversals.png").exists()

@@ -33,7 +33,7 @@ def _assert_pngs(out, names):
 @pytest.fixture(scope="module")
 def beta_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("beta_vae")
-    beta_vae.main(["--out", str(out), "--quick", "--no-progress"])
+    beta_vae.main(["--out", str(out), "--quick", "--no-progress", "--track", "tensorboard"])
     return out
 
 
@@ -106,6 +106,15 @@ def test_beta_quick_run_writes_every_file(beta_run):
     results, config = _read(beta_run)
     assert config["quick"] is True and config["betas"] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert [m["beta"] for m in results["models"]] == config["betas"]
+
+
+def test_beta_quick_run_tracks_each_beta_of_the_stacked_sweep(beta_run, tensorboard_events):
+    results, config = _read(beta_run)
+    for i, beta in enumerate(config["betas"]):  # each model's own column of the stacked rows, and its images
+        events = tensorboard_events(beta_run / "tensorboard" / f"beta_{beta:g}")
+        assert [step for step, _ in events["scalars"]["train_loss"]] == [1, 2]
+        assert events["scalars"]["train_loss"][-1][1] == pytest.approx(results["final_train_loss"][i], rel=1e-6)
+        assert {"reconstructions", "prior_samples"} <= set(events["images"])
 
 
 def test_beta_quick_run_trades_rate_for_distortion(beta_run):
