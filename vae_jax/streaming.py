@@ -21,6 +21,7 @@ pages would count as resident), so a process holds only the prefetched batches.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from pathlib import Path
@@ -159,7 +160,9 @@ def train_epoch_streaming(train_step: Callable, state: Any, data: DiskImages, ke
     """One epoch over ``data`` on disk: an ``epoch_fn`` for :func:`vae_jax.training.fit`.
 
     Each batch is put on the device before the previous step has finished (JAX dispatches
-    asynchronously), so reading overlaps computing.
+    asynchronously), so reading overlaps computing; the loop waits for step ``i - prefetch``
+    before it goes on, so that when reading outruns computing the queue of dispatched steps,
+    each holding its batch, stays ``prefetch`` long instead of growing with the epoch.
 
     Args:
       mesh: data-parallel (:func:`vae_jax.parallel.make_mesh`; ``train_step`` from
@@ -174,8 +177,11 @@ def train_epoch_streaming(train_step: Callable, state: Any, data: DiskImages, ke
     if mesh is not None:
         order, keys = order[:, parallel.local_rows(mesh, batch_size)], parallel.replicate(keys, mesh)
         place = functools.partial(parallel.shard_batch, mesh=mesh)
-    totals = None
+    totals, in_flight = None, collections.deque()
     for batch, step_key in zip(batches(data, order, threads=threads, prefetch=prefetch), keys):
         state, metrics = train_step(state, place(batch), step_key)
         totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+        in_flight.append(metrics)
+        if len(in_flight) > prefetch:  # bounded run-ahead: at most `prefetch` steps (and their batches) queued
+            jax.block_until_ready(in_flight.popleft())
     return state, jax.tree.map(lambda total: total / len(order), totals)
