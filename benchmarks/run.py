@@ -245,8 +245,8 @@ def measure(args: argparse.Namespace, argv=None) -> dict:
                                compute_dtype=p) for p in PRECISIONS}
     model = models["float32"]
 
-    shapes = ((256, 256, 256),) if args.quick else matmul.SHAPES
-    report["matmul"] = matmul.matmul_rates(shapes, repeats=args.repeats + 2)
+    shapes, group_seconds = (((256, 256, 256),), 0.02) if args.quick else (matmul.SHAPES, 0.2)
+    report["matmul"] = matmul.matmul_rates(shapes, repeats=args.repeats + 2, min_seconds=group_seconds)
     peak = max(row["gflops"] for row in report["matmul"])
     report["matmul_rate_gflops"] = peak
 

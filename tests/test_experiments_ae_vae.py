@@ -66,6 +66,9 @@ def test_reconstructions_files_and_error_relations(recon_run):
         assert se < 0.9 * errors["mean_image"]["squared_error"]
         assert ce < errors["mean_image"]["cross_entropy"] - 10.0
         assert ce > floor
+    # The lecture's claim: without the KL term the AE reconstructs better than the VAE.
+    assert errors["ae"]["squared_error"] < errors["vae"]["squared_error"]
+    assert errors["ae"]["cross_entropy"] < errors["vae"]["cross_entropy"]
     vae = results["vae_test"]
     assert vae["elbo"] == pytest.approx(vae["reconstruction_log_likelihood"] - vae["kl"], rel=1e-4)
     assert vae["kl"] > 0 and vae["elbo"] < -floor

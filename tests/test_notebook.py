@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("run_notebook", ROOT / "scripts" / "run_notebook.py")
@@ -60,9 +61,18 @@ def test_missing_outputs_names_the_problems():
     assert len(problems) == 5 and sum("image/png" in p for p in problems) == 1
 
 
-def test_notebook_reexecutes_with_the_stored_kinds_of_output():
+@pytest.mark.parametrize("size", ["smoke", pytest.param("full", marks=pytest.mark.slow)])
+def test_notebook_reexecutes_with_the_stored_kinds_of_output(size, monkeypatch):
     # Compile-bound like the rest of the suite: its kernel inherits the suite's XLA flags (measured: 175 s
-    # against 209 s with XLA's default optimisation, same machine and load).
+    # against 209 s with XLA's default optimisation, same machine and load). The default suite runs every
+    # cell at the notebook's smoke sizes (VAE_JAX_NOTEBOOK_SMOKE=1: 500 images, 1 epoch; about 60% of the
+    # full run's time): the notebook's code against today's API, and its exact checks (closed forms,
+    # gradients, the squared-error = sigma-1 equivalence). Its claims about the trained models (`claim`:
+    # AE vs VAE, the beta sweep's order, learned sigma) need the full sizes: `pytest -m slow` runs those.
+    # The default suite checks the AE-vs-VAE and beta claims on the studies' quick runs
+    # (test_experiments_ae_vae, test_experiments_beta_likelihoods); the notebook's shared-sigma model and
+    # its claims are checked only by the full run.
+    monkeypatch.setenv("VAE_JAX_NOTEBOOK_SMOKE", "1" if size == "smoke" else "0")
     stored = _stored()
     executed = run_notebook.execute(stored)  # raises CellExecutionError, naming the cell, if any cell fails
     assert run_notebook.missing_outputs(executed) == []
