@@ -83,6 +83,24 @@ def test_computed_piece_computes_once_and_refuses_other_options(tmp_path):
     assert len(calls) == 2
 
 
+def test_pieces_stored_before_the_families_honoured_devices_and_track_still_load(tmp_path):
+    """The committed runs (docs/results/*/README.md) stored ``devices: "one"`` and ``track`` in every piece; the
+    pieces now hold neither (``devices`` only when ``"all"``), and neither counts on loading."""
+    out = ["--out", str(tmp_path)]
+    parts = _common.Parts(tmp_path / "parts", resume=True)
+    one, untracked, every = (conditional.parse_args([*out, *argv]).piece_options()
+                             for argv in ([], ["--track", "none"], ["--devices", "all"]))
+    assert one == untracked and "devices" not in one and every == {**one, "devices": "all"}
+    parts.save("legacy", {**one, "devices": "one", "track": "tensorboard"}, {"made": "before"})
+    assert parts.load("legacy", one) == parts.load("legacy", untracked) == {"made": "before"}
+    with pytest.raises(ValueError, match=r"other options \(devices\)"):
+        parts.load("legacy", every)
+    parts.save("parallel", every, {"made": "on every device"})
+    with pytest.raises(ValueError, match=r"other options \(devices\)"):
+        parts.load("parallel", one)
+    assert parts.load("parallel", {**every, "track": "none"}) == {"made": "on every device"}
+
+
 # ------------------------------------------------------------------------------------------- VQ-VAE
 def test_vq_vae_study_quick(tmp_path, fast_compilation, capsys):
     argv = ["--out", str(tmp_path), "--quick", "--no-progress"]
