@@ -137,15 +137,15 @@ def train(model: Any, images: Any, *, epochs: int, batch_size: int = 128, learni
 def fit_scaled(model: Any, state: Any, step: Callable, data: Any, key: jax.Array, *, epochs: int,
                batch_size: int, seed: int = 0, hooks: Sequence[Callable] = (), then: Sequence[Callable] = (),
                epoch_fn: Callable | None = None, stacked: Sequence[str] = (), progress: bool = True,
-               desc: str = "train", devices: str = "one", track: str = "none",
-               logdir: Path | None = None) -> tuple[Any, list[dict[str, Any]], float]:
+               desc: str = "train", devices: str = "one", track: str = "none", logdir: Path | None = None,
+               images: bool = True) -> tuple[Any, list[dict[str, Any]], float]:
     """``training.fit(step, state, data, key, ...)`` on the CLI's path (:mod:`vae_jax.scale`): a study's training.
 
     ``devices="all"`` trains data-parallel over every local device (the one-device numbers to
     float32 rounding; any step, since a jitted step computes the same function whatever the
     batch's sharding); ``track="tensorboard"`` writes each epoch's row (after ``hooks``, which
     may add entries to it) and reconstructions of ``data[:8]`` and prior samples to
-    ``logdir/DESC`` (``desc`` made a folder name; scalars only for ``(x, y)`` pairs).
+    ``logdir/DESC`` (``desc`` made a folder name; scalars only for ``(x, y)`` pairs, or without ``images``).
 
     Args:
       model, state, step, data, key: the model (its images), the fresh train state, its
@@ -158,13 +158,15 @@ def fit_scaled(model: Any, state: Any, step: Callable, data: Any, key: jax.Array
       stacked: a stacked state's model names, one tracker each (``logdir/NAME``); its rows hold
         a list of one value per model.
       devices, track, logdir: ``vae-jax train``'s options; ``OUT/tensorboard``.
+      images: whether the trackers draw reconstructions and prior samples (False: a model without
+        ``reconstruct`` and ``sample``, e.g. the VQ-VAE, or data that are not images, e.g. codes).
 
     Returns:
       ``(state, history, seconds)``: the trained state on one device, ``fit``'s history, the
       training seconds.
     """
     placed = scale.placement(state, step, data, batch_size=batch_size, devices=devices)
-    examples = None if isinstance(data, tuple) else data
+    examples = data if images and not isinstance(data, tuple) else None
     trackers = [scale.trackers(Path(logdir or ".") / re.sub(r"[^A-Za-z0-9_.-]+", "_", name), track=track,
                                model=model, examples=examples, seed=seed) for name in (stacked or [desc])]
     views = [_each_model(trackers)] if stacked else trackers[0]

@@ -97,9 +97,10 @@ class Parts:
         saved = self.read_file(f"{name}.json", lambda data: _piece(json.loads(data)))
         if saved is None:
             return None
-        options = json.loads(json.dumps(_jsonable(options)))
-        if saved["config"] != options:
-            diff = sorted(k for k in set(saved["config"]) | set(options) if saved["config"].get(k) != options.get(k))
+        options, made = (_without_neutral_scale(json.loads(json.dumps(_jsonable(o))))
+                         for o in (options, saved["config"]))
+        if made != options:
+            diff = sorted(k for k in set(made) | set(options) if made.get(k) != options.get(k))
             raise ValueError(f"{path} was made with other options ({', '.join(diff)}); run with the options it "
                              f"was made with, or choose another --out (or delete it to recompute it).")
         return saved["value"]
@@ -128,6 +129,12 @@ class Parts:
         """Writes ``data`` to ``folder / filename`` atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         write_bytes(self.folder / filename, data)
+
+
+def _without_neutral_scale(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less what changes no stored number: ``track``, and ``devices`` when ``"one"`` (the pieces
+    of the family studies made before they honoured the two options hold both; the others' hold neither)."""
+    return {k: v for k, v in options.items() if k != "track" and not (k == "devices" and v == "one")}
 
 
 def _piece(saved: Any) -> dict[str, Any]:

@@ -24,6 +24,12 @@ Writes ``samples.png`` (one row per class: decoder means of z ~ N(0, I)),
 ``results.json`` and ``config.json``. Finished models'
 numbers are kept in ``OUT/parts`` and reused by the same command.
 
+``--devices all`` trains every model data-parallel over every local device
+(the one-device numbers to float32 rounding; pieces made so are refused by a
+run on one device); ``--track tensorboard`` (the default at full size) writes
+each model's epochs (scalars) to ``tensorboard/conditional``,
+``tensorboard/conditional_learned_prior`` and ``tensorboard/vae`` (docs/scale.md).
+
 Size: 20000 training images, 20 epochs, MLP 784-256-128-16 (the conditional
 model's first layers also take the 10 one-hot inputs), 1000 test images, 500
 importance samples (100 per class for the sum over labels). ``--quick``: 200
@@ -65,8 +71,10 @@ class Config(_common.TrainingConfig):
     samples_per_class: int
 
     def piece_options(self) -> dict:
-        """What every piece depends on (all options but the output folder, the progress bars and which priors)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("out", "progress", "priors")}
+        """What every piece depends on (all options but the output folder, the progress bars and which priors;
+        ``devices`` only when ``"all"``, never ``track``, as :meth:`stored_scale_options` says)."""
+        skip = ("out", "progress", "priors", "devices", "track")
+        return {**{k: v for k, v in self.to_json().items() if k not in skip}, **self.stored_scale_options()}
 
 
 def _log_marginal(cfg: Config, model, params, data, key, num_samples: int, desc: str):
@@ -82,7 +90,7 @@ def vae_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
                                data["train"].shape[1:])
     state, history, seconds = _common.train(model, data["train"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                                             learning_rate=cfg.learning_rate, seed=cfg.seed, dynamic_binarization=True,
-                                            progress=cfg.progress, desc="vae", beta=1.0)
+                                            progress=cfg.progress, desc="vae", beta=1.0, **_common.scale_kwargs(cfg))
     k_elbo, k_ll, k_draw = jax.random.split(key, 3)
     test = data["test"]
     elbo = evaluation.evaluate(model.objective, state.params, test, k_elbo, hparams={"beta": 1.0})
@@ -100,8 +108,9 @@ def cvae_piece(cfg: Config, data: dict, key, *, learned_prior: bool = False) -> 
                                         hidden_sizes=cfg.hidden_sizes, learned_prior=learned_prior)
     state, history, seconds = _common.train(model, (data["train"], data["train_labels"]), epochs=cfg.epochs,
                                             batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed,
-                                            dynamic_binarization=True, progress=cfg.progress, desc="conditional vae",
-                                            beta=1.0)
+                                            dynamic_binarization=True, progress=cfg.progress,
+                                            desc=PRIORS["learned" if learned_prior else "standard"][0], beta=1.0,
+                                            **_common.scale_kwargs(cfg))
     k_elbo, k_ll, k_classes, k_draw = jax.random.split(key, 4)
     test, labels = data["test"], data["test_labels"]
     elbo = evaluation.evaluate(model.objective, state.params, (test, labels), k_elbo, hparams={"beta": 1.0})

@@ -21,6 +21,14 @@ Writes ``test_error.png`` (M2's test error per epoch, seeds averaged, beside the
 baseline's final errors), ``results.json`` and ``config.json``. Each model
 (labels, seed) is a piece in ``OUT/parts``, reused by the same command.
 
+``--devices all`` trains M2 and the classifier data-parallel over every local
+device (the one-device numbers to float32 rounding; pieces made so are refused
+by a run on one device; the classifier's batch, min(100, labels), must divide
+over the devices too); ``--track tensorboard`` (the default at full size) writes
+each model's epochs (scalars; M2's with its ``test_error``) to
+``tensorboard/m2_labelsN_seedS`` and ``tensorboard/classifier_labelsN_seedS``
+(docs/scale.md).
+
 Size: a pool of 10000 training images, 10 epochs of batch 128, MLP widths
 256 and z of 16, 100 and 1000 labels, seeds 0 1 2, the full test set. ``--quick``:
 a pool of 300 images, 20 and 50 labels, 1 seed, 1 epoch, MLP width 32, 20
@@ -59,8 +67,10 @@ class Config(_common.TrainingConfig):
     classifier_steps: int
 
     def piece_options(self) -> dict:
-        """What every piece depends on (not the output folder, progress bars, or which labels and seeds)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("out", "progress", "labels", "seeds", "seed")}
+        """What every piece depends on (not the output folder, progress bars, or which labels and seeds;
+        ``devices`` only when ``"all"``, never ``track``, as :meth:`stored_scale_options` says)."""
+        skip = ("out", "progress", "labels", "seeds", "seed", "devices", "track")
+        return {**{k: v for k, v in self.to_json().items() if k not in skip}, **self.stored_scale_options()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +108,10 @@ def m2_piece(cfg: Config, model, step, pool: tuple, test: dict, seed: int, num_l
     state = training.create_train_state(model, key_init, pool[0][0], optax.adam(cfg.learning_rate), alpha=alpha)
     logits_of = batched_logits(model.classify)
     hook = lambda epoch, s, history: history[-1].update(test_error=test_error(logits_of, s.params, test)[0])  # noqa: E731
-    start = time.perf_counter()
-    state, history, _ = training.fit(step, state, pool, key_fit,
-                                     epochs=cfg.epochs, batch_size=cfg.batch_size, hooks=[hook],
-                                     progress=cfg.progress, desc=f"M2 {num_labelled} labels, seed {seed}")
-    seconds = time.perf_counter() - start
+    state, history, seconds = _common.fit_scaled(model, state, step, pool, key_fit, epochs=cfg.epochs,
+                                                 batch_size=cfg.batch_size, hooks=[hook], progress=cfg.progress,
+                                                 desc=f"m2_labels{num_labelled}_seed{seed}",
+                                                 **_common.scale_kwargs(cfg))
     error, predicted = test_error(logits_of, state.params, test)
     return ({"test_error": error, "alpha": alpha, "train_seconds": seconds, "history": history},
             {"predicted": predicted})
@@ -115,7 +124,8 @@ def classifier_piece(cfg: Config, net, labelled: tuple, test: dict, seed: int) -
     epochs = max(1, cfg.classifier_steps // (len(labelled[0]) // batch))
     state, history, seconds = _common.train(model, labelled, epochs=epochs, batch_size=batch,
                                             learning_rate=cfg.learning_rate, seed=seed, progress=cfg.progress,
-                                            desc=f"classifier {len(labelled[0])} labels, seed {seed}")
+                                            desc=f"classifier_labels{len(labelled[0])}_seed{seed}",
+                                            **_common.scale_kwargs(cfg))
     error, predicted = test_error(batched_logits(lambda p, x: net.apply({"params": p}, x)), state.params, test)
     return ({"test_error": error, "train_seconds": seconds, "epochs": epochs, "batch_size": batch,
              "final_train_accuracy": history[-1]["train_correct"]}, {"predicted": predicted})

@@ -28,6 +28,12 @@ the Gaussian VAE's decoder means of z ~ N(0, I)), ``perplexity.png``,
 ``results.json`` and ``config.json``. Finished pieces are kept in ``OUT/parts``
 and reused by the same command (a piece made with other options is refused).
 
+``--devices all`` trains every model data-parallel over the local devices, the
+EMA update included (it is in the jitted step: XLA sums its statistics across
+devices); the one-device numbers to float32 rounding, and its pieces are refused
+by a run on one device. ``--track tensorboard`` (the default at full size) writes
+the epochs to ``tensorboard/vq_U``, ``vq_U_prior`` (scalars) and ``gaussian_vae``.
+
 Size: 20000 training images, 10 epochs, conv VQ-VAE with channels 8-16 (a 7x7
 grid of 64 codes of dimension 8), a 3-layer PixelCNN with 32 channels trained
 10 epochs, 1000 test images, 500 importance samples for the Gaussian VAE.
@@ -78,8 +84,10 @@ class Config(_common.TrainingConfig):
     num_importance: int
 
     def piece_options(self) -> dict:
-        """What every piece depends on (all options but the output folder, the progress bars and which pieces)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("out", "progress", "updates")}
+        """What every piece depends on (all options but the output folder, the progress bars and which pieces;
+        ``devices`` only when ``"all"``, never ``track``, as :meth:`stored_scale_options` says)."""
+        skip = ("out", "progress", "updates", "devices", "track")
+        return {**{k: v for k, v in self.to_json().items() if k not in skip}, **self.stored_scale_options()}
 
 
 class FlooredDecoder(nn.Module):
@@ -126,23 +134,25 @@ def train_vq(cfg: Config, model: vq.VQVAE, train, probe, key) -> tuple[training.
     usage = probe_usage(model, probe)
     initial = usage(state.params)
     step = dequantizing(vq.make_train_step(model, decay=cfg.ema_decay))
-    state, history, _ = training.fit(step, state, jnp.asarray(train), k_fit, epochs=cfg.epochs,
-                                     batch_size=cfg.batch_size, hooks=[lambda e, s, h: h[-1].update(usage(s.params))],
-                                     epoch_fn=_common.loop_epoch, progress=cfg.progress,
-                                     desc=f"vq {model.codebook_update}")
+    state, history, _ = _common.fit_scaled(model, state, step, jnp.asarray(train), k_fit, epochs=cfg.epochs,
+                                           batch_size=cfg.batch_size, epoch_fn=_common.loop_epoch,
+                                           hooks=[lambda e, s, h: h[-1].update(usage(s.params))], images=False,
+                                           progress=cfg.progress, desc=f"vq_{model.codebook_update}",
+                                           **_common.scale_kwargs(cfg))
     return state, history, initial
 
 
-def fit_prior(cfg: Config, codes: jax.Array, key) -> tuple[code_prior.CodePrior, object, list]:
-    """The PixelCNN prior fitted to ``codes [N, h, w]``."""
+def fit_prior(cfg: Config, codes: jax.Array, key, name: str) -> tuple[code_prior.CodePrior, object, list]:
+    """The PixelCNN prior fitted to ``codes [N, h, w]`` (``name``: its progress bar and event folder)."""
     prior = code_prior.code_prior(codes.shape[1:], cfg.num_codes, features=cfg.prior_features,
                                   num_layers=cfg.prior_layers)
     k_init, k_fit = jax.random.split(key)
     state = training.create_train_state(prior, k_init, codes[0], optax.adam(cfg.prior_learning_rate))
-    fitted = training.fit(training.make_train_step(prior.objective), state, codes, k_fit, epochs=cfg.prior_epochs,
-                          batch_size=cfg.batch_size, epoch_fn=_common.loop_epoch, progress=cfg.progress,
-                          desc="code prior")
-    return prior, fitted.state.params, fitted.history
+    state, history, _ = _common.fit_scaled(prior, state, training.make_train_step(prior.objective), codes, k_fit,
+                                           epochs=cfg.prior_epochs, batch_size=cfg.batch_size,
+                                           epoch_fn=_common.loop_epoch, images=False, progress=cfg.progress,
+                                           desc=name, **_common.scale_kwargs(cfg))
+    return prior, state.params, history
 
 
 def vq_piece(cfg: Config, update: str, data: dict, key) -> tuple[dict, dict]:
@@ -154,7 +164,7 @@ def vq_piece(cfg: Config, update: str, data: dict, key) -> tuple[dict, dict]:
     params = state.params
     codes_of = jax.jit(jax.vmap(model.codes, in_axes=(None, 0)))
     train_codes = codes_of(params, likelihoods.dequantize(jax.random.fold_in(key, 1), jnp.asarray(data["train"])))
-    prior, prior_params, prior_history = fit_prior(cfg, train_codes, jax.random.fold_in(key, 2))
+    prior, prior_params, prior_history = fit_prior(cfg, train_codes, jax.random.fold_in(key, 2), f"vq_{update}_prior")
     y, x = data["test_dequantized"], jnp.asarray(data["test"])
     log_prior = functools.partial(prior.log_prob, prior_params)
     log_joint = np.asarray(jax.jit(jax.vmap(lambda yi: model.log_joint(params, yi, log_prior)))(y))
@@ -185,7 +195,7 @@ def gaussian_piece(cfg: Config, data: dict, key) -> tuple[dict, dict]:
     model = likelihoods.build("gaussian_learned", x.shape[1:], latent_dim=cfg.latent_dim)
     state, history, seconds = _common.train(model, data["train"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                                             learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress,
-                                            desc="gaussian vae", beta=1.0)
+                                            desc="gaussian_vae", beta=1.0, **_common.scale_kwargs(cfg))
     k_elbo, k_ll, k_draw = jax.random.split(key, 3)
     elbo = evaluation.evaluate(model.objective, state.params, x, k_elbo, hparams={"beta": 1.0})
     log_lik = evaluation.log_marginal(model, state.params, x, k_ll, num_samples=cfg.num_importance,

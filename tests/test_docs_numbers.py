@@ -889,7 +889,16 @@ def long_studies_on_two_devices():
     gradient, discrete = studies["gradient_estimators"], studies["discrete_estimators"]
     return [f"the gradient study's {gradient['numbers_compared']} numbers to {gradient['largest'][0]['relative']:.1e}",
             f"the discrete study's {discrete['numbers_compared']} to {discrete['largest'][0]['relative']:.1e}",
-            f"relative biases to {discrete['largest_enumerable']['relative']:.1e}"]
+            f"relative biases to {discrete['largest_enumerable']['relative']:.1e}"] + families_on_two_devices()
+
+
+def families_on_two_devices():
+    studies = _json("docs/results/scale_long_studies/family_quick_two_devices.json")["studies"]
+    c, s, v = (studies[name] for name in ("conditional", "semi_supervised", "vq_vae"))
+    assert s["exactly_equal"] == s["numbers_compared"]  # the page says "exactly"
+    return [f"the conditional study's {c['numbers_compared']} numbers to {c['largest'][0]['relative']:.1e} relative",
+            f"semi-supervised study's {s['numbers_compared']} numbers exactly",
+            f"the VQ study's {v['numbers_compared']} to {v['largest'][0]['relative']:.1e}"]
 
 
 # ------------------------------------------------------------------------------------- model families

@@ -37,6 +37,17 @@ def _pngs(out, names):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
 
 
+def _tracked(events, folder, history, *, images=False):
+    """The event files in ``folder`` (TensorBoard's own reader) hold every epoch's row of ``history``, and the
+    reconstructions and prior samples when ``images`` (a model of images alone), else none."""
+    found = events(folder)
+    names = sorted(k for k in history[-1] if k != "epoch")
+    assert sorted(found["scalars"]) == names, folder
+    for name in names:
+        assert found["scalars"][name] == [(row["epoch"], pytest.approx(row[name], rel=1e-6)) for row in history]
+    assert bool(found["images"]) == images, folder
+
+
 def _arrays(out, name):
     with np.load(out / "parts" / f"{name}.npz") as arrays:
         return dict(arrays)
@@ -83,10 +94,28 @@ def test_computed_piece_computes_once_and_refuses_other_options(tmp_path):
     assert len(calls) == 2
 
 
+def test_pieces_stored_before_the_families_honoured_devices_and_track_still_load(tmp_path):
+    """The committed runs (docs/results/*/README.md) stored ``devices: "one"`` and ``track`` in every piece; the
+    pieces now hold neither (``devices`` only when ``"all"``), and neither counts on loading."""
+    out = ["--out", str(tmp_path)]
+    parts = _common.Parts(tmp_path / "parts", resume=True)
+    one, untracked, every = (conditional.parse_args([*out, *argv]).piece_options()
+                             for argv in ([], ["--track", "none"], ["--devices", "all"]))
+    assert one == untracked and "devices" not in one and every == {**one, "devices": "all"}
+    parts.save("legacy", {**one, "devices": "one", "track": "tensorboard"}, {"made": "before"})
+    assert parts.load("legacy", one) == parts.load("legacy", untracked) == {"made": "before"}
+    with pytest.raises(ValueError, match=r"other options \(devices\)"):
+        parts.load("legacy", every)
+    parts.save("parallel", every, {"made": "on every device"})
+    with pytest.raises(ValueError, match=r"other options \(devices\)"):
+        parts.load("parallel", one)
+    assert parts.load("parallel", {**every, "track": "none"}) == {"made": "on every device"}
+
+
 # ------------------------------------------------------------------------------------------- VQ-VAE
-def test_vq_vae_study_quick(tmp_path, fast_compilation, capsys):
+def test_vq_vae_study_quick(tmp_path, fast_compilation, capsys, tensorboard_events):
     argv = ["--out", str(tmp_path), "--quick", "--no-progress"]
-    results = vq_vae.main(argv)
+    results = vq_vae.main(argv + ["--track", "tensorboard"])  # the pieces do not depend on it: loaded below
     _pngs(tmp_path, ("reconstructions.png", "samples.png", "perplexity.png"))
     assert json.loads((tmp_path / "config.json").read_text())["updates"] == ["ema"]
     ema, gauss = results["models"]["ema"], results["models"]["gaussian"]
@@ -103,6 +132,9 @@ def test_vq_vae_study_quick(tmp_path, fast_compilation, capsys):
     assert gauss["elbo_bits_per_dim"] == pytest.approx(gauss["reconstruction_bits_per_dim"] + gauss["kl_bits_per_dim"],
                                                        rel=1e-4)
     assert gauss["bits_per_dim"] < gauss["elbo_bits_per_dim"] + 0.01  # importance sampling, at least the ELBO
+    for folder, history, images in (("vq_ema", ema["history"], False), ("vq_ema_prior", ema["prior_history"], False),
+                                    ("gaussian_vae", gauss["history"], True)):
+        _tracked(tensorboard_events, tmp_path / "tensorboard" / folder, history, images=images)
     x = vdata.load_fashion_mnist("test")[0][:results["eval_size"]]
     for name, piece in (("vq_ema", ema), ("gaussian_vae", gauss)):
         recon = _arrays(tmp_path, name)["reconstructions"]
@@ -126,12 +158,14 @@ def test_floored_decoder_never_goes_below_its_floor():
 
 
 # -------------------------------------------------------------------------------------- conditional
-def test_conditional_study_quick(tmp_path, fast_compilation, capsys):
+def test_conditional_study_quick(tmp_path, fast_compilation, capsys, tensorboard_events):
     argv = ["--out", str(tmp_path), "--quick", "--no-progress"]
-    results = conditional.main(argv)
+    results = conditional.main(argv + ["--track", "tensorboard"])  # the pieces do not depend on it: loaded below
     _pngs(tmp_path, ("samples.png", "vae_samples.png"))
     assert sorted(results["models"]) == ["conditional", "vae"]  # quick: the N(0, I) prior only
     cvae, vae = results["models"]["conditional"], results["models"]["vae"]
+    _tracked(tensorboard_events, tmp_path / "tensorboard" / "conditional", cvae["history"])  # pairs: scalars only
+    _tracked(tensorboard_events, tmp_path / "tensorboard" / "vae", vae["history"], images=True)
     arrays, vae_arrays = _arrays(tmp_path, "cvae"), _arrays(tmp_path, "vae")
     n = results["eval_size"]
     labels = vdata.load_fashion_mnist("test")[1][:n]
@@ -154,9 +188,9 @@ def test_conditional_study_quick(tmp_path, fast_compilation, capsys):
 
 
 # ---------------------------------------------------------------------------------- semi-supervised
-def test_semi_supervised_study_quick(tmp_path, fast_compilation, capsys):
+def test_semi_supervised_study_quick(tmp_path, fast_compilation, capsys, tensorboard_events):
     argv = ["--out", str(tmp_path), "--quick", "--no-progress"]
-    semi_supervised.main(argv)
+    semi_supervised.main(argv + ["--track", "tensorboard"])  # the pieces do not depend on it: loaded below
     results = json.loads((tmp_path / "results.json").read_text())  # as written: str keys
     _pngs(tmp_path, ("test_error.png",))
     labels = vdata.load_fashion_mnist("test")[1][:results["eval_size"]]
@@ -164,6 +198,8 @@ def test_semi_supervised_study_quick(tmp_path, fast_compilation, capsys):
         m2 = counts["m2"]["0"]
         assert m2["alpha"] == pytest.approx(0.1 * 300 / int(n))  # the paper's 0.1 N per labelled example
         assert len(m2["history"]) == 1 and m2["history"][-1]["test_error"] == m2["test_error"]
+        _tracked(tensorboard_events, tmp_path / "tensorboard" / f"m2_labels{n}_seed0", m2["history"])  # test_error too
+        assert tensorboard_events(tmp_path / "tensorboard" / f"classifier_labels{n}_seed0")["scalars"]["train_correct"]
         for kind in ("m2", "classifier"):
             predicted = _arrays(tmp_path, f"{kind}_labels{n}_seed0")["predicted"]
             assert counts[kind]["0"]["test_error"] == pytest.approx(np.mean(predicted != labels))

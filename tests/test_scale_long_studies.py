@@ -1,12 +1,14 @@
-"""The long studies (stacked sweeps, estimator comparisons) take `--devices` and `--track` through
-`experiments._common.fit_scaled` (vae_jax.scale), as the other studies do.
+"""The long studies (stacked sweeps, estimator comparisons) and the model-family studies (conditional,
+semi-supervised M2, VQ-VAE) take `--devices` and `--track` through `experiments._common.fit_scaled`
+(vae_jax.scale), as the other studies do.
 
 Truth: each study's own training function on one device, in this process (the same
 batches and draws), to float32 tolerance for the run on 2 forced CPU devices (a
 subprocess: the flag must be set before jax starts). Sizes are tiny (8x8 random
 images, 2 epochs): the trainings are each study's, not its data; both processes
 compile with most optimisations off (compilation is nearly all of the time). Their
-event files are checked by each study's --quick test, run with --track tensorboard.
+event files are checked by each study's --quick test, run with --track tensorboard. A family study's
+piece (its training and everything scored after it, on one device) is compared whole.
 
 Run as a script (``python tests/test_scale_long_studies.py OUT STUDY...``) it trains
 the studies named on every device and writes their numbers to ``OUT/numbers.json``.
@@ -28,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # the subprocess: this worktree's packages first
     sys.path.insert(0, str(ROOT))
 
-from experiments import beta_vae, discrete_estimators, disentanglement, gradient_estimators  # noqa: E402
-from vae_jax import models  # noqa: E402
+from experiments import (beta_vae, conditional, discrete_estimators, disentanglement, gradient_estimators,  # noqa: E402
+                         likelihoods, semi_supervised, vq_vae)
+from vae_jax import family_runs, models, training  # noqa: E402
 
 SHAPE = (8, 8, 1)
 
@@ -82,8 +85,50 @@ STUDIES = {"beta_vae": _beta_sweep, "disentanglement": _factor_vae, "gradient_es
            "discrete_estimators": _relax}  # each: (an --out it writes nothing to, devices) -> its numbers
 
 
+def _family_args(devices: str, *extra: str) -> list[str]:
+    return ["--quick", "--no-progress", "--batch-size", "32", "--epochs", "2", "--devices", devices, *extra]
+
+
+def _without_seconds(value: dict) -> dict:
+    return {k: v for k, v in value.items() if k != "train_seconds"}
+
+
+def _conditional_vae(out: Path, devices: str) -> dict:
+    cfg = conditional.parse_args(_family_args(devices, "--out", str(out), "--hidden-sizes", "16", "--latent-dim", "2",
+                                              "--eval-size", "4"))
+    data = {"train": _images(128, 5), "train_labels": np.arange(128, dtype=np.int32) % 10,
+            "test": (_images(4, 6) > 0.5).astype(np.float32), "test_labels": np.arange(4, dtype=np.int32)}
+    return _without_seconds(conditional.cvae_piece(cfg, data, jax.random.key(0))[0])
+
+
+def _m2_and_classifier(out: Path, devices: str) -> dict:
+    cfg = semi_supervised.parse_args(_family_args(devices, "--out", str(out), "--hidden-sizes", "16",
+                                                  "--latent-dim", "2", "--train-size", "128", "--labels", "20",
+                                                  "--classifier-steps", "4"))
+    images, labels = _images(128, 7), np.arange(128, dtype=np.int32) % 10
+    test = {"images": _images(16, 8), "labels": np.arange(16) % 10}
+    keep = family_runs.choose_labelled(labels, 20, 0)
+    pool = (images, np.where(keep, labels, semi_supervised.semi_supervised.UNLABELLED).astype(np.int32))
+    model = semi_supervised.semi_supervised.m2(SHAPE, latent_dim=2, hidden_sizes=(16,), classifier_sizes=(16,))
+    m2, _ = semi_supervised.m2_piece(cfg, model, training.make_train_step(model.objective), pool, test, 0, 20)
+    classifier, _ = semi_supervised.classifier_piece(cfg, model.classifier, (images[keep], labels[keep]), test, 0)
+    return {"m2": _without_seconds(m2), "classifier": _without_seconds(classifier)}
+
+
+def _vq_ema(out: Path, devices: str) -> dict:
+    cfg = vq_vae.parse_args(_family_args(devices, "--out", str(out), "--num-codes", "8", "--embedding-dim", "2",
+                                         "--prior-epochs", "2", "--eval-size", "4", "--probe-size", "16"))
+    train, test = (np.round(_images(n, seed) * 255) / 255 for n, seed in ((128, 9), (4, 10)))
+    data = {"train": train, "probe": train[:16], "test": test,
+            "test_dequantized": likelihoods.dequantize(jax.random.key(1), test)}
+    return _without_seconds(vq_vae.vq_piece(cfg, "ema", data, jax.random.key(0))[0])
+
+
+FAMILIES = {"conditional": _conditional_vae, "semi_supervised": _m2_and_classifier, "vq_vae": _vq_ema}
+
+
 def _train_all(out: Path, devices: str, names: list[str]) -> dict:
-    return {name: STUDIES[name](out / name, devices) for name in names}
+    return {name: {**STUDIES, **FAMILIES}[name](out / name, devices) for name in names}
 
 
 def _on_two_devices(out: Path, names: list[str]) -> subprocess.Popen:
@@ -136,9 +181,24 @@ def test_every_long_study_trains_on_two_devices_as_on_one(tmp_path, fast_compila
     _two_devices_match_one(tmp_path, list(STUDIES))
 
 
+def test_m2_and_its_classifier_train_on_two_devices_as_on_one(tmp_path, fast_compilation):
+    """The default suite's share of the family studies (the cheapest: about 8 s per process besides imports,
+    mostly compiling M2's step; 23 s of wall clock at load 3 on 2 cores): M2's pairs with
+    hidden labels (its test error after each epoch from a hook) and the classifier's labelled pairs."""
+    _two_devices_match_one(tmp_path, ["semi_supervised"])
+
+
+@pytest.mark.slow
+def test_the_conditional_vae_and_the_vq_vae_train_on_two_devices_as_on_one(tmp_path, fast_compilation):
+    """The conditional VAE's pairs (dynamically binarised), and the VQ-VAE's EMA codebook update (the codes'
+    statistics summed across devices by XLA) with its PixelCNN prior fitted to the codes."""
+    _two_devices_match_one(tmp_path, ["conditional", "vq_vae"])
+
+
 def test_the_long_studies_take_the_scale_options_and_store_devices_only_when_not_one(tmp_path):
     out = ["--out", str(tmp_path)]
-    for module in (beta_vae, disentanglement, gradient_estimators, discrete_estimators):
+    for module in (beta_vae, disentanglement, gradient_estimators, discrete_estimators, conditional, semi_supervised,
+                   vq_vae):
         quick, full = module.parse_args([*out, "--quick"]), module.parse_args(out)
         assert (quick.devices, quick.track, full.track) == ("one", "none", "tensorboard"), module.__name__
         assert module.parse_args([*out, "--devices", "all", "--track", "none"]).devices == "all"
@@ -149,6 +209,9 @@ def test_the_long_studies_take_the_scale_options_and_store_devices_only_when_not
         cfg = discrete_estimators.parse_args([*out, *argv])
         assert ("devices" in cfg.fashion_options(), "devices" in cfg.enumerable_options()) == (has, has)
         assert "track" not in cfg.fashion_options()
+        for family in (conditional, semi_supervised, vq_vae):
+            options = family.parse_args([*out, *argv]).piece_options()
+            assert ("devices" in options, "track" in options) == (has, False), family.__name__
 
 
 if __name__ == "__main__":

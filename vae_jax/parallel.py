@@ -188,12 +188,13 @@ def make_sharded_train_step(objective: training.Objective, mesh: Mesh, *,
 
 
 def shard_train_step(train_step: Callable, mesh: Mesh) -> Callable:
-    """Any ``train_step(state, batch, key)`` (e.g. with a running baseline) with its batch split across ``mesh``."""
+    """Any ``train_step(state, batch, key)`` (e.g. with a running baseline) with its batch split across ``mesh``
+    (a batch of pairs such as ``(x [B, ...], y [B])``: each along its leading axis)."""
     sharding = batch_sharded(mesh)
 
-    def step(state: training.TrainState, batch: jax.Array, key: jax.Array):
-        _check_divisible(batch.shape[0], mesh)
-        return train_step(state, jax.lax.with_sharding_constraint(batch, sharding), key)
+    def step(state: training.TrainState, batch: Any, key: jax.Array):
+        _check_divisible(training.num_examples(batch), mesh)
+        return train_step(state, jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), batch), key)
 
     return jax.jit(step, donate_argnums=0)
 
