@@ -164,7 +164,8 @@ OPTIONS = (
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
     cfg = _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=10, quick_epochs=1,
-                              defaults={"labels": ([20], [100, 1000]), "weightings": (list(WEIGHTINGS),) * 2, "seeds": ([0], [0, 1, 2]),
+                              defaults={"labels": ([20], [100, 1000]), "weightings": (list(WEIGHTINGS),) * 2,
+                                        "seeds": ([0], [0, 1, 2]),
                                         "hidden_sizes": ([32], [256]),
                                         "train_size": (300, 10000), "eval_size": (200, 10000),
                                         "classifier_steps": (20, 2000)})

@@ -109,7 +109,8 @@ def test_m2_keeps_a_balanced_seeded_choice_of_labels():
 
 @pytest.mark.parametrize("argv, message", [
     (["--kind", "conditional", "--num-classes", "5"], "the 'digits' labels reach 9, outside [0, 5) of --num-classes 5"),
-    (["--kind", "m2", "--num-labelled", "256"], "--num-labelled 256 leaves no unlabelled example of the 256 training examples"),
+    (["--kind", "m2", "--num-labelled", "256"],
+     "--num-labelled 256 leaves no unlabelled example of the 256 training examples"),
     (["--kind", "vq", "--num-codes", "1"], "the codebook needs at least 2 codes (num_codes >= 2); got 1"),
     (["--kind", "vq", "--latent-dim", "4"], "kind='vq' does not take latent_dim=4"),
     (["--num-codes", "8"], "kind='vae' does not take num_codes=8"),

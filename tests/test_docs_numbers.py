@@ -951,8 +951,10 @@ def semi_supervised_study():
     first = {n: runs[str(n)]["m2_paper"]["0"] for n in labels}
     m2_seconds = [m["train_seconds"] for n in runs for k in runs[n] if k.startswith("m2_") for m in runs[n][k].values()]
     gap = lambda k, n: 100 * (summary[str(n)][k]["mean"] - summary[str(n)]["classifier"]["mean"])  # noqa: E731
-    old_gap = lambda n: 100 * (old["summary"][str(n)]["m2"]["mean"] - old["summary"][str(n)]["classifier"]["mean"])  # noqa: E731
-    return _semi_rows("semi_supervised", ("m2_paper", "m2_balanced", "classifier")) + _semi_rows("semi_supervised_mixed") + [
+    old_gap = lambda n: 100 * (old["summary"][str(n)]["m2"]["mean"]  # noqa: E731
+                               - old["summary"][str(n)]["classifier"]["mean"])
+    new_rows = _semi_rows("semi_supervised", ("m2_paper", "m2_balanced", "classifier"))
+    return new_rows + _semi_rows("semi_supervised_mixed") + [
         *(f"alpha = {first[n]['alpha']:g} for {n} labels" for n in labels),
         *(f"s = {first[n]['labelled_share']:g} for {n} labels" for n in labels),
         *(f"{first[n]['pairs_per_epoch']} pairs ({first[n]['pairs_per_epoch'] // cfg['batch_size']} steps) per epoch "

@@ -170,8 +170,8 @@ def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[st
     """What ``config.train`` trains ``model`` with: ``(model, objective, hparams, estimator_state)``.
 
     Without ``estimator``: the ELBO (pathwise, with ``beta``; a conditional VAE's of ``(x, y)``),
-    the IWAE bound, an AE's reconstruction, M2's objective (with ``alpha`` and ``labelled_share``, resolved from the data
-    first by :func:`vae_jax.family_runs.resolve_config`) or the VQ-VAE's (``beta`` its commitment
+    the IWAE bound, an AE's reconstruction, M2's objective (with ``alpha`` and ``labelled_share``, resolved from
+    the data first by :func:`vae_jax.family_runs.resolve_config`) or the VQ-VAE's (``beta`` its commitment
     weight). With one: :func:`vae_jax.estimators.make_estimator` by name; an estimator
     that learns parameters (NVIL, REBAR, RELAX) gets them in the model's ``init`` (so in the
     train state), and ``baseline=running_mean`` a running ELBO mean in ``estimator_state``

@@ -3,8 +3,9 @@
 :mod:`vae_jax.runner` calls these at its few places that differ by ``kind``:
 the run's data (labelled pairs ``(x, y)`` for ``conditional`` and ``m2``, with
 all but ``num_labelled`` training labels hidden for ``m2`` and its training
-examples paired), M2's ``alpha`` and ``labelled_share`` resolved from the data, the train step and validation objective, the VQ-VAE's
-codebook started from data, the extra test numbers, the figures and the samples.
+examples paired), M2's ``alpha`` and ``labelled_share`` resolved from the data,
+the train step and validation objective, the VQ-VAE's codebook started from
+data, the extra test numbers, the figures and the samples.
 For ``vae`` and ``ae`` every function leaves the run as it was.
 """
 
