@@ -11,7 +11,7 @@ uniform ``p(y) = 1 / K``; the label-conditioned parts are a
   the key ``fold_in(key, c)``).
 - Training (:meth:`M2.objective`): the paper's summed objective ``J^alpha = sum_l [L(x, y) +
   alpha log q(y|x)] + sum_u U(x)`` over ``N_l`` labelled and ``N_u`` unlabelled examples
-  (``N = N_l + N_u``), estimated from PAIRED batches: every step takes a batch of unlabelled
+  (``N = N_l + N_u``; ``alpha`` per labelled example, below), estimated from PAIRED batches: every step takes a batch of unlabelled
   images and an equally large batch of labelled pairs drawn, cycled, from the labelled set
   (:func:`paired_examples`), so every step sees labels however few there are.
   **Convention for alpha.** The paper adds ``alpha * E_labelled[-log q(y|x)]`` with
@@ -20,7 +20,7 @@ uniform ``p(y) = 1 / K``; the label-conditioned parts are a
   ``beta = alpha * n_tot / n_labeled`` with ``alpha = 0.1``). **The two batch means** are
   weighted ``s`` (labelled) and ``1 - s`` (unlabelled), ``s`` = ``labelled_share``:
   ``s = N_l / N`` (:func:`paper_share`) makes the step's value an unbiased estimate of
-  ``J^alpha / N``, the paper's objective exactly; ``s = 1/2`` counts every labelled example
+  ``J^alpha / N`` (the same objective, in expectation, as batches drawn from the mixed pool); ``s = 1/2`` counts every labelled example
   ``N_u / N_l`` times, as reimplementations that average the two batches with equal weight do.
 
 Data: the training pool as ``(x, y)`` with ``y = -1`` (:data:`UNLABELLED`) for an unlabelled
