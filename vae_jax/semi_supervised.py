@@ -9,19 +9,21 @@ uniform ``p(y) = 1 / K``; the label-conditioned parts are a
 - Unlabelled: ``U(x) = sum_y q(y|x) (L(x, y) - log q(y|x)) = sum_y q(y|x) L(x, y) + H(q(y|x))
   <= log p(x)``, the label summed out EXACTLY over the ``K`` classes (class ``c``'s ELBO uses
   the key ``fold_in(key, c)``).
-- Training (:meth:`M2.objective`): the paper's summed objective ``J^alpha = sum_l [L(x, y) +
-  alpha log q(y|x)] + sum_u U(x)`` over ``N_l`` labelled and ``N_u`` unlabelled examples
-  (``N = N_l + N_u``; ``alpha`` per labelled example, below), estimated from PAIRED batches: every step takes a batch of unlabelled
-  images and an equally large batch of labelled pairs drawn, cycled, from the labelled set
-  (:func:`paired_examples`), so every step sees labels however few there are.
+- Training (:meth:`M2.objective`): the paper's summed objective
+  ``J^alpha = sum_l [L(x, y) + alpha log q(y|x)] + sum_u U(x)`` over ``N_l`` labelled and ``N_u``
+  unlabelled examples (``N = N_l + N_u``; ``alpha`` per labelled example, below), estimated from
+  PAIRED batches: every step takes a batch of unlabelled images and an equally large batch of
+  labelled pairs drawn, cycled, from the labelled set (:func:`paired_examples`), so every step sees
+  labels however few there are.
   **Convention for alpha.** The paper adds ``alpha * E_labelled[-log q(y|x)]`` with
-  ``alpha = 0.1 N``; per labelled example that is the weight ``0.1 * N / N_l`` on
-  ``log q(y | x)``, which is what ``alpha`` is here (:func:`paper_alpha`; Kingma et al.'s code:
-  ``beta = alpha * n_tot / n_labeled`` with ``alpha = 0.1``). **The two batch means** are
-  weighted ``s`` (labelled) and ``1 - s`` (unlabelled), ``s`` = ``labelled_share``:
-  ``s = N_l / N`` (:func:`paper_share`) makes the step's value an unbiased estimate of
-  ``J^alpha / N`` (the same objective, in expectation, as batches drawn from the mixed pool); ``s = 1/2`` counts every labelled example
-  ``N_u / N_l`` times, as reimplementations that average the two batches with equal weight do.
+  ``alpha = 0.1 N``; per labelled example that is the weight ``0.1 * N / N_l`` on ``log q(y | x)``,
+  which is what ``alpha`` is here (:func:`paper_alpha`; Kingma et al.'s code:
+  ``beta = alpha * n_tot / n_labeled`` with ``alpha = 0.1``). **The two batch means** are weighted
+  ``s`` (labelled) and ``1 - s`` (unlabelled), ``s`` = ``labelled_share``: ``s = N_l / N``
+  (:func:`paper_share`) makes the step's value an unbiased estimate of ``J^alpha / N`` (the same
+  objective, in expectation, as batches drawn from the mixed pool); ``s = 1/2`` counts every
+  labelled example ``N_u / N_l`` times, as reimplementations that average the two batches with
+  equal weight do.
 
 Data: the training pool as ``(x, y)`` with ``y = -1`` (:data:`UNLABELLED`) for an unlabelled
 image; :func:`paired_examples` arranges it as examples ``(x [2, ...], y)``, the unlabelled
