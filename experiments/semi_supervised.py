@@ -4,10 +4,17 @@ For every number of labels ``--labels`` and every seed, the same labelled
 subset (balanced over the 10 classes, chosen by the seed:
 :func:`vae_jax.family_runs.choose_labelled`) trains
 
-* M2 (:mod:`vae_jax.semi_supervised`) on the whole training pool, every other
-  label hidden (``y = -1``), with the paper's objective: L(x, y) + alpha log q(y|x)
-  for a labelled image, U(x) (the label summed out over the 10 classes) for the
-  others, ``alpha = 0.1 N / N_l`` per labelled example (``paper_alpha``); and
+* M2 (:mod:`vae_jax.semi_supervised`) on the training pool, every other label
+  hidden, with the paper's terms: L(x, y) + alpha log q(y|x) for a labelled image,
+  U(x) (the label summed out over the 10 classes) for an unlabelled one,
+  ``alpha = 0.1 N / N_l`` per labelled example (``paper_alpha``). Every step takes
+  a batch of unlabelled images and an equally large batch of labelled pairs cycled
+  from the labelled set (``paired_examples``); an epoch is one pass over the
+  unlabelled images. The two batch means are weighted ``s`` and ``1 - s``
+  (``--weightings``): ``paper`` (``s = N_l / N``, the paper's J^alpha / N estimated
+  without bias) and ``balanced`` (``s = 1/2``, as reimplementations that average
+  the two batches with equal weight: each labelled example counts ``N_u / N_l``
+  times). Both are trained and reported; and
 * the same classifier network (MLP 784-256-10) trained on the labelled images
   alone, with cross-entropy, for ``--classifier-steps`` Adam steps.
 
@@ -19,19 +26,19 @@ M2), so both classifiers see the same grey images in training and testing.
 
 Writes ``test_error.png`` (M2's test error per epoch, seeds averaged, beside the
 baseline's final errors), ``results.json`` and ``config.json``. Each model
-(labels, seed) is a piece in ``OUT/parts``, reused by the same command.
+(weighting, labels, seed) is a piece in ``OUT/parts``, reused by the same command.
 
 ``--devices all`` trains M2 and the classifier data-parallel over every local
 device (the one-device numbers to float32 rounding; pieces made so are refused
 by a run on one device; the classifier's batch, min(100, labels), must divide
 over the devices too); ``--track tensorboard`` (the default at full size) writes
 each model's epochs (scalars; M2's with its ``test_error``) to
-``tensorboard/m2_labelsN_seedS`` and ``tensorboard/classifier_labelsN_seedS``
+``tensorboard/m2_WEIGHTING_labelsN_seedS`` and ``tensorboard/classifier_labelsN_seedS``
 (docs/scale.md).
 
 Size: a pool of 10000 training images, 10 epochs of batch 128, MLP widths
 256 and z of 16, 100 and 1000 labels, seeds 0 1 2, the full test set. ``--quick``:
-a pool of 300 images, 20 and 50 labels, 1 seed, 1 epoch, MLP width 32, 20
+a pool of 300 images, 20 labels, 1 seed, 1 epoch, MLP width 32, 20
 classifier steps, 200 test images. A reduced run: the paper trains far longer on all 60000 MNIST
 images.
 """
@@ -59,6 +66,7 @@ class Config(_common.TrainingConfig):
     """The study's options, resolved."""
 
     labels: tuple[int, ...]
+    weightings: tuple[str, ...]
     seeds: tuple[int, ...]
     train_size: int
     eval_size: int
@@ -67,9 +75,9 @@ class Config(_common.TrainingConfig):
     classifier_steps: int
 
     def piece_options(self) -> dict:
-        """What every piece depends on (not the output folder, progress bars, or which labels and seeds;
-        ``devices`` only when ``"all"``, never ``track``, as :meth:`stored_scale_options` says)."""
-        skip = ("out", "progress", "labels", "seeds", "seed", "devices", "track")
+        """What every piece depends on (not the output folder, progress bars, or which weightings, labels and
+        seeds; ``devices`` only when ``"all"``, never ``track``, as :meth:`stored_scale_options` says)."""
+        skip = ("out", "progress", "labels", "seeds", "seed", "weightings", "devices", "track")
         return {**{k: v for k, v in self.to_json().items() if k not in skip}, **self.stored_scale_options()}
 
 
@@ -100,21 +108,33 @@ def batched_logits(classify):
     return jax.jit(jax.vmap(classify, in_axes=(None, 0)))
 
 
-def m2_piece(cfg: Config, model, step, pool: tuple, test: dict, seed: int, num_labelled: int) -> tuple[dict, dict]:
-    """M2 trained on the pool with ``num_labelled`` labels kept; its test error per epoch and at the end.
+WEIGHTINGS = ("paper", "balanced")
+
+
+def labelled_share(weighting: str, num_examples: int, num_labelled: int) -> float:
+    """The labelled batch mean's weight ``s`` of a ``--weightings`` name."""
+    return semi_supervised.paper_share(num_examples, num_labelled) if weighting == "paper" else 0.5
+
+
+def m2_piece(cfg: Config, model, step, pool: tuple, test: dict, seed: int, num_labelled: int,
+             weighting: str) -> tuple[dict, dict]:
+    """M2 trained on the pool's pairs with ``num_labelled`` labels kept; its test error per epoch and at the end.
     ``step``: ``make_train_step(model.objective)``, one object for every piece (one compilation)."""
     alpha = semi_supervised.paper_alpha(len(pool[0]), num_labelled)
+    share = labelled_share(weighting, len(pool[0]), num_labelled)
+    pairs = semi_supervised.paired_examples(*pool, seed=seed)
     key_init, key_fit = jax.random.split(jax.random.key(seed))
-    state = training.create_train_state(model, key_init, pool[0][0], optax.adam(cfg.learning_rate), alpha=alpha)
+    state = training.create_train_state(model, key_init, pool[0][0], optax.adam(cfg.learning_rate), alpha=alpha,
+                                        labelled_share=share)
     logits_of = batched_logits(model.classify)
     hook = lambda epoch, s, history: history[-1].update(test_error=test_error(logits_of, s.params, test)[0])  # noqa: E731
-    state, history, seconds = _common.fit_scaled(model, state, step, pool, key_fit, epochs=cfg.epochs,
+    state, history, seconds = _common.fit_scaled(model, state, step, pairs, key_fit, epochs=cfg.epochs,
                                                  batch_size=cfg.batch_size, hooks=[hook], progress=cfg.progress,
-                                                 desc=f"m2_labels{num_labelled}_seed{seed}",
+                                                 desc=f"m2_{weighting}_labels{num_labelled}_seed{seed}",
                                                  **_common.scale_kwargs(cfg))
     error, predicted = test_error(logits_of, state.params, test)
-    return ({"test_error": error, "alpha": alpha, "train_seconds": seconds, "history": history},
-            {"predicted": predicted})
+    return ({"test_error": error, "alpha": alpha, "labelled_share": share, "pairs_per_epoch": len(pairs[1]),
+             "train_seconds": seconds, "history": history}, {"predicted": predicted})
 
 
 def classifier_piece(cfg: Config, net, labelled: tuple, test: dict, seed: int) -> tuple[dict, dict]:
@@ -139,6 +159,8 @@ def summarise(errors: list[float]) -> dict:
 
 OPTIONS = (
     _common.Option("--labels", _common.positive_int, None, "numbers of labelled images (default 100 1000)", "+"),
+    _common.Option("--weightings", str, None, "weightings of M2's labelled and unlabelled batch means: paper "
+                   "(N_l / N) and balanced (1/2) (default both)", "+"),
     _common.Option("--seeds", _common.nonnegative_int, None, "seeds of every labels count (default 0 1 2)", "+"),
     _common.Option("--train-size", _common.positive_int, None, "training pool (default 10000, quick 300)"),
     _common.Option("--eval-size", _common.positive_int, None, "test images (default 10000, quick 200)"),
@@ -152,22 +174,27 @@ OPTIONS = (
 def parse_args(argv: list[str] | None) -> Config:
     """The command line as a checked :class:`Config` (``--quick`` and the defaults resolved)."""
     cfg = _common.parse_study(Config, __doc__, PROG, argv, options=OPTIONS, epochs=10, quick_epochs=1,
-                              defaults={"labels": ([20, 50], [100, 1000]), "seeds": ([0], [0, 1, 2]),
+                              defaults={"labels": ([20], [100, 1000]), "weightings": (list(WEIGHTINGS),) * 2,
+                                        "seeds": ([0], [0, 1, 2]),
                                         "hidden_sizes": ([32], [256]),
                                         "train_size": (300, 10000), "eval_size": (200, 10000),
                                         "classifier_steps": (20, 2000)})
-    if max(cfg.labels) > cfg.train_size:
-        raise ValueError(f"--labels {max(cfg.labels)} is larger than the training pool (--train-size "
+    if set(cfg.weightings) - set(WEIGHTINGS) or len(set(cfg.weightings)) < len(cfg.weightings):
+        raise ValueError(f"--weightings takes distinct names of {', '.join(WEIGHTINGS)}; got "
+                         f"{' '.join(cfg.weightings)}.")
+    if max(cfg.labels) >= cfg.train_size:
+        raise ValueError(f"--labels {max(cfg.labels)} leaves no unlabelled image in the training pool (--train-size "
                          f"{cfg.train_size}).")
     return cfg
 
 
 def save_figure(cfg: Config, runs: dict) -> None:
-    """M2's test error per epoch (mean over seeds) and the baseline's final error, per labels count."""
+    """M2's test error per epoch (mean over seeds, per weighting) and the baseline's final error, per labels count."""
     series = {}
     for n in cfg.labels:
-        curves = np.array([[r["test_error"] for r in runs[n]["m2"][s]["history"]] for s in cfg.seeds])
-        series[f"M2, {n} labels"] = 100 * curves.mean(0)
+        for weighting in cfg.weightings:
+            curves = np.array([[r["test_error"] for r in runs[n][f"m2_{weighting}"][s]["history"]] for s in cfg.seeds])
+            series[f"M2 {weighting}, {n} labels"] = 100 * curves.mean(0)
         baseline = statistics.mean(runs[n]["classifier"][s]["test_error"] for s in cfg.seeds)
         series[f"labels only, {n} (final)"] = [100 * baseline] * curves.shape[1]
     plotting.save_curves(series, cfg.out / "test_error.png", ylabel="test error (%)",
@@ -175,7 +202,7 @@ def save_figure(cfg: Config, runs: dict) -> None:
 
 
 def run(cfg: Config) -> dict:
-    """Trains the (labels, seed) models the parts folder lacks; writes the figure and the JSON files."""
+    """Trains the (weighting, labels, seed) models the parts folder lacks; writes the figure and the JSON files."""
     start, load_before = time.perf_counter(), list(os.getloadavg())
     parts = _common.Parts(cfg.out / "parts", resume=True)
     ds = _common.load_data(cfg, quick_train=cfg.train_size, quick_test=cfg.eval_size)
@@ -183,17 +210,19 @@ def run(cfg: Config) -> dict:
     test = {"images": ds.test.images[:cfg.eval_size], "labels": ds.test.labels[:cfg.eval_size]}
     model = semi_supervised.m2(images.shape[1:], latent_dim=cfg.latent_dim, hidden_sizes=cfg.hidden_sizes,
                                classifier_sizes=cfg.hidden_sizes)
-    runs, options, step = {}, cfg.piece_options(), training.make_train_step(model.objective)
-    for n in cfg.labels:
-        runs[n] = {"m2": {}, "classifier": {}}
-        for seed in cfg.seeds:
-            keep = family_runs.choose_labelled(labels, n, seed)
-            pool = (images, np.where(keep, labels, semi_supervised.UNLABELLED).astype(np.int32))
-            runs[n]["m2"][seed] = _common.computed_piece(
-                parts, f"m2_labels{n}_seed{seed}", options, lambda: m2_piece(cfg, model, step, pool, test, seed, n))[0]
-            runs[n]["classifier"][seed] = _common.computed_piece(
-                parts, f"classifier_labels{n}_seed{seed}", options,
-                lambda: classifier_piece(cfg, model.classifier, (images[keep], labels[keep]), test, seed))[0]
+    options, step = cfg.piece_options(), training.make_train_step(model.objective)
+    runs = {n: {**{f"m2_{w}": {} for w in cfg.weightings}, "classifier": {}} for n in cfg.labels}
+    for weighting in cfg.weightings:  # one weighting's models all first: a partial run holds whole rows
+        for n in cfg.labels:
+            for seed in cfg.seeds:
+                keep = family_runs.choose_labelled(labels, n, seed)
+                pool = (images, np.where(keep, labels, semi_supervised.UNLABELLED).astype(np.int32))
+                runs[n][f"m2_{weighting}"][seed] = _common.computed_piece(
+                    parts, f"m2_{weighting}_labels{n}_seed{seed}", options,
+                    lambda: m2_piece(cfg, model, step, pool, test, seed, n, weighting))[0]
+                runs[n]["classifier"][seed] = _common.computed_piece(
+                    parts, f"classifier_labels{n}_seed{seed}", options,
+                    lambda: classifier_piece(cfg, model.classifier, (images[keep], labels[keep]), test, seed))[0]
     save_figure(cfg, runs)
     summary = {n: {kind: summarise([runs[n][kind][s]["test_error"] for s in cfg.seeds]) for kind in runs[n]}
                for n in cfg.labels}

@@ -69,9 +69,11 @@ def test_each_kind_trains_resumes_bitwise_evaluates_and_samples(kind, tmp_path, 
     image = matplotlib.image.imread(resumed / "samples.png")
     assert image.shape[0] > image.shape[1]  # 10 rows (one per class) of 2 draws
     if kind == "m2":
-        # The paper's alpha = 0.1 N / N_l from the 256 training examples, saved; 30 of 256 labels kept.
+        # The paper's alpha = 0.1 N / N_l and share N_l / N from the 256 training examples, saved; 30 labels
+        # kept, paired with the 226 others: 3 steps of 64 pairs per epoch.
         assert saved["train"]["alpha"] == pytest.approx(0.1 * 256 / 30)
-        assert float(rows[0]["train_labelled"]) == pytest.approx(30 / 256, rel=1e-6)
+        assert saved["train"]["labelled_share"] == pytest.approx(30 / 256)
+        assert float(rows[0]["train_labelled_bound"]) < 0 and float(rows[0]["train_unlabelled_bound"]) < 0
         assert 0 <= result["test_error"] <= 1 and result["test_bound"] < 0
         assert {"validation_bound", "validation_error"} <= set(rows[0])
     else:
@@ -107,7 +109,8 @@ def test_m2_keeps_a_balanced_seeded_choice_of_labels():
 
 @pytest.mark.parametrize("argv, message", [
     (["--kind", "conditional", "--num-classes", "5"], "the 'digits' labels reach 9, outside [0, 5) of --num-classes 5"),
-    (["--kind", "m2", "--num-labelled", "300"], "--num-labelled 300 is larger than the training set (256 examples)"),
+    (["--kind", "m2", "--num-labelled", "256"],
+     "--num-labelled 256 leaves no unlabelled example of the 256 training examples"),
     (["--kind", "vq", "--num-codes", "1"], "the codebook needs at least 2 codes (num_codes >= 2); got 1"),
     (["--kind", "vq", "--latent-dim", "4"], "kind='vq' does not take latent_dim=4"),
     (["--num-codes", "8"], "kind='vae' does not take num_codes=8"),
@@ -118,6 +121,8 @@ def test_m2_keeps_a_balanced_seeded_choice_of_labels():
     (["--kind", "conditional", "--devices", "all"], "trains in memory on one device"),
     (["--kind", "vq", "--hidden-sizes", "16,16,16,16"], "H, W divisible by 16"),
     (["--kind", "m2", "--alpha", "-1"], "alpha must be >= 0"),
+    (["--kind", "m2", "--labelled-share", "1.5"], "labelled_share must be in [0, 1]"),
+    (["--kind", "conditional", "--labelled-share", "0.5"], "labelled_share applies to --kind m2 only"),
 ])
 def test_bad_family_configurations_are_one_line_errors(argv, message, tmp_path, capsys):
     assert main(["train", *SMALL, *argv, "--epochs", "1", "--out", str(tmp_path / "run")]) == 2

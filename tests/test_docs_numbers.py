@@ -942,24 +942,39 @@ def _error_cells(summary):
     return f"{100 * summary['mean']:.1f}% +- {100 * summary['std_ddof1']:.1f} | {per_seed}"
 
 
-def _semi_rows(folder):
+def _semi_rows(folder, kinds=("m2", "classifier")):
     r = _json(f"docs/results/{folder}/results.json")
-    return [f"| {n} | {_error_cells(s['m2'])} | {_error_cells(s['classifier'])} |" for n, s in r["summary"].items()]
+    return [f"| {n} | " + " | ".join(_error_cells(s[k]) for k in kinds) + " |" for n, s in r["summary"].items()]
 
 
 def semi_supervised_study():
     r = _json("docs/results/semi_supervised/results.json")
     cfg = _json("docs/results/semi_supervised/config.json")
-    runs = r["runs"]
-    alphas = [f"alpha = {runs[str(n)]['m2']['0']['alpha']:g} for {n} labels" for n in cfg["labels"]]
-    m2_seconds = [m["train_seconds"] for n in runs for m in runs[n]["m2"].values()]
-    gaps = [100 * (r["summary"][str(n)]["m2"]["mean"] - r["summary"][str(n)]["classifier"]["mean"])
-            for n in cfg["labels"]]
-    return _semi_rows("semi_supervised") + alphas + [
-        f"by {gaps[0]:.0f} points with {cfg['labels'][0]} labels and {gaps[1]:.0f} points with {cfg['labels'][1]}",
+    runs, summary, labels = r["runs"], r["summary"], cfg["labels"]
+    old = _json("docs/results/semi_supervised_mixed/results.json")
+    old_cfg = _json("docs/results/semi_supervised_mixed/config.json")
+    same = lambda c: {k: v for k, v in c.items() if k not in ("out", "progress", "weightings")}  # noqa: E731
+    assert same(cfg) == same(old_cfg), "the paired run differs from the mixed-batch one in more than the loop"
+    for n in labels:  # the labels-only baselines do not depend on the loop: the same seeds give the same errors
+        assert summary[str(n)]["classifier"] == old["summary"][str(n)]["classifier"]
+    first = {n: runs[str(n)]["m2_paper"]["0"] for n in labels}
+    m2_seconds = [m["train_seconds"] for n in runs for k in runs[n] if k.startswith("m2_") for m in runs[n][k].values()]
+    gap = lambda k, n: 100 * (summary[str(n)][k]["mean"] - summary[str(n)]["classifier"]["mean"])  # noqa: E731
+    old_gap = lambda n: 100 * (old["summary"][str(n)]["m2"]["mean"]  # noqa: E731
+                               - old["summary"][str(n)]["classifier"]["mean"])
+    new_rows = _semi_rows("semi_supervised", ("m2_paper", "m2_balanced", "classifier"))
+    return new_rows + _semi_rows("semi_supervised_mixed") + [
+        *(f"alpha = {first[n]['alpha']:g} for {n} labels" for n in labels),
+        *(f"s = {first[n]['labelled_share']:g} for {n} labels" for n in labels),
+        *(f"{first[n]['pairs_per_epoch']} pairs ({first[n]['pairs_per_epoch'] // cfg['batch_size']} steps) per epoch "
+          f"with {n} labels" for n in labels),
+        *(f"{abs(gap(k, n)):.1f} points" for k in ("m2_paper", "m2_balanced") for n in labels),
+        *(f"{abs(old_gap(n)):.1f} points" for n in labels),
         f"a pool of the first {r['train_size']} training images",
-        f"{cfg['epochs']} epochs of batches of {cfg['batch_size']}",
-        f"MLP widths {'-'.join(map(str, cfg['hidden_sizes']))}, z of {cfg['latent_dim']}",
+        f"takes {cfg['batch_size']} unlabelled images and {cfg['batch_size']} labelled pairs",
+        f"M2 trains for {cfg['epochs']} epochs",
+        f"Adam {_lr(cfg['learning_rate'])}), MLP widths {'-'.join(map(str, cfg['hidden_sizes']))}",
+        f"z of {cfg['latent_dim']}",
         f"seeds {', '.join(map(str, cfg['seeds']))}",
         f"all {r['eval_size']} test images",
         f"{cfg['classifier_steps']} Adam steps",
@@ -968,14 +983,14 @@ def semi_supervised_study():
 
 
 def _semi_longer():
-    r = _json("docs/results/semi_supervised_epochs40/results.json")
-    cfg = _json("docs/results/semi_supervised_epochs40/config.json")
-    short = _json("docs/results/semi_supervised/config.json")
+    r = _json("docs/results/semi_supervised_mixed_epochs40/results.json")
+    cfg = _json("docs/results/semi_supervised_mixed_epochs40/config.json")
+    short = _json("docs/results/semi_supervised_mixed/config.json")
     other = lambda c: {k: v for k, v in c.items() if k not in ("out", "epochs", "progress")}  # noqa: E731
     assert other(cfg) == other(short), "the longer run differs from the default-size one in more than --epochs"
     curves = {n: np.mean([[h["test_error"] for h in m["history"]] for m in r["runs"][n]["m2"].values()], axis=0)
               for n in r["runs"]}
-    return _semi_rows("semi_supervised_epochs40") + [
+    return _semi_rows("semi_supervised_mixed_epochs40") + [
         f"`--epochs {cfg['epochs']}`",
         f"M2's mean error after epoch 20 is {100 * curves['100'][19]:.1f}% (100 labels) and "
         f"{100 * curves['1000'][19]:.1f}% (1000 labels)",

@@ -195,12 +195,15 @@ def test_semi_supervised_study_quick(tmp_path, fast_compilation, capsys, tensorb
     _pngs(tmp_path, ("test_error.png",))
     labels = vdata.load_fashion_mnist("test")[1][:results["eval_size"]]
     for n, counts in results["runs"].items():
-        m2 = counts["m2"]["0"]
-        assert m2["alpha"] == pytest.approx(0.1 * 300 / int(n))  # the paper's 0.1 N per labelled example
-        assert len(m2["history"]) == 1 and m2["history"][-1]["test_error"] == m2["test_error"]
-        _tracked(tensorboard_events, tmp_path / "tensorboard" / f"m2_labels{n}_seed0", m2["history"])  # test_error too
+        for weighting, share in (("paper", int(n) / 300), ("balanced", 0.5)):
+            m2 = counts[f"m2_{weighting}"]["0"]
+            assert m2["alpha"] == pytest.approx(0.1 * 300 / int(n))  # the paper's 0.1 N per labelled example
+            assert m2["labelled_share"] == pytest.approx(share) and m2["pairs_per_epoch"] == 300 - int(n)
+            assert len(m2["history"]) == 1 and m2["history"][-1]["test_error"] == m2["test_error"]
+            _tracked(tensorboard_events, tmp_path / "tensorboard" / f"m2_{weighting}_labels{n}_seed0",
+                     m2["history"])  # test_error too
         assert tensorboard_events(tmp_path / "tensorboard" / f"classifier_labels{n}_seed0")["scalars"]["train_correct"]
-        for kind in ("m2", "classifier"):
+        for kind in ("m2_paper", "m2_balanced", "classifier"):
             predicted = _arrays(tmp_path, f"{kind}_labels{n}_seed0")["predicted"]
             assert counts[kind]["0"]["test_error"] == pytest.approx(np.mean(predicted != labels))
         summary = results["summary"][n]["classifier"]
@@ -209,9 +212,11 @@ def test_semi_supervised_study_quick(tmp_path, fast_compilation, capsys, tensorb
         assert counts["classifier"]["0"]["final_train_accuracy"] > 0.5
     two = semi_supervised.summarise([0.1, 0.3])
     assert two["mean"] == pytest.approx(0.2) and two["std_ddof1"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
-    again = semi_supervised.main(argv + ["--labels", "20"])  # a subset of the pieces: all loaded
-    assert json.loads(json.dumps(again["runs"][20], default=float)) == results["runs"]["20"] and "loaded from" in capsys.readouterr().out
-    assert "larger than the training pool" in _refused(semi_supervised.main, argv + ["--labels", "301"], capsys)
+    again = semi_supervised.main(argv + ["--weightings", "paper"])  # a subset of the pieces: all loaded
+    assert "m2_balanced" not in again["runs"][20] and "loaded from" in capsys.readouterr().out
+    assert json.loads(json.dumps(again["runs"][20]["m2_paper"], default=float)) == results["runs"]["20"]["m2_paper"]
+    assert "leaves no unlabelled image" in _refused(semi_supervised.main, argv + ["--labels", "300"], capsys)
+    assert "--weightings takes" in _refused(semi_supervised.main, argv + ["--weightings", "paper", "paper"], capsys)
 
 
 def test_labels_only_objective_is_the_log_softmax_of_the_true_class():

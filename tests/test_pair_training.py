@@ -53,30 +53,32 @@ def test_fit_over_pairs_equals_a_hand_written_loop_over_the_same_batches(digits)
     assert moved > 1e-2  # eight Adam steps of 3e-3 moved the parameters: the comparison has teeth
 
 
-def test_m2_step_loss_is_the_label_summed_objective_averaged_by_hand(digits):
+def test_m2_step_loss_is_the_weighted_batch_means_by_hand(digits):
     x, labels = digits
-    x, labels = x[:12], labels[:12]
-    y = jnp.where(jnp.arange(12) % 3 == 0, labels, semi_supervised.UNLABELLED)  # 4 labelled, 8 unlabelled
+    y = np.where(np.arange(12) % 3 == 0, np.asarray(labels[:12]), semi_supervised.UNLABELLED).astype(np.int32)
+    pairs, pair_labels = semi_supervised.paired_examples(np.asarray(x[:12]), y, seed=0)  # 8 pairs, 4 labelled
     model = semi_supervised.m2((8, 8, 1), latent_dim=2, hidden_sizes=(16,), classifier_sizes=(16,))
-    alpha = 2.5
-    state = training.create_train_state(model, jax.random.key(0), x[0], optax.adam(1e-3), alpha=alpha)
+    alpha, share = 2.5, 0.2
+    state = training.create_train_state(model, jax.random.key(0), pairs[0, 0], optax.adam(1e-3), alpha=alpha,
+                                        labelled_share=share)
     params = jax.tree.map(jnp.copy, state.params)  # the step donates the state
-    _, metrics = training.make_train_step(model.objective)(state, (x, y), jax.random.key(3))
+    _, metrics = training.make_train_step(model.objective)(state, (pairs, pair_labels), jax.random.key(3))
 
-    # By hand, from the per-class ELBOs and the classifier (float64): U(x) = sum_c q(c|x) (L(x,c) - log q(c|x))
-    # for an unlabelled example, L(x, y) + alpha log q(y|x) for a labelled one; keys as the step draws them.
-    keys = jax.random.split(jax.random.split(jax.random.key(3))[1], 12)
-    values = []
-    for i in range(12):
-        bounds = np.asarray(model.bounds(params, keys[i], x[i]), np.float64)
-        logits = np.asarray(model.classify(params, x[i]), np.float64)
-        log_q = logits - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()
-        if int(y[i]) < 0:
-            values.append(np.sum(np.exp(log_q) * (bounds - log_q)))
-        else:
-            values.append(bounds[int(y[i])] + alpha * log_q[int(y[i])])
-    np.testing.assert_allclose(float(metrics["loss"]), -np.mean(values), rtol=1e-5)
-    assert float(metrics["labelled"]) == pytest.approx(4 / 12)
+    # By hand, from the per-class ELBOs and the classifier (float64): s times the labelled batch mean of
+    # L(x_l, y) + alpha log q(y|x_l) plus 1 - s times the unlabelled one of U(x_u); keys as the step draws them.
+    keys = jax.random.split(jax.random.split(jax.random.key(3))[1], 8)
+    labelled, unlabelled = [], []
+    for i in range(8):
+        key_u, key_l = jax.random.split(keys[i])
+        u_bounds = np.asarray(model.bounds(params, key_u, pairs[i, 0]), np.float64)
+        l_bound = float(semi_supervised.labelled_bound(key_l, pairs[i, 1], pair_labels[i],
+                                                       lambda c: model.cvae.bind(params, c), num_classes=10,
+                                                       likelihood="bernoulli")[0])
+        log_q = [np.asarray(jax.nn.log_softmax(model.classify(params, pairs[i, j])), np.float64) for j in (0, 1)]
+        unlabelled.append(np.sum(np.exp(log_q[0]) * (u_bounds - log_q[0])))
+        labelled.append(l_bound + alpha * log_q[1][pair_labels[i]])
+    np.testing.assert_allclose(float(metrics["loss"]), -(share * np.mean(labelled) + (1 - share) * np.mean(unlabelled)),
+                               rtol=1e-5)
 
 
 def test_evaluate_and_log_marginal_over_pairs_give_the_closed_form_with_a_padded_last_batch():

@@ -110,7 +110,8 @@ def _m2_and_classifier(out: Path, devices: str) -> dict:
     keep = family_runs.choose_labelled(labels, 20, 0)
     pool = (images, np.where(keep, labels, semi_supervised.semi_supervised.UNLABELLED).astype(np.int32))
     model = semi_supervised.semi_supervised.m2(SHAPE, latent_dim=2, hidden_sizes=(16,), classifier_sizes=(16,))
-    m2, _ = semi_supervised.m2_piece(cfg, model, training.make_train_step(model.objective), pool, test, 0, 20)
+    m2, _ = semi_supervised.m2_piece(cfg, model, training.make_train_step(model.objective), pool, test, 0, 20,
+                                     "balanced")
     classifier, _ = semi_supervised.classifier_piece(cfg, model.classifier, (images[keep], labels[keep]), test, 0)
     return {"m2": _without_seconds(m2), "classifier": _without_seconds(classifier)}
 

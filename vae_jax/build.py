@@ -72,12 +72,16 @@ def _check_family_train(config: RunConfig) -> None:
     check_positive_int(train.num_labelled, "num_labelled")
     if check_finite_number(train.alpha, "alpha") < 0:
         raise ValueError(f"alpha must be >= 0 (0: the paper's 0.1 N / num_labelled); got {train.alpha!r}.")
+    if not 0 <= check_finite_number(train.labelled_share, "labelled_share") <= 1:
+        raise ValueError(f"labelled_share must be in [0, 1] (0: the paper's num_labelled / N); got "
+                         f"{train.labelled_share!r}.")
     if not 0 <= check_finite_number(train.ema_decay, "ema_decay") < 1:
         raise ValueError(f"ema_decay must be in [0, 1); got {train.ema_decay!r}.")
     defaults = TrainConfig()
     ema = model.kind == "vq" and model.codebook_update == "ema"
     for name, needs, ok in (("num_labelled", "--kind m2", model.kind == "m2"),
                             ("alpha", "--kind m2", model.kind == "m2"),
+                            ("labelled_share", "--kind m2", model.kind == "m2"),
                             ("ema_decay", "--kind vq --codebook-update ema", ema)):
         if getattr(train, name) != getattr(defaults, name) and not ok:
             raise ValueError(f"{name} applies to {needs} only; leave it at {getattr(defaults, name)!r}.")
@@ -166,8 +170,8 @@ def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[st
     """What ``config.train`` trains ``model`` with: ``(model, objective, hparams, estimator_state)``.
 
     Without ``estimator``: the ELBO (pathwise, with ``beta``; a conditional VAE's of ``(x, y)``),
-    the IWAE bound, an AE's reconstruction, M2's objective (with ``alpha``, resolved from the data
-    first by :func:`vae_jax.family_runs.resolve_config`) or the VQ-VAE's (``beta`` its commitment
+    the IWAE bound, an AE's reconstruction, M2's objective (with ``alpha`` and ``labelled_share``, resolved from
+    the data first by :func:`vae_jax.family_runs.resolve_config`) or the VQ-VAE's (``beta`` its commitment
     weight). With one: :func:`vae_jax.estimators.make_estimator` by name; an estimator
     that learns parameters (NVIL, REBAR, RELAX) gets them in the model's ``init`` (so in the
     train state), and ``baseline=running_mean`` a running ELBO mean in ``estimator_state``
@@ -179,9 +183,11 @@ def training_objective(config: RunConfig, model: Any) -> tuple[Any, Any, dict[st
     if config.model.kind == "vq":
         return model, model.objective, {"beta": t.beta}, {}
     if config.model.kind == "m2":
-        if t.alpha <= 0:
-            raise ValueError("alpha 0 (the paper's) is resolved from the data: train through vae_jax.runner.")
-        return model, functools.partial(model.objective, num_samples=t.num_samples), {"alpha": t.alpha}, {}
+        if t.alpha <= 0 or t.labelled_share <= 0:
+            raise ValueError("alpha or labelled_share 0 (the paper's) is resolved from the data: train through "
+                             "vae_jax.runner.")
+        return (model, functools.partial(model.objective, num_samples=t.num_samples),
+                {"alpha": t.alpha, "labelled_share": t.labelled_share}, {})
     if not t.estimator:
         if t.objective != "elbo":
             name = registry.pathwise_estimator(t.objective)

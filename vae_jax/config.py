@@ -181,6 +181,9 @@ class TrainConfig:
       alpha: M2's weight of ``log q(y | x)`` per labelled example (``0``: the paper's
         ``0.1 N / N_l``, :func:`vae_jax.semi_supervised.paper_alpha`, resolved and saved when the
         run starts).
+      labelled_share: M2's weight ``s`` of the labelled batch mean, ``1 - s`` of the unlabelled
+        one (``0``: the paper's ``N_l / N``, :func:`vae_jax.semi_supervised.paper_share`, resolved
+        and saved when the run starts; ``0.5``: the two batches weighted equally).
       ema_decay: decay of the EMA codebook update (``kind="vq"``, ``codebook_update="ema"``).
     """
 
@@ -218,6 +221,9 @@ class TrainConfig:
                                "balanced over the classes); the rest are unlabelled")
     alpha: float = _field(0.0, "weight of log q(y|x) per labelled example for --kind m2 (0: the paper's "
                           "0.1 N / num_labelled, resolved when the run starts)")
+    labelled_share: float = _field(0.0, "weight s of the labelled batch mean for --kind m2, 1 - s for the "
+                                   "unlabelled one (0: the paper's num_labelled / N, resolved when the run "
+                                   "starts; 0.5: both batches weighted equally)")
     ema_decay: float = _field(0.99, "decay of the EMA codebook update (--kind vq --codebook-update ema)")
 
     def __post_init__(self):

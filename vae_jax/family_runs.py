@@ -2,9 +2,10 @@
 
 :mod:`vae_jax.runner` calls these at its few places that differ by ``kind``:
 the run's data (labelled pairs ``(x, y)`` for ``conditional`` and ``m2``, with
-all but ``num_labelled`` training labels hidden for ``m2``), M2's ``alpha``
-resolved from the data, the train step and validation objective, the VQ-VAE's
-codebook started from data, the extra test numbers, the figures and the samples.
+all but ``num_labelled`` training labels hidden for ``m2`` and its training
+examples paired), M2's ``alpha`` and ``labelled_share`` resolved from the data,
+the train step and validation objective, the VQ-VAE's codebook started from
+data, the extra test numbers, the figures and the samples.
 For ``vae`` and ``ae`` every function leaves the run as it was.
 """
 
@@ -22,7 +23,7 @@ from vae_jax import plotting, training, vq
 from vae_jax.config import RunConfig
 from vae_jax.data import Split
 from vae_jax.models.families import KINDS
-from vae_jax.semi_supervised import UNLABELLED, paper_alpha
+from vae_jax.semi_supervised import UNLABELLED, paired_examples, paper_alpha, paper_share
 
 LABELLED = ("conditional", "m2")
 _METRIC = {"conditional": "validation_elbo", "m2": "validation_bound", "vq": "validation_reconstruction"}
@@ -30,12 +31,15 @@ _LABELLING_SEED = 29  # mixed with --seed: which training labels M2 keeps
 
 
 def resolve_config(config: RunConfig, num_train: int) -> RunConfig:
-    """``config`` with M2's ``alpha = 0`` replaced by the paper's ``0.1 N / num_labelled`` for ``N = num_train``
-    (saved so: a resumed run, ``evaluate`` and ``sample`` read the value it trained with)."""
-    if config.model.kind != "m2" or config.train.alpha != 0:
+    """``config`` with M2's ``alpha = 0`` replaced by the paper's ``0.1 N / num_labelled`` and its
+    ``labelled_share = 0`` by the paper's ``num_labelled / N``, for ``N = num_train`` (saved so: a resumed
+    run, ``evaluate`` and ``sample`` read the values it trained with)."""
+    t = config.train
+    if config.model.kind != "m2":
         return config
-    alpha = paper_alpha(num_train, config.train.num_labelled)
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, alpha=alpha))
+    alpha = t.alpha or paper_alpha(num_train, t.num_labelled)
+    share = t.labelled_share or paper_share(num_train, t.num_labelled)
+    return dataclasses.replace(config, train=dataclasses.replace(t, alpha=alpha, labelled_share=share))
 
 
 def choose_labelled(labels: np.ndarray, num_labelled: int, seed: int) -> np.ndarray:
@@ -57,11 +61,12 @@ def choose_labelled(labels: np.ndarray, num_labelled: int, seed: int) -> np.ndar
 
 def run_data(config: RunConfig, images: dict[str, np.ndarray], splits: dict[str, Split]) -> dict[str, Any]:
     """The model's data per split: ``images`` as they are, or ``(images, labels)`` for ``conditional`` and
-    ``m2`` (M2's training labels ``-1`` except ``num_labelled``; its validation and test labels all kept).
+    ``m2`` (M2's training examples the pairs of :func:`vae_jax.semi_supervised.paired_examples`, all labels
+    but ``num_labelled`` hidden, the labelled set cycled with ``seed``; its validation and test labels all kept).
 
     Raises:
       ValueError: a labelled kind on a dataset without labels, a label outside ``[0, num_classes)``,
-        or ``num_labelled`` larger than the training set.
+        or ``num_labelled`` not smaller than the training set.
     """
     model, train = config.model, config.train
     if model.kind not in LABELLED:
@@ -78,11 +83,11 @@ def run_data(config: RunConfig, images: dict[str, np.ndarray], splits: dict[str,
         data[name] = (images[name], labels)
     if model.kind == "m2":
         x, labels = data["train"]
-        if train.num_labelled > len(labels):
-            raise ValueError(f"--num-labelled {train.num_labelled} is larger than the training set ({len(labels)} "
-                             "examples).")
-        data["train"] = (x, np.where(choose_labelled(labels, train.num_labelled, train.seed), labels, UNLABELLED)
-                         .astype(np.int32))
+        if train.num_labelled >= len(labels):
+            raise ValueError(f"--num-labelled {train.num_labelled} leaves no unlabelled example of the "
+                             f"{len(labels)} training examples.")
+        pool = np.where(choose_labelled(labels, train.num_labelled, train.seed), labels, UNLABELLED)
+        data["train"] = paired_examples(x, pool.astype(np.int32), seed=train.seed)
     return data
 
 
@@ -95,7 +100,7 @@ def setup(config: RunConfig, model: Any, state: training.TrainState, objective: 
     objective with its reconstruction term ranking the checkpoints.
     """
     t, kind = config.train, config.model.kind
-    example = jnp.zeros(model.input_shape)
+    example = jnp.zeros((2, *model.input_shape) if kind == "m2" else model.input_shape)
     if kind in LABELLED:
         example = (example, jnp.zeros((), jnp.int32))
     # Trace the objective once: a model that does not fit its data raises its ValueError here.
@@ -159,7 +164,7 @@ def save_figures(out: Path, model: Any, params: Any, config: RunConfig, test: An
         return
     kind = config.model.kind
     title = f"{config.train.dataset}, {kind}, epoch {len(history)}"
-    train_key = {"conditional": "train_elbo", "m2": "train_bound", "vq": "train_reconstruction"}[kind]
+    train_key = {"conditional": "train_elbo", "m2": "train_unlabelled_bound", "vq": "train_reconstruction"}[kind]
     plotting.save_curves({k.replace("_", " "): [r[k] for r in history] for k in (train_key, metric)},
                          out / "learning_curves.png", ylabel="nats per example", title=title)
     if kind == "vq":
