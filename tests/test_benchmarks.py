@@ -342,3 +342,23 @@ def test_quick_run_with_inductor_compiles_the_pytorch_rows(tmp_path):
     assert report["config"]["torch_compile_backend"] == "inductor"
     (row,) = [r for r in report["train"] if r["implementation"] == "pytorch compile"]
     assert 0 < row["final_loss"] < 2 * 784 * math.log(2)
+
+
+def test_streaming_quick_run_writes_valid_json(tmp_path, capsys):
+    from benchmarks import streaming as bench_streaming
+
+    out = tmp_path / "streaming.json"
+    assert bench_streaming.main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    t, g = report["throughput"], report["grid_memory"]
+    rate = t["examples_per_second"]
+    assert math.isclose(t["ratio_streaming_to_in_memory"], rate["streaming"] / rate["in_memory"])
+    for name, timing in t["timings"].items():  # 512 images, batch 128: 4 steps an epoch
+        assert math.isclose(rate[name], 512 / timing["median_seconds"])
+    # both epochs trained the same batches from the same state: the same loss to float32 rounding
+    assert t["timings"]["streaming"]["last_value"] == pytest.approx(t["timings"]["in_memory"]["last_value"], rel=1e-5)
+    assert g["images"] == 1024 and g["float32_bytes_of_the_data"] == 1024 * 64 * 64 * 4
+    assert 0 < g["peak_rss_bytes"] < 4 * 2**30 and np.isfinite(g["loss"])
+    others = max(timing["other_processes_cores"] for timing in t["timings"].values())
+    assert report["valid"] == (report["load_average_1min"]["before"] < 1.5 and others <= 0.2)
+    assert ("INVALID" in capsys.readouterr().out) == (not report["valid"])

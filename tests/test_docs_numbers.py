@@ -578,6 +578,29 @@ def _bench():
     return cpu, {(t["implementation"], t["batch_size"]): t for t in cpu["train"]}
 
 
+def current_code_run():
+    """The numbers of docs/benchmarks.md's first section: the valid run of the current code."""
+    cpu = _json("benchmarks/results/cpu_2026-12-05b.json")
+    assert cpu["timings_valid"]
+    speed = {(t["implementation"], t["batch_size"]): t["examples_per_second"] for t in cpu["train"]}
+    r = {k: v["value"] for k, v in cpu["ratios"].items()}
+    eps = lambda impl, b: f"{speed[(impl, b)]:,.0f}"  # noqa: E731
+    return [f"load average {cpu['machine']['load_average_1_5_15_min_before'][0]:.2f} before it started, and other "
+            f"processes used at most {cpu['max_other_processes_cores']:.2f} cores",
+            f"vae_jax's epoch scan {eps('vae_jax epoch scan', 128)}; the hand-written step "
+            f"{eps('hand-written jax step', 128)}; PyTorch eager {eps('pytorch eager', 128)}; `torch.compile` "
+            f"{eps('pytorch compile', 128)}.",
+            f"scan is {r['scan_over_handwritten_at_128']:.2f}x the hand-written step (target 0.97), "
+            f"{r['scan_over_torch_eager_at_128']:.2f}x eager (target 1.5;",
+            f"{r['scan_over_torch_compile_at_128']:.2f}x `torch.compile` (target 1.2)",
+            f"row is {r['best_vae_jax_over_fastest_pytorch_at_1024']:.2f}x the fastest PyTorch and the scan reaches "
+            f"{r['scan_fraction_of_matmul_rate_at_1024'] * 100:.0f}% of the matmul",
+            f"the scan is {speed[('vae_jax epoch scan', 100)] / speed[('hand-written jax step', 100)]:.2f}x the "
+            f"hand-written step ({eps('vae_jax epoch scan', 100)} against {eps('hand-written jax step', 100)})",
+            f"The bf16 scan is {speed[('vae_jax epoch scan bf16', 128)] / speed[('vae_jax epoch scan', 128)]:.2f}x its "
+            f"float32 speed at batch 128 ({eps('vae_jax epoch scan bf16', 128)})"]
+
+
 def benchmarks():
     cpu, t = _bench()
     texts = []
@@ -602,7 +625,7 @@ def benchmarks():
                 for m in ("eager", "compile") for b in (128, 1024, 100)]
     by_hand = [speed("vae_jax epoch scan", b) / speed("hand-written jax step", b) for b in (1024, 100)]
     sweep = cpu["sweep"]
-    return texts + [
+    return texts + current_code_run() + [
         f"the matmul rate is the best of 15 float32 probes ({cpu['matmul_rate_gflops']:.0f} GFLOP/s)",
         f"load average {cpu['machine']['load_average_1_5_15_min_before'][0]:.2f} before it started, and other "
         f"processes used at most {cpu['max_other_processes_cores']:.2f} cores",
@@ -856,7 +879,10 @@ def _readme_density():
 
 def _readme_speed():
     cpu, t = _bench()
-    texts = []
+    now = {k: v["value"] for k, v in _json("benchmarks/results/cpu_2026-12-05b.json")["ratios"].items()}
+    texts = [f"gave {now['scan_over_handwritten_at_128']:.2f}x the hand-written step, "
+             f"{now['scan_over_torch_compile_at_128']:.2f}x `torch.compile` and "
+             f"{now['scan_over_torch_eager_at_128']:.2f}x eager at batch 128"]
     for batch, model in ((128, "784-512-512-32"), (1024, "784-512-512-32"), (100, "784-300-300-40")):
         eps = lambda impl: f"{t[(impl, batch)]['examples_per_second']:,.0f}"  # noqa: E731
         torch_bf16 = max(t[(f"pytorch {m} bf16 autocast", batch)]["examples_per_second"] for m in ("eager", "compile"))
@@ -881,7 +907,16 @@ def scale():
                    f"load average of {r['load_average_1_5_15_before'][0]:.1f} before and "
                    f"{r['load_average_1_5_15_after'][0]:.1f} after",
                    f"--examples {r['examples']} --epochs {r['timed_epochs']} --out benchmarks/results/scale_cost.json"
-                   ] + long_studies_on_two_devices()
+                   ] + long_studies_on_two_devices() + streaming_cost()
+
+
+def streaming_cost():
+    r = _json("benchmarks/results/streaming.json")
+    g, load = r["grid_memory"], r["load_average_1min"]["before"]
+    assert not r["valid"] and not r["quick"]  # the page calls its throughput invalid
+    return [f"One streamed epoch over all {g['images']:,} grid images ({g['float32_bytes_of_the_data'] / 2**30:.1f} GiB",
+            f"peaked at {g['peak_rss_bytes'] / 2**30:.2f} GiB resident, and took {g['seconds']:.0f} s",
+            f"(load average {load:.1f} before it;", f"its {r['throughput']['ratio_streaming_to_in_memory']:.2f}x is"]
 
 
 def long_studies_on_two_devices():
