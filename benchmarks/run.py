@@ -65,7 +65,7 @@ import jax
 import numpy as np
 
 from benchmarks import flops, jax_vae, matmul, torch_vae
-from benchmarks.timing import time_interleaved
+from benchmarks.timing import MAX_LOAD, MAX_OTHER_CORES, time_interleaved
 from vae_jax.data import binarize, load_dataset
 
 PER_STEP_COPIES = ", per-step copies"  # the epoch scan compiled with jax_vae.PER_STEP_COPIES (XLA:CPU only)
@@ -102,9 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log-marginal-samples", type=int, default=5000)
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
                         help="float32 rows, bfloat16 rows (vae_jax compute_dtype, PyTorch autocast), or both")
-    parser.add_argument("--max-load", type=float, default=1.5,
+    parser.add_argument("--max-load", type=float, default=MAX_LOAD,
                         help="1-minute load average before the run above which the timings are flagged invalid")
-    parser.add_argument("--max-other-cores", type=float, default=0.2,
+    parser.add_argument("--max-other-cores", type=float, default=MAX_OTHER_CORES,
                         help="cores kept busy by other processes (mean over a timed block) above which the "
                              "timings are flagged invalid")
     parser.add_argument("--torch-threads", type=int, default=0,

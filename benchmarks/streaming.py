@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.timing import Runner, time_interleaved
+from benchmarks.timing import MAX_LOAD, MAX_OTHER_CORES, Runner, time_interleaved
 from vae_jax import data, dsprites, models, streaming, training
 
 BATCH = 128
@@ -71,9 +71,6 @@ def throughput(images: np.ndarray, folder: Path, *, repeats: int, progress: bool
     rate = {name: len(images) // BATCH * BATCH / r["median_seconds"] for name, r in timed.items()}
     return {"examples_per_second": rate, "ratio_streaming_to_in_memory": rate["streaming"] / rate["in_memory"],
             "timings": timed, "examples": len(images), "batch_size": BATCH, "model": "MLP 784-512-512-32"}
-
-
-MAX_LOAD, MAX_OTHER_CORES = 1.5, 0.2  # benchmarks.run's defaults
 
 
 def write_grid(path: Path, num: int) -> Path:

@@ -28,6 +28,11 @@ class Runner:
     examples: int | None = None
 
 
+
+# The limits past which a benchmark flags its timings invalid (DESIGN.md): the 1-minute load
+# average before the run, and the cores other processes keep busy during any timed block.
+MAX_LOAD, MAX_OTHER_CORES = 1.5, 0.2
+
 def time_interleaved(runners: dict[str, Runner], *, repeats: int, progress: bool = True
                      ) -> dict[str, dict]:
     """Warms every runner up, then times ``repeats`` rounds of one ``run()`` each, in turn.
