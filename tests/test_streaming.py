@@ -28,7 +28,8 @@ def test_written_images_read_back_exactly_in_any_order(tmp_path):
     np.testing.assert_array_equal(source.read(index), x[index])   # uint8 / 255 is the same float32
 
 
-def test_a_streamed_epoch_trains_as_the_in_memory_scan(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 4, 8])  # 6 steps: one a call, chunks of 4 + a tail of 2, one short chunk
+def test_a_streamed_epoch_trains_as_the_in_memory_scan(tmp_path, steps_per_call):
     x = _images()
     source = streaming.DiskImages(_write(tmp_path, x))
     model = vj.build_model(vj.ModelConfig(latent_dim=2, hidden_sizes=(8,)), x.shape[1:])
@@ -36,7 +37,8 @@ def test_a_streamed_epoch_trains_as_the_in_memory_scan(tmp_path):
     make = lambda: vj.create_train_state(model, jax.random.key(0), x[0], optax.adam(1e-2), beta=1.0)  # noqa: E731
     key = jax.random.key(3)
     memory, m_memory = training.train_epoch(step, make(), jax.numpy.asarray(x), key, batch_size=16)
-    streamed, m_streamed = streaming.train_epoch_streaming(step, make(), source, key, batch_size=16, threads=2)
+    streamed, m_streamed = streaming.train_epoch_streaming(step, make(), source, key, batch_size=16, threads=2,
+                                                                 steps_per_call=steps_per_call)
     for a, b in zip(jax.tree.leaves(memory.params), jax.tree.leaves(streamed.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m_memory["loss"], m_streamed["loss"], rtol=1e-5)

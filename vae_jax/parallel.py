@@ -151,7 +151,7 @@ def local_rows(mesh: Mesh, batch_size: int) -> slice:
     return slice(starts[0], starts[0] + len(starts) * per_device)
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> jax.Array:
+def shard_batch(batch: Any, mesh: Mesh, *, axis: int = 0) -> jax.Array:
     """Splits ``batch [B, ...]`` along ``B`` across the devices of ``mesh``.
 
     Args:
@@ -159,15 +159,16 @@ def shard_batch(batch: Any, mesh: Mesh) -> jax.Array:
         :func:`local_rows` names with several); ``B`` must be divisible by the
         number of this process's devices in ``mesh``.
       mesh: from :func:`make_mesh`.
+      axis: the batch axis (1 for a chunk of batches ``[S, B, ...]``).
 
     Returns:
       A global array of ``B * process_count`` examples, one slice per device.
     """
     local_devices = len(mesh.local_devices)
-    if np.shape(batch)[0] % local_devices:
-        raise ValueError(f"Batch of {np.shape(batch)[0]} examples cannot be split evenly across "
+    if np.shape(batch)[axis] % local_devices:
+        raise ValueError(f"Batch of {np.shape(batch)[axis]} examples cannot be split evenly across "
                          f"{local_devices} devices; use a multiple of {local_devices}.")
-    return _place(batch, batch_sharded(mesh))
+    return _place(batch, NamedSharding(mesh, PartitionSpec(*[None] * axis, BATCH_AXIS)))
 
 
 def make_sharded_train_step(objective: training.Objective, mesh: Mesh, *,

@@ -25,7 +25,7 @@ import collections
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from vae_jax import parallel
+from vae_jax._checks import check_positive_int
 
 try:
     import grain
@@ -76,6 +77,10 @@ class DiskImages:
 
     def read(self, index: np.ndarray) -> np.ndarray:
         """Images ``index [B]`` (any order) as float32 ``[B, H, W, C]`` in [0, 1]."""
+        return self.read_uint8(index).astype(np.float32) / self.levels
+
+    def read_uint8(self, index: np.ndarray) -> np.ndarray:
+        """Images ``index [B]`` (any order) as stored: uint8 ``[B, H, W, C]``; divided by ``levels`` they are :meth:`read`'s."""
         index = np.asarray(index, np.int64)
         out = np.empty((len(index), self._row), np.uint8)
         fd = os.open(self.path, os.O_RDONLY)
@@ -87,7 +92,7 @@ class DiskImages:
                                      "truncated or damaged.")
         finally:
             os.close(fd)
-        return (out.astype(np.float32) / self.levels).reshape(len(index), *self.shape[1:])
+        return out.reshape(len(index), *self.shape[1:])
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -148,40 +153,73 @@ def epoch_order(key: jax.Array, num: int, batch_size: int) -> tuple[np.ndarray, 
     return order.reshape(num_batches, batch_size), jax.random.split(key_steps, num_batches)
 
 
-def batches(source: DiskImages, order: np.ndarray, *, threads: int = 2, prefetch: int = 4) -> grain.IterDataset:
-    """A Grain pipeline that yields ``source.read(order[b])`` for b = 0, 1, ..., read ahead in threads."""
-    dataset = grain.MapDataset.range(len(order)).map(lambda b: source.read(order[b]))
+def batches(source: DiskImages, order: np.ndarray | Sequence[np.ndarray], *, uint8: bool = False, threads: int = 2,
+            prefetch: int = 4) -> grain.IterDataset:
+    """A Grain pipeline that yields ``source.read(order[b])`` for b = 0, 1, ..., read ahead in threads.
+
+    ``order[b]`` may be a chunk of batches ``[steps, batch]``: element b is then
+    ``[steps, batch, H, W, C]``, read in one call. ``uint8=True`` yields the stored bytes
+    (:meth:`DiskImages.read_uint8`)."""
+    read = source.read_uint8 if uint8 else source.read
+    dataset = grain.MapDataset.range(len(order)).map(
+        lambda b: read(np.ravel(order[b])).reshape(*np.shape(order[b]), *source.shape[1:]))
     return dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
 
 
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _steps(train_step: Callable, state: Any, chunk: jax.Array, keys: jax.Array,
+           levels: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+    """``train_step`` over the images ``chunk [S, B, ...] / levels`` (uint8 on the way in) and ``keys [S]``:
+    one ``lax.scan``, so one dispatch per S steps; the metrics ``[S]``."""
+    xs = chunk.astype(jnp.float32) / levels
+    if len(keys) == 1:  # no scan: see train_epoch_streaming's steps_per_call
+        state, metrics = train_step(state, xs[0], keys[0])
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(lambda s, step_inputs: train_step(s, *step_inputs), state, (xs, keys))
+
+
 def train_epoch_streaming(train_step: Callable, state: Any, data: DiskImages, key: jax.Array, *,
-                          batch_size: int, threads: int = 2, prefetch: int = 4,
+                          batch_size: int, steps_per_call: int = 8, threads: int = 2, prefetch: int = 4,
                           mesh: jax.sharding.Mesh | None = None) -> tuple[Any, dict[str, jax.Array]]:
     """One epoch over ``data`` on disk: an ``epoch_fn`` for :func:`vae_jax.training.fit`.
 
-    Each batch is put on the device before the previous step has finished (JAX dispatches
-    asynchronously), so reading overlaps computing; the loop waits for step ``i - prefetch``
-    before it goes on, so that when reading outruns computing the queue of dispatched steps,
-    each holding its batch, stays ``prefetch`` long instead of growing with the epoch.
+    Grain reads ``steps_per_call`` batches at a time (one ``[S, B, H, W, C]`` chunk of the
+    stored uint8 bytes, a quarter of float32's) in background threads; the device divides
+    them by ``data.levels``, and each chunk is one compiled ``lax.scan`` of ``train_step`` (so Python
+    dispatches once per S steps, not once per step; the epoch's last chunk may be shorter).
+    A chunk is put on the device before the previous one has finished (JAX dispatches
+    asynchronously), so reading overlaps computing; the loop waits for chunk ``i - prefetch``
+    before it goes on, so that when reading outruns computing the queue of dispatched chunks,
+    each holding its images, stays ``prefetch`` long instead of growing with the epoch.
+    Host memory: about ``prefetch * steps_per_call * batch_size`` uint8 images twice over
+    (read ahead and queued) besides what the steps hold.
 
     Args:
+      steps_per_call: training steps per compiled call (>= 1). The batches, keys and so the
+        numbers do not depend on it (to float32 rounding). 1 calls ``train_step`` itself, no
+        scan: for convolutional models on XLA:CPU, whose convolutions ran 3-15x slower inside
+        a ``lax.scan`` than in a jitted step called from Python (``experiments.vq_vae``).
       mesh: data-parallel (:func:`vae_jax.parallel.make_mesh`; ``train_step`` from
         :func:`vae_jax.parallel.shard_train_step`): each process reads only its rows of each
-        batch (:func:`vae_jax.parallel.local_rows`) and the devices share the step.
+        batch (:func:`vae_jax.parallel.local_rows`) and the devices share the steps.
 
     Returns:
       ``(state, metrics)``: metrics are the means over the epoch's steps, as for ``train_epoch``.
     """
+    check_positive_int(steps_per_call, "steps_per_call")
     order, keys = epoch_order(key, len(data), batch_size)
     place = jax.device_put
     if mesh is not None:
         order, keys = order[:, parallel.local_rows(mesh, batch_size)], parallel.replicate(keys, mesh)
-        place = functools.partial(parallel.shard_batch, mesh=mesh)
-    totals, in_flight = None, collections.deque()
-    for batch, step_key in zip(batches(data, order, threads=threads, prefetch=prefetch), keys):
-        state, metrics = train_step(state, place(batch), step_key)
-        totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-        in_flight.append(metrics)
-        if len(in_flight) > prefetch:  # bounded run-ahead: at most `prefetch` steps (and their batches) queued
+        place = functools.partial(parallel.shard_batch, mesh=mesh, axis=1)
+    starts = range(0, len(order), steps_per_call)
+    chunks = batches(data, [order[s:s + steps_per_call] for s in starts], uint8=True, threads=threads,
+                     prefetch=prefetch)
+    metrics, in_flight = [], collections.deque()
+    for start, xs in zip(starts, chunks):
+        state, chunk_metrics = _steps(train_step, state, place(xs), keys[start:start + len(xs)], data.levels)
+        metrics.append(chunk_metrics)
+        in_flight.append(chunk_metrics)
+        if len(in_flight) > prefetch:  # bounded run-ahead: at most `prefetch` chunks (and their images) queued
             jax.block_until_ready(in_flight.popleft())
-    return state, jax.tree.map(lambda total: total / len(order), totals)
+    return state, jax.tree.map(lambda *m: jnp.mean(jnp.concatenate(m)), *metrics)
