@@ -87,7 +87,8 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, min_seconds: float
 
 
 def cpu_snapshot() -> dict | None:
-    """Wall clock, the machine's busy CPU seconds and this process's CPU seconds, or None off Linux.
+    """Wall clock, the machine's busy CPU seconds and the CPU seconds of this process and its
+    finished (waited-for) children, or None off Linux.
 
     The difference of two snapshots tells how many cores *other* processes kept busy
     in between (:func:`other_processes_cores`). The load average cannot: on 2 cores a
@@ -102,7 +103,7 @@ def cpu_snapshot() -> dict | None:
     own = os.times()
     return {"wall": time.monotonic(),
             "machine_busy_seconds": (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
-            "own_seconds": own.user + own.system}
+            "own_seconds": own.user + own.system + own.children_user + own.children_system}
 
 
 def other_processes_cores(start: dict, end: dict) -> float:

@@ -17,7 +17,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 #   (196 s instead of 284 s) and 142 s instead of 186 s of wall time on 2 cores.
 # The library's own runs keep XLA's defaults. Subprocesses (CLI runs, distributed tests)
 # inherit the flags.
-ORIGINAL_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+#
+# The flags the suite was started with: saved by the first process to load this file (pytest, or
+# the xdist controller), since its workers and subprocesses inherit XLA_FLAGS already changed.
+os.environ.setdefault("VAE_JAX_TESTS_ORIGINAL_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+ORIGINAL_XLA_FLAGS = os.environ["VAE_JAX_TESTS_ORIGINAL_XLA_FLAGS"] or None
 _SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [ORIGINAL_XLA_FLAGS, *(
     f"--{flag}={value}" for flag, value in _SUITE_XLA_FLAGS.items() if flag not in (ORIGINAL_XLA_FLAGS or ""))]))
