@@ -235,4 +235,4 @@ def handwritten_runner(data: np.ndarray, *, hidden_sizes: Sequence[int], latent_
         box["carry"], loss = box["epoch_fn"](box["carry"], jax.random.fold_in(key, box["epoch"]))
         return float(loss)
 
-    return Runner(warm_up, run)
+    return Runner(warm_up, run, compiled=lambda: box["epoch_fn"])

@@ -20,12 +20,14 @@ class Runner:
     mean log p(x)) and blocks until its result is ready. ``params()``, where
     given, returns the current parameters. ``examples``, where given, is the number
     of examples one ``run()`` trains on (a shortened epoch); None: the whole epoch.
+    ``compiled()``, where given, returns the compiled program ``run()`` calls (after ``warm_up``).
     """
 
     warm_up: Callable[[], None]
     run: Callable[[], float]
     params: Callable[[], object] | None = None
     examples: int | None = None
+    compiled: Callable[[], object] | None = None
 
 
 

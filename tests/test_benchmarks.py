@@ -224,6 +224,18 @@ def test_train_epoch_compiles_without_per_step_parameter_copies_and_the_same_num
     assert result["same"], result
 
 
+def test_kernel_count_finds_the_seventeen_matmuls_of_both_steps(capsys):
+    """Encoder and decoder of three dense layers each: 6 forward products, 6 weight gradients and 5 input
+    gradients (the image needs none), in the library's compiled epoch and in the hand-written one."""
+    from benchmarks import kernel_count
+
+    assert kernel_count.main(["--quick"]) == 0
+    model = json.loads(capsys.readouterr().out)["models"][0]
+    for name in ("vae_jax epoch scan", "hand-written jax step"):
+        assert model[name]["dots"] == 17, (name, model[name])
+        assert model[name]["loop_fusions"] > 0 and model[name]["xors"] > 0
+
+
 def test_ratios_against_the_fastest_peer():
     rows = [{"implementation": name, "model": "784-512-512-32", "batch_size": 128, "examples_per_second": eps,
              "fraction_of_matmul_rate": 0.5}
