@@ -201,21 +201,28 @@ def evaluate_row(name, model, params, validation, test, key, cfg: StudyConfig, *
     The per-image log p(x) ``[len(test)]`` go to ``values_path`` (``.npy``): the
     rows share the test images and their draws of binarisation, so two rows'
     difference has a paired standard error (``paired_differences``) far
-    below either row's own.
+    below either row's own. Until then the values computed so far are kept in
+    ``values_path`` with the suffix ``.partial.npz`` (after every batch), so an
+    evaluation stopped by the end of a session resumes where it was instead of
+    starting again (an hour for the hierarchical rows); ``log_px_seconds``
+    counts the computing time of every process that contributed (``eval_seconds``: this
+    process's whole evaluation).
     """
     start = time.perf_counter()
     key_elbo, key_px = jax.random.split(key)
     test_elbo = evaluation.evaluate(model.objective, params, test, key_elbo)["elbo"]
     load_before = os.getloadavg()[0]
-    px_start = time.perf_counter()
+    partial = values_path.with_suffix(".partial.npz")
     log_px = evaluation.log_marginal(model, params, test, key_px, num_samples=cfg.num_samples,
                                      chunk_size=cfg.chunk_size, batch_size=cfg.eval_batch_size,
-                                     progress=progress, desc=f"{name} log p(x)")
+                                     progress=progress, desc=f"{name} log p(x)", resume_file=partial)
     np.save(values_path, log_px.values)
+    log_px_seconds = evaluation.resume_file_seconds(partial)
+    partial.unlink()
     return dict(name=name, test_elbo=test_elbo, test_log_px_mean=log_px.mean, test_log_px_stderr=log_px.stderr,
                 test_images=len(test), num_samples=cfg.num_samples,
                 active_units=evaluation.active_units(model, params, test), latent_dim=model.latent_dim,
-                log_px_seconds=time.perf_counter() - px_start, eval_seconds=time.perf_counter() - start,
+                log_px_seconds=log_px_seconds, eval_seconds=time.perf_counter() - start,
                 load_average_1min_during_log_px=[load_before, os.getloadavg()[0]],
                 test_log_px_values=values_path.name)
 

@@ -74,6 +74,42 @@ def test_values_do_not_depend_on_batch_size_and_match_per_example_calls():
     assert 0 < gap.mean() < 0.5
 
 
+def test_an_interrupted_log_marginal_resumes_from_its_file_to_the_same_values(tmp_path, monkeypatch):
+    lg, x = _linear_gaussian(orthogonal=False)
+    model, key, file = LinearGaussianVAE(shift=0.3), jax.random.key(4), tmp_path / "px.npz"
+    run = functools.partial(evaluation.log_marginal, model, lg, x, key, num_samples=32, chunk_size=8, batch_size=3,
+                            progress=False)
+    whole = run().values
+    real, calls = evaluation._batch_log_marginal, []
+
+    def dies_at_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "_batch_log_marginal", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(resume_file=file)
+    monkeypatch.setattr(evaluation, "_batch_log_marginal", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed = run(resume_file=file).values
+    assert len(calls) == 3 + 2  # 11 examples in batches of 3: 2 saved, 2 computed after the restart
+    np.testing.assert_array_equal(resumed, whole)
+    assert evaluation.resume_file_seconds(file) > 0
+    # other inputs (another key; other parameters) start afresh instead of reusing the values
+    calls.clear()
+    other_key = functools.partial(evaluation.log_marginal, model, lg, x, jax.random.key(5), num_samples=32,
+                                  chunk_size=8, batch_size=3, progress=False)
+    other = other_key(resume_file=file).values
+    assert len(calls) == 4
+    np.testing.assert_array_equal(other, other_key().values)
+    calls.clear()
+    moved = jax.tree.map(lambda a: a + 0.01, lg)
+    evaluation.log_marginal(model, moved, x, jax.random.key(5), num_samples=32, chunk_size=8, batch_size=3,
+                            progress=False, resume_file=file)
+    assert len(calls) == 4
+
+
 def test_padded_last_batch_compiles_once():
     lg, x = _linear_gaussian(orthogonal=True)
     model = LinearGaussianVAE(shift=0.123)  # a model no other test compiles

@@ -14,6 +14,10 @@ al., 2016). Both take the model object (static under ``jax.jit``) and its
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import time
+from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -103,7 +107,7 @@ def _check_examples(model: Any, data: Any) -> Any:
 
 def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samples: int = 5000,
                  chunk_size: int = 500, batch_size: int = 100, progress: bool = True,
-                 desc: str = "log p(x)") -> MarginalEstimate:
+                 desc: str = "log p(x)", resume_file: str | os.PathLike | None = None) -> MarginalEstimate:
     """Importance-sampled ``log p(x)`` of every example of ``data``.
 
     Example ``i`` is estimated with ``fold_in(key, i)``, so the values do not
@@ -124,6 +128,13 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
       batch_size: examples per compiled call.
       progress: show a tqdm bar over batches.
       desc: label of the bar.
+      resume_file: a ``.npz`` file that keeps the values computed so far, written atomically
+        after every batch with a fingerprint of the inputs (parameters, data, key, model type
+        and settings), and ``seconds``, the computing time of every call that contributed. A
+        later call with the same file and the same inputs continues after the last batch
+        saved, and its values are bitwise those of one uninterrupted call; a file made from
+        other inputs is started afresh. The file stays when the call completes (read its
+        ``seconds`` with :func:`resume_file_seconds`).
 
     Returns:
       :class:`MarginalEstimate` with per-example values, mean and standard error (nats).
@@ -138,8 +149,11 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
     n = num_examples(data)
     batch_size = min(batch_size, n)
     num_batches = -(-n // batch_size)
-    values = []
-    for b in tqdm(range(num_batches), desc=desc, disable=not progress, leave=False):
+    fingerprint = _fingerprint(model, params, data, key, num_samples, chunk_size, batch_size) if resume_file else None
+    values, seconds = _resume(resume_file, fingerprint, batch_size)
+    for b in tqdm(range(len(values), num_batches), desc=desc, disable=not progress, leave=False,
+                  total=num_batches, initial=len(values)):
+        start = time.perf_counter()
         index = np.arange(b * batch_size, (b + 1) * batch_size)
         valid = index < n
         batch = take(data, np.where(valid, index, 0))  # padding repeats example 0; dropped below
@@ -147,9 +161,50 @@ def log_marginal(model: Any, params: Any, data: Any, key: jax.Array, *, num_samp
         out = _batch_log_marginal(model, params, jax.tree.map(jnp.asarray, batch), keys, num_samples=num_samples,
                                   chunk_size=chunk_size)
         values.append(np.asarray(out, np.float64)[valid])
+        seconds += time.perf_counter() - start
+        if resume_file:
+            _save_resume(resume_file, fingerprint, values, seconds)
     values = np.concatenate(values)
     stderr = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     return MarginalEstimate(values, float(values.mean()), stderr)
+
+
+def resume_file_seconds(resume_file: str | os.PathLike) -> float:
+    """The computing seconds that :func:`log_marginal`'s calls spent on the values in ``resume_file``."""
+    with np.load(resume_file) as f:
+        return float(f["seconds"])
+
+
+def _fingerprint(model, params, data, key, *settings) -> str:
+    digest = hashlib.sha256(repr((type(model).__module__, type(model).__qualname__, settings)).encode())
+    raw_key = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    for leaf in [*jax.tree.leaves(params), *jax.tree.leaves(data), raw_key]:
+        leaf = np.ascontiguousarray(leaf)
+        digest.update(repr((leaf.shape, leaf.dtype.str)).encode())
+        digest.update(leaf.tobytes())
+    return digest.hexdigest()
+
+
+def _resume(resume_file, fingerprint: str | None, batch_size: int) -> tuple[list[np.ndarray], float]:
+    """The batches of values (and seconds) saved in ``resume_file`` for these inputs; none otherwise."""
+    if not resume_file or not Path(resume_file).is_file():
+        return [], 0.0
+    try:
+        with np.load(resume_file) as f:
+            if str(f["fingerprint"]) != fingerprint:
+                return [], 0.0
+            done, seconds = f["values"], float(f["seconds"])
+    except (OSError, ValueError, KeyError):  # unreadable: computed again
+        return [], 0.0
+    return [done[i:i + batch_size] for i in range(0, len(done), batch_size)], seconds
+
+
+def _save_resume(resume_file, fingerprint: str, values: list[np.ndarray], seconds: float) -> None:
+    path = Path(resume_file)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        np.savez(f, fingerprint=fingerprint, values=np.concatenate(values), seconds=seconds)
+    os.replace(tmp, path)
 
 
 def posterior_mean_variance(model: Any, params: Any, data: Any, *, batch_size: int = 1000) -> np.ndarray:
