@@ -71,6 +71,9 @@ ROWS = {
                             warmup=True),
     "hvae_warmup": Row("HVAE + warm-up", model={"num_layers": 2}, warmup=True),
     "iaf_warmup": Row("VAE + IAF (2 steps) + warm-up", model={"flow": "iaf", "flow_steps": 2}, warmup=True),
+    # the stretch candidate (>= -226.0): both levers of the finished rows together
+    "hvae_vamp_iaf_warmup": Row("HVAE + VampPrior (K={K}) + IAF (2 steps) + warm-up",
+                                model={"num_layers": 2, "prior": "vamp", "flow": "iaf", "flow_steps": 2}, warmup=True),
     "convhvae_vamp_warmup": Row("ConvHVAE + VampPrior (K={K}) + warm-up", model={"num_layers": 2, "architecture": "conv", "prior": "vamp"}, warmup=True),  # noqa: E501
     "convhvae_warmup": Row("ConvHVAE + warm-up", model={"num_layers": 2, "architecture": "conv"}, warmup=True),
 }

@@ -26,6 +26,8 @@ Rows (``--models``, default the first four, the published protocol's MLP rows th
   hvae_warmup  the HVAE with the standard normal prior on z2, KL warm-up
   iaf_warmup   the one-layer VAE with an inverse autoregressive flow posterior (2 IAF steps,
                MADE 320-320, context 100), KL warm-up
+  hvae_vamp_iaf_warmup  the stretch candidate (>= -226.0): the HVAE with the VampPrior on z2 and
+               2 IAF steps on its posterior, KL warm-up
 
 Resumable: every model is checkpointed after every epoch under
 ``OUT/models/NAME/checkpoints`` (latest and best), with ``history.csv`` and a
