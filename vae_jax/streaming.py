@@ -4,8 +4,9 @@ The in-memory epoch (:func:`vae_jax.training.train_epoch`, one ``lax.scan``
 over device-resident data) stays the default where the data fits. Here the
 images live in one ``.npy`` file of ``uint8`` (written once, chunk by chunk, by
 :func:`write_images`), and :func:`train_epoch_streaming` is an ``epoch_fn`` of
-:func:`vae_jax.training.fit` that reads each batch from disk with Grain in
-background threads while the previous step runs.
+:func:`vae_jax.training.fit` that reads chunks of batches from disk with Grain
+in background threads while the previous chunk's steps run (one compiled
+``lax.scan`` per chunk).
 
 The batches and keys are the in-memory epoch's: epoch ``e`` splits
 ``fold_in(key, e)`` into a shuffle key and step keys exactly as
@@ -16,7 +17,7 @@ per-epoch checkpoint continues the stream exactly (the iterator's whole state
 is the epoch count, which the checkpoint's history holds).
 
 Memory: a batch is read with ``pread`` into a fresh array (no memory map whose
-pages would count as resident), so a process holds only the prefetched batches.
+pages would count as resident), so a process holds only the prefetched chunks.
 """
 
 from __future__ import annotations
