@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vae_jax._checks import check_dataset, check_hparams, check_positive_int, checked
+from vae_jax.runs.files import write_bytes
 from vae_jax.training import batch_objective, device_examples, num_examples, take
 
 
@@ -200,11 +202,9 @@ def _resume(resume_file, fingerprint: str | None, batch_size: int) -> tuple[list
 
 
 def _save_resume(resume_file, fingerprint: str, values: list[np.ndarray], seconds: float) -> None:
-    path = Path(resume_file)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        np.savez(f, fingerprint=fingerprint, values=np.concatenate(values), seconds=seconds)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, fingerprint=fingerprint, values=np.concatenate(values), seconds=seconds)
+    write_bytes(resume_file, buffer.getvalue())
 
 
 def posterior_mean_variance(model: Any, params: Any, data: Any, *, batch_size: int = 1000) -> np.ndarray:

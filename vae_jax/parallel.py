@@ -124,9 +124,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """The sharding that splits the leading (batch) axis across ``mesh``."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+def batch_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """The sharding that splits the batch axis (``axis``; the leading one by default) across ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec(*[None] * axis, BATCH_AXIS))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -168,7 +168,7 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis: int = 0) -> jax.Array:
     if np.shape(batch)[axis] % local_devices:
         raise ValueError(f"Batch of {np.shape(batch)[axis]} examples cannot be split evenly across "
                          f"{local_devices} devices; use a multiple of {local_devices}.")
-    return _place(batch, NamedSharding(mesh, PartitionSpec(*[None] * axis, BATCH_AXIS)))
+    return _place(batch, batch_sharded(mesh, axis))
 
 
 def make_sharded_train_step(objective: training.Objective, mesh: Mesh, *,

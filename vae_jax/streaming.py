@@ -22,7 +22,6 @@ pages would count as resident), so a process holds only the prefetched chunks.
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
 from pathlib import Path
@@ -216,11 +215,10 @@ def train_epoch_streaming(train_step: Callable, state: Any, data: DiskImages, ke
     starts = range(0, len(order), steps_per_call)
     chunks = batches(data, [order[s:s + steps_per_call] for s in starts], uint8=True, threads=threads,
                      prefetch=prefetch)
-    metrics, in_flight = [], collections.deque()
+    metrics = []
     for start, xs in zip(starts, chunks):
         state, chunk_metrics = _steps(train_step, state, place(xs), keys[start:start + len(xs)], data.levels)
         metrics.append(chunk_metrics)
-        in_flight.append(chunk_metrics)
-        if len(in_flight) > prefetch:  # bounded run-ahead: at most `prefetch` chunks (and their images) queued
-            jax.block_until_ready(in_flight.popleft())
+        if len(metrics) > prefetch:  # bounded run-ahead: at most `prefetch` chunks (and their images) queued
+            jax.block_until_ready(metrics[-prefetch - 1])
     return state, jax.tree.map(lambda *m: jnp.mean(jnp.concatenate(m)), *metrics)
