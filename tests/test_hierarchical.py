@@ -2,6 +2,7 @@
 model's closed forms; the HVAE and the flow VAE train, evaluate and checkpoint like the VAE."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from vae_jax import elbo, evaluation, iwae_bound, log_importance_weights, log_ma
 from vae_jax.flow_models import FlowVAE
 from vae_jax.hierarchical import HierarchicalVAE
 from vae_jax.linear_gaussian import TwoLevelLinearGaussian
-from vae_jax.posteriors import HierarchicalPosterior
+from vae_jax.posteriors import HierarchicalPosterior, precision_weighted
 
 D, D1, D2 = 6, 3, 2
 LIK = "gaussian_learned"
@@ -95,6 +96,45 @@ def test_iwae_at_one_sample_is_the_elbo_and_analytic_kl_is_refused():
         elbo(key, x, encode, model.decode, likelihood=LIK, kl="analytic")
 
 
+def test_precision_weighted_is_the_normalised_product_of_the_two_gaussians():
+    """log N(z; a) + log N(z; b) - log N(z; merged) is the same at every z: the normaliser
+    log N(m_a; m_b, s_a^2 + s_b^2) of the product, in closed form. Precisions of e^100 stay finite."""
+    from vae_jax.distributions import gaussian_log_prob
+
+    keys = jax.random.split(jax.random.key(7), 5)
+    a = (jax.random.normal(keys[0], (5,)), jax.random.uniform(keys[1], (5,), minval=-2.0, maxval=1.0))
+    b = (jax.random.normal(keys[2], (5,)), jax.random.uniform(keys[3], (5,), minval=-2.0, maxval=1.0))
+    merged = precision_weighted(a, b)
+    z = jax.random.normal(keys[4], (4, 5))
+    log_ratio = jax.vmap(lambda z: gaussian_log_prob(z, *a) + gaussian_log_prob(z, *b) - gaussian_log_prob(z, *merged))(z)
+    normaliser = gaussian_log_prob(a[0], b[0], 0.5 * jnp.log(jnp.exp(2 * a[1]) + jnp.exp(2 * b[1])))
+    np.testing.assert_allclose(log_ratio, np.full(4, normaliser), rtol=1e-5)
+    mean, log_std = precision_weighted((jnp.array([1.5]), jnp.array([-50.0])), (jnp.array([-3.0]), jnp.array([0.0])))
+    np.testing.assert_allclose([float(mean[0]), float(log_std[0])], [1.5, -50.0], rtol=1e-6)
+
+
+def test_ladder_merge_of_the_likelihood_message_and_the_prior_is_the_exact_bottom_factor():
+    """Ladder inference's claim on the two-level linear-Gaussian model with orthogonal W: p(x | z1), as a
+    function of z1, is the diagonal Gaussian N((W^T W)^-1 W^T (x - b), sigma^2 (W^T W)^-1), and its
+    precision-weighted product with p(z1 | z2) is the exact p(z1 | x, z2) (matrix inverses,
+    ``posterior_bottom``); with the exact top factor the ELBO is log p(x) at every draw."""
+    model, x = _two_level(diagonal_posterior=True)
+    gram = jnp.diag(model.weight.T @ model.weight)
+    np.testing.assert_allclose(model.weight.T @ model.weight, jnp.diag(gram), atol=1e-5)  # orthogonal columns
+    message = (model.weight.T @ (x - model.bias) / gram, model.log_sigma - 0.5 * jnp.log(gram))
+    ladder = lambda z2: precision_weighted(message, (model.weight2 @ z2 + model.bias2, model.log_std1))
+    gain, offset, cov = model.posterior_bottom(x)
+    for z2 in jax.random.normal(jax.random.key(8), (3, D2)):
+        mean, log_std = ladder(z2)
+        np.testing.assert_allclose(mean, gain @ z2 + offset, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(log_std, 0.5 * jnp.log(jnp.diag(cov)), rtol=1e-4, atol=1e-5)
+    top_mean, top_log_std = _exact_factors(model, x)[:2]
+    encode = lambda x: HierarchicalPosterior.create((top_mean, top_log_std), [ladder])
+    values = jax.jit(jax.vmap(lambda k: elbo(k, x, encode, model.decode, likelihood=LIK,
+                                             prior=model.prior_log_prob)[0]))(jax.random.split(jax.random.key(9), 20))
+    np.testing.assert_allclose(values, np.full(20, model.log_marginal(x)), rtol=1e-5, atol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def digits():
     images = (load_digits().images[..., None] / 16).astype("float32")
@@ -103,6 +143,7 @@ def digits():
 
 MODELS = {
     "hvae": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3), hidden_size=16),
+    "hvae_ladder": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3), hidden_size=16, inference="ladder"),
     "hvae3_vamp": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3, 2), hidden_size=16, prior="vamp",
                                                 num_components=3),
     "hvae_householder_mixture": lambda shape: HierarchicalVAE(shape, latent_sizes=(4, 3), hidden_size=16,
@@ -114,7 +155,7 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", ["hvae", "iaf"])
+@pytest.mark.parametrize("name", ["hvae", "hvae_ladder", "iaf"])
 def test_model_trains_evaluates_and_checkpoints_like_the_vae(name, digits, tmp_path):
     from vae_jax.checkpoints import RunCheckpoints
 
@@ -176,3 +217,53 @@ def test_hvae_decodes_from_both_lowest_layers_and_its_prior_is_the_chain(digits)
         FlowVAE(train.shape[1:], flow="radial")
     with pytest.raises(ValueError, match="Unknown flow"):
         HierarchicalVAE(train.shape[1:], flow="radial")
+
+
+@pytest.mark.parametrize("flow", ["none", "iaf"])
+def test_ladder_factors_are_the_bottom_up_gaussian_times_the_decoders_conditional_prior(flow, digits):
+    """Every lower factor of ``inference="ladder"`` is precision_weighted(bottom-up Gaussian of x, the
+    decoder's p(z1 | z2)) at the given z2, so it moves with the decoder's prior networks (it does
+    not with ``"separate"``); the flow, when there is one, comes from the bottom-up layer."""
+    from vae_jax._hierarchical_nets import HierarchicalEncoder
+
+    train, _ = digits
+    kwargs = dict(latent_sizes=(4, 3), hidden_size=16, flow=flow, made_hidden_sizes=(8,), context_dim=5)
+    model = HierarchicalVAE(train.shape[1:], inference="ladder", **kwargs)
+    params = model.init(jax.random.key(0), train[0])
+    assert "z_branches_0" not in params["encoder"]
+    z2 = jax.random.normal(jax.random.key(1), (3,))
+    layer = model.encode(params, train[0]).conditionals[0](z2)
+    variables = {"params": params["encoder"]}
+    h_x = model.encoder.apply(variables, train[0], method=HierarchicalEncoder.x_features)[0]
+    bottom_up = model.encoder.apply(variables, 0, h_x, method=HierarchicalEncoder.bottom_up)
+    expected = precision_weighted(bottom_up[:2], model.conditional_prior(params, 0, z2))
+    np.testing.assert_allclose(layer[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(layer[1], expected[1], rtol=1e-6)
+    assert (len(layer) == 3) == (flow != "none")
+
+    def decoder_sensitivity(model, params):
+        grad = jax.grad(lambda p: jnp.sum(model.encode(p, train[0]).conditionals[0](z2)[0]))(params)
+        return sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grad["decoder"]))
+
+    separate = HierarchicalVAE(train.shape[1:], **kwargs)
+    assert decoder_sensitivity(model, params) > 1e-3
+    assert decoder_sensitivity(separate, separate.init(jax.random.key(0), train[0])) == 0.0
+    with pytest.raises(ValueError, match="Unknown inference 'bottom_up'"):
+        HierarchicalVAE(train.shape[1:], inference="bottom_up")
+
+
+def test_ladder_is_an_option_of_the_cli_and_is_refused_without_layers(tmp_path):
+    from vae_jax import ModelConfig, models, runner
+    from vae_jax.cli import main
+
+    out = tmp_path / "ladder"
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--architecture", "gated_mlp", "--hidden-sizes",
+                 "16", "--latent-dim", "3", "--num-layers", "2", "--inference", "ladder", "--validation-size", "200",
+                 "--track", "none", "--no-progress", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["inference"] == "ladder"
+    assert np.isfinite(runner.evaluate_run(out, progress=False)["test_elbo"])
+    with pytest.raises(ValueError, match="inference='ladder' infers the lower layers .* needs num_layers >= 2"):
+        models.build_model(ModelConfig(inference="ladder"), (8, 8, 1))
+    with pytest.raises(ValueError, match="does not take num_layers=2"):
+        models.build_model(ModelConfig(latent="bernoulli", num_layers=2), (8, 8, 1))

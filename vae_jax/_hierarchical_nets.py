@@ -62,7 +62,9 @@ class HierarchicalEncoder(nn.Module):
     ``"none"``) every layer also gets a :class:`vae_jax._posterior_heads.FlowHead` on the hidden layer
     that feeds its Gaussian head, and each layer is ``(mean, log_std, step_params)``. ``net="conv"``:
     the gated convolutions of :func:`conv_stacks` with ``conv_channels``, and z-branches of
-    ``z_branch_size`` units (:func:`conv_feature_size`; ``None``: ``hidden_size``)."""
+    ``z_branch_size`` units (:func:`conv_feature_size`; ``None``: ``hidden_size``). ``ladder=True``:
+    no z-branches; each lower layer has a bottom-up Gaussian of x alone (:meth:`bottom_up`), which
+    :class:`vae_jax.hierarchical.HierarchicalVAE` merges with ``p(z_l | z_{l+1})``."""
 
     latent_sizes: Sequence[int]
     hidden_size: int = 300
@@ -73,6 +75,7 @@ class HierarchicalEncoder(nn.Module):
     net: str = "gated_mlp"
     conv_channels: Sequence[int] = (32, 64)
     z_branch_size: int | None = None
+    ladder: bool = False
 
     def setup(self):
         below = len(self.latent_sizes) - 1
@@ -113,10 +116,18 @@ class HierarchicalEncoder(nn.Module):
         h = jnp.concatenate([h_x, self.z_branches[level](z_above)])
         return self._layer(level, self.joints[level](h))
 
+    def bottom_up(self, level: int, h_x: jax.Array) -> tuple:
+        """``(mean, log_std[, flow step parameters])`` of layer ``level + 1`` from x alone (``ladder``):
+        the x-branch's features through the joint layer to the heads."""
+        return self._layer(level, self.joints[level](h_x))
+
     def __call__(self, x: jax.Array) -> tuple:
         """Touches every layer (for ``init``); returns the top layer."""
         for level, h_x in enumerate(self.x_features(x)):
-            self.conditional(level, h_x, jnp.zeros((self.latent_sizes[level + 1],), x.dtype))
+            if self.ladder:
+                self.bottom_up(level, h_x)
+            else:
+                self.conditional(level, h_x, jnp.zeros((self.latent_sizes[level + 1],), x.dtype))
         return self.top(x)
 
 

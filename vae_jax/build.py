@@ -20,6 +20,7 @@ from vae_jax.data import BINARIZATION_MODES
 from vae_jax.distributions import LIKELIHOODS
 from vae_jax.estimators import registry
 from vae_jax.flow_models import FLOWS
+from vae_jax.hierarchical import INFERENCES
 from vae_jax.models import ARCHITECTURES, KINDS, LATENTS, check_config
 from vae_jax.models import families
 from vae_jax.priors import PRIORS
@@ -30,7 +31,7 @@ CHOICES = {"kind": KINDS, "likelihood": LIKELIHOODS, "architecture": ARCHITECTUR
            "compute_dtype": networks.COMPUTE_DTYPES, "latent": LATENTS, "estimator": tuple(registry.ESTIMATORS),
            "flow": ("none", *FLOWS), "devices": ("one", "all"), "data_source": ("memory", "disk"),
            "track": ("none", "tensorboard"), "conditional_prior": families.CONDITIONAL_PRIORS,
-           "codebook_update": vq.CODEBOOK_UPDATES}
+           "codebook_update": vq.CODEBOOK_UPDATES, "inference": INFERENCES}
 _ELBO_KINDS = ("vae", "conditional")  # trained on an ELBO with beta; m2 sums K ELBOs per example
 
 

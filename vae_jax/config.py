@@ -78,6 +78,9 @@ class ModelConfig:
         :data:`vae_jax.flow_models.FLOWS` (``"iaf"``, ``"planar"``, ``"householder"``); with
         ``num_layers >= 2`` on every layer's factor.
       flow_steps: steps of the flow.
+      inference: how ``num_layers >= 2`` infers the lower layers: ``"separate"`` (``q(z_l | x, z_{l+1})``
+        has its own networks: the published HVAE) or ``"ladder"`` (a bottom-up Gaussian of x times
+        the decoder's ``p(z_l | z_{l+1})``, precision-weighted: the ladder VAE's top-down inference).
       num_classes: K, labels in ``[0, K)`` (``conditional``, ``m2``).
       conditional_prior: p(z | y) of ``conditional``: ``"standard_normal"`` or ``"learned"``.
       num_codes: codebook size K >= 2 (``vq``).
@@ -110,6 +113,9 @@ class ModelConfig:
     flow: str = _field("none", "normalizing flow of the posterior: 'none' (diagonal Gaussian), 'iaf' (inverse "
                        "autoregressive, MADE), 'planar' or 'householder' (gated_mlp; every layer's with --num-layers)")
     flow_steps: int = _field(2, "steps of the --flow")
+    inference: str = _field("separate", "inference of the lower layers with --num-layers 2 or more: 'separate' "
+                            "(own networks: the published HVAE) or 'ladder' (a bottom-up Gaussian of x times the "
+                            "decoder's p(z_l|z_{l+1}), precision-weighted: the ladder VAE)")
     num_classes: int = _field(10, "classes K of the labels, in [0, K) (--kind conditional, m2)")
     conditional_prior: str = _field("standard_normal", "p(z|y) of --kind conditional: 'standard_normal' or "
                                     "'learned' (a Gaussian per class)")

@@ -14,6 +14,12 @@ with gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He ini
 - any prior on the top layer: standard normal, learned mixture, or the VampPrior (the top
   encoder ``q(z_L | x)`` at K pseudo-inputs, as in the authors' ``log_p_z2``).
 
+``inference="ladder"`` (not in the published model) is the ladder VAE's top-down inference
+(Sonderby et al. 2016): each lower factor is the precision-weighted product
+(:func:`vae_jax.posteriors.precision_weighted`) of a bottom-up Gaussian of x alone (x-branch and
+joint layer, no z-branch) and the generative model's own ``p(z_l | z_{l+1})``, so q shares the
+decoder's top-down networks; the top factor and any flow are as above.
+
 ``net="conv"`` is the authors' ``models/convHVAE_2level.py``: the same model with gated convolutions
 where x enters and leaves (:mod:`vae_jax._hierarchical_nets`): ``q(z_L | x)`` and the x-branch of
 ``q(z_l | x, z_{l+1})`` are stacks of five gated convolutions (two of stride 2) flattened to
@@ -45,9 +51,10 @@ from vae_jax._hierarchical_nets import NETS, HierarchicalDecoder, HierarchicalEn
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.objectives import Bound
 from vae_jax._posterior_heads import FLOWS, flow_layer, flow_steps
-from vae_jax.posteriors import HierarchicalPosterior, split_layers
+from vae_jax.posteriors import HierarchicalPosterior, precision_weighted, split_layers
 
 Params = Any
+INFERENCES = ("separate", "ladder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +75,9 @@ class HierarchicalVAE(PosteriorModelMixin):
       net: ``"gated_mlp"`` (the HVAE) or ``"conv"`` (the ConvHVAE: gated convolutions where x enters
         and leaves; images of any ``H, W``).
       conv_channels: ``(small, large)`` channels of the ConvHVAE's convolutions (the authors': ``(32, 64)``).
+      inference: ``"separate"`` (the published HVAE: ``q(z_l | x, z_{l+1})`` has its own networks) or
+        ``"ladder"`` (``q(z_l | x, z_{l+1})`` proportional to a bottom-up Gaussian of x times
+        ``p(z_l | z_{l+1})``, precision-weighted; shares the decoder's top-down networks).
     """
 
     input_shape: tuple[int, ...]
@@ -82,6 +92,7 @@ class HierarchicalVAE(PosteriorModelMixin):
     context_dim: int = 100
     net: str = "gated_mlp"
     conv_channels: tuple[int, int] = (32, 64)
+    inference: str = "separate"
 
     def __post_init__(self):
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
@@ -99,6 +110,8 @@ class HierarchicalVAE(PosteriorModelMixin):
             raise ValueError(f"Unknown flow {self.flow!r}; expected 'none' or one of {FLOWS}.")
         if self.net not in NETS:
             raise ValueError(f"Unknown net {self.net!r}; expected one of {NETS}.")
+        if self.inference not in INFERENCES:
+            raise ValueError(f"Unknown inference {self.inference!r}; expected one of {INFERENCES}.")
         if len(self.conv_channels) != 2:
             raise ValueError(f"conv_channels must be (small, large); got {self.conv_channels}.")
         for size in (*self.latent_sizes, self.hidden_size, self.num_components, self.context_dim, *self.conv_channels):
@@ -118,7 +131,8 @@ class HierarchicalVAE(PosteriorModelMixin):
     def encoder(self) -> HierarchicalEncoder:
         return HierarchicalEncoder(self.latent_sizes, self.hidden_size, self.flow, self.flow_steps,
                                    self.made_hidden_sizes, self.context_dim, self.net, self.conv_channels,
-                                   conv_feature_size(self.input_shape) if self.net == "conv" else None)
+                                   conv_feature_size(self.input_shape) if self.net == "conv" else None,
+                                   ladder=self.inference == "ladder")
 
     @property
     def decoder(self) -> HierarchicalDecoder:
@@ -144,12 +158,22 @@ class HierarchicalVAE(PosteriorModelMixin):
         return self._posterior_layer(self.encoder.apply({"params": encoder_params}, level, h_x, z_above,
                                                         method=HierarchicalEncoder.conditional))
 
+    def _ladder_conditional(self, level: int, decoder_params: Params, bottom_up: tuple, z_above: jax.Array) -> tuple:
+        top_down = self.conditional_prior({"decoder": decoder_params}, level, z_above)
+        return self._posterior_layer((*precision_weighted(bottom_up[:2], top_down), *bottom_up[2:]))
+
     def encode(self, params: Params, x: jax.Array) -> HierarchicalPosterior:
         """The posterior ``q(z_L | x) prod_l q(z_l | x, z_{l+1})`` of one ``x``."""
         variables = {"params": params["encoder"]}
         h_x = self.encoder.apply(variables, x, method=HierarchicalEncoder.x_features)
-        conditionals = [jax.tree_util.Partial(functools.partial(self._conditional, level), params["encoder"], h)
-                        for level, h in enumerate(h_x)]
+        if self.inference == "ladder":
+            conditionals = [jax.tree_util.Partial(
+                functools.partial(self._ladder_conditional, level), params["decoder"],
+                self.encoder.apply(variables, level, h, method=HierarchicalEncoder.bottom_up))
+                for level, h in enumerate(h_x)]
+        else:
+            conditionals = [jax.tree_util.Partial(functools.partial(self._conditional, level), params["encoder"], h)
+                            for level, h in enumerate(h_x)]
         top = self.encoder.apply(variables, x, method=HierarchicalEncoder.top)
         return HierarchicalPosterior.create(self._posterior_layer(top), conditionals)
 

@@ -145,6 +145,29 @@ class HierarchicalPosterior(NamedTuple):
         return _draws(one, key, num_samples)
 
 
+def precision_weighted(bottom_up: tuple[jax.Array, jax.Array],
+                       top_down: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The normalised product of two diagonal Gaussians, ``N(m_a, s_a^2) N(m_b, s_b^2) / Z``: the
+    ladder VAE's merge of a bottom-up estimate with the generative model's top-down ``p(z_l | z_{l+1})``
+    (Sonderby et al. 2016, eq. 17-18).
+
+    Precisions add, ``s^-2 = s_a^-2 + s_b^-2``, and the mean is the precision-weighted mean,
+    ``m = (m_a s_a^-2 + m_b s_b^-2) s^2``, computed in log space (``log s = -logaddexp(-2 log s_a,
+    -2 log s_b) / 2``; the weight of ``a`` is ``sigmoid(2 log s_b - 2 log s_a)``) so that neither
+    precision overflows.
+
+    Args:
+      bottom_up, top_down: ``(mean [d], log_std [d])`` each (any equal shapes).
+
+    Returns:
+      ``(mean [d], log_std [d])`` of the product.
+    """
+    (mean_a, log_std_a), (mean_b, log_std_b) = bottom_up, top_down
+    weight_a = jax.nn.sigmoid(2.0 * (log_std_b - log_std_a))
+    return (weight_a * mean_a + (1.0 - weight_a) * mean_b,
+            -0.5 * jnp.logaddexp(-2.0 * log_std_a, -2.0 * log_std_b))
+
+
 def split_layers(z: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
     """``z [..., d_1 + ... + d_L]`` cut into ``[z_1, ..., z_L]`` (bottom first) of ``sizes``."""
     if z.shape[-1] != sum(sizes):

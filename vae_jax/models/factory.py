@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from vae_jax import distributions, mlp, networks, priors
 from vae_jax import discrete as discrete_latents
 from vae_jax.flow_models import FLOWS, FlowVAE
-from vae_jax.hierarchical import HierarchicalVAE
+from vae_jax.hierarchical import INFERENCES, HierarchicalVAE
 from vae_jax._checks import check_positive_int
 from vae_jax._hierarchical_nets import NETS as HIERARCHICAL_NETS
 from vae_jax.config import ModelConfig
@@ -28,7 +28,7 @@ LATENTS = ("gaussian", *discrete_latents.LATENTS)
 # A discrete-latent model is a DiscreteVAE: an MLP with Bernoulli pixels, a learned factorised prior and
 # float32 matmuls; the options it has no use for must stay at these (their defaults).
 _DISCRETE_FIXED = {"kind": "vae", "likelihood": "bernoulli", "architecture": "mlp", "prior": "standard_normal",
-                   "compute_dtype": "float32"}
+                   "compute_dtype": "float32", "num_layers": 1, "flow": "none", "inference": "separate"}
 
 
 def _check_choice(value: Any, choices: Sequence[str], what: str) -> None:
@@ -61,7 +61,7 @@ def check_config(config: ModelConfig) -> None:
     if config.latent != "gaussian":
         wrong = [f"{k}={getattr(config, k)!r}" for k, v in _DISCRETE_FIXED.items() if getattr(config, k) != v]
         if wrong:
-            raise ValueError(f"latent={config.latent!r} is a VAE with an MLP, Bernoulli pixels, a learned "
+            raise ValueError(f"latent={config.latent!r} is a one-layer VAE with an MLP, Bernoulli pixels, a learned "
                              f"factorised prior and float32 matmuls; it does not take {', '.join(wrong)}.")
         _check_sizes(config, allow_empty=True)
         mlp.check_activation(config.activation)
@@ -83,6 +83,10 @@ def _check_posterior(config: ModelConfig) -> None:
     check_positive_int(config.num_layers, "num_layers")
     _check_choice(config.flow, ("none", *FLOWS), "flow")
     check_positive_int(config.flow_steps, "flow_steps")
+    _check_choice(config.inference, INFERENCES, "inference")
+    if config.inference != "separate" and config.num_layers < 2:
+        raise ValueError(f"inference={config.inference!r} infers the lower layers of a hierarchical VAE; it needs "
+                         f"num_layers >= 2 (got {config.num_layers}).")
     if config.num_layers == 1 and config.flow == "none":
         return
     nets = HIERARCHICAL_NETS if config.num_layers >= 2 else ("gated_mlp",)
@@ -119,7 +123,7 @@ def build_model(config: ModelConfig, input_shape: Sequence[int]) -> Any:
         return HierarchicalVAE(input_shape, latent_sizes=(config.latent_dim,) * config.num_layers,
                                hidden_size=hidden[0], likelihood=config.likelihood, prior=config.prior,
                                num_components=config.num_components, flow=config.flow, flow_steps=config.flow_steps,
-                               net=config.architecture)
+                               net=config.architecture, inference=config.inference)
     if config.flow != "none":
         return FlowVAE(input_shape, latent_dim=config.latent_dim, hidden_sizes=hidden, flow=config.flow,
                        flow_steps=config.flow_steps, likelihood=config.likelihood, prior=config.prior,
