@@ -267,3 +267,103 @@ def test_ladder_is_an_option_of_the_cli_and_is_refused_without_layers(tmp_path):
         models.build_model(ModelConfig(inference="ladder"), (8, 8, 1))
     with pytest.raises(ValueError, match="does not take num_layers=2"):
         models.build_model(ModelConfig(latent="bernoulli", num_layers=2), (8, 8, 1))
+
+
+def _differentiable_encoder(factors):
+    """As :func:`_encoder`, with the bottom factor's arrays held in a Partial (a pytree), so that the
+    estimators can stop the gradient at them."""
+    top_mean, top_log_std, gain, offset, bottom_log_std = factors
+    bottom = jax.tree_util.Partial(lambda g, o, s, z2: (g @ z2 + o, s), gain, offset, bottom_log_std)
+    return lambda x: HierarchicalPosterior.create((top_mean, top_log_std), [bottom])
+
+
+def _estimator_gradients(name, model, x, factors, keys, **options):
+    """Per key, the gradient with respect to the five factor arrays of estimator ``name``'s value."""
+    from vae_jax.estimators import gaussian
+
+    def value(f, key):
+        return getattr(gaussian, name)(key, x, _differentiable_encoder(f), model.decode, likelihood=LIK,
+                                       prior=model.prior_log_prob, **options)[0]
+
+    grads = jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(factors, keys)
+    return np.concatenate([np.asarray(g, np.float64).reshape(len(keys), -1) for g in grads], axis=1)
+
+
+def test_hierarchical_log_prob_is_the_density_of_the_draws(digits):
+    train, _ = digits
+    for inference in ("separate", "ladder"):
+        model = HierarchicalVAE(train.shape[1:], latent_sizes=(4, 3, 2), hidden_size=16, inference=inference)
+        posterior = model.encode(model.init(jax.random.key(0), train[0]), train[0])
+        z, log_q = posterior.sample_and_log_prob(jax.random.key(1), 5)
+        np.testing.assert_allclose(jax.vmap(posterior.log_prob)(z), log_q, rtol=1e-5)
+    with pytest.raises(ValueError, match="z has shape \\(8,\\); this posterior's layers need \\(9,\\)"):
+        posterior.log_prob(z[0, :8])
+    flows = HierarchicalVAE(train.shape[1:], latent_sizes=(4, 3), hidden_size=16, flow="householder")
+    with pytest.raises(ValueError, match="needs Gaussian factors"):
+        flows.encode(flows.init(jax.random.key(0), train[0]), train[0]).log_prob(jnp.zeros(7))
+
+
+def test_stl_and_dreg_encoder_gradients_vanish_at_the_exact_hierarchical_posterior():
+    """Exact factors (diagonal model): log p(x, z) - log q(z | x) = log p(x) at every z, so with q's
+    parameters stopped STL's and DReG's gradients with respect to them are zero at every key; the
+    pathwise gradient is not (it is zero only on average)."""
+    model, x = _two_level(diagonal_posterior=True)
+    factors = _exact_factors(model, x)
+    keys = jax.random.split(jax.random.key(10), 8)
+    pathwise = _estimator_gradients("pathwise", model, x, factors, keys)
+    assert np.abs(pathwise).max(axis=1).min() > 0.1
+    for name, options in [("stl", {}), ("dreg", {"num_samples": 4})]:
+        np.testing.assert_allclose(_estimator_gradients(name, model, x, factors, keys, **options), 0.0, atol=2e-4)
+
+
+def test_hierarchical_estimators_are_unbiased_for_the_closed_form_gradients():
+    """Correlated model, factors away from the optimum: the mean over independent keys of STL's and the
+    score function's (leave-one-out, k = 4) gradients with respect to the 16 factor numbers is the
+    gradient of the closed-form ELBO (every |z| < 5); DReG's mean is the IWAE (k = 4) pathwise mean
+    (a two-sample test). Not stopping q's parameters in DReG's weights fails the second check."""
+    model, x = _two_level(diagonal_posterior=False)
+    factors = tuple(f + 0.2 * jax.random.normal(jax.random.key(i), jnp.shape(f))
+                    for i, f in enumerate(_exact_factors(model, x)))
+    truth = np.concatenate([np.ravel(g) for g in jax.grad(lambda f: model.elbo(x, *f))(factors)])
+    assert np.abs(truth).max() > 0.3
+
+    def z_scores(samples, reference, reference_variance=0.0):
+        stderr = np.sqrt(samples.var(axis=0, ddof=1) / len(samples) + reference_variance)
+        return np.abs(samples.mean(axis=0) - reference) / stderr
+
+    keys = jax.random.split(jax.random.key(11), 3000)
+    assert z_scores(_estimator_gradients("stl", model, x, factors, keys), truth).max() < 5
+    score = _estimator_gradients("score_function", model, x, factors, keys, num_samples=4, baseline="leave_one_out")
+    assert z_scores(score, truth).max() < 5
+    iwae = _estimator_gradients("iwae", model, x, factors, keys, num_samples=4)
+    dreg = _estimator_gradients("dreg", model, x, factors, jax.random.split(jax.random.key(12), 3000), num_samples=4)
+    assert z_scores(dreg, iwae.mean(axis=0), iwae.var(axis=0, ddof=1) / len(iwae)).max() < 5
+    assert z_scores(iwae, truth).max() > 5  # power: the k = 4 bound's gradient is not the ELBO's
+
+
+def test_estimators_that_need_log_q_of_given_draws_take_hierarchical_models_but_not_flows(digits):
+    from vae_jax import ModelConfig, build
+    from vae_jax.config import RunConfig, TrainConfig
+    from vae_jax.estimators import make_estimator
+
+    train, _ = digits
+    model = MODELS["hvae_ladder"](train.shape[1:])
+    for name, options in [("stl", {}), ("dreg", {"num_samples": 3}), ("score_function", {"num_samples": 2})]:
+        state = training.create_train_state(model, jax.random.key(0), train[0], optax.adam(1e-3))  # donated
+        _, metrics = training.make_train_step(make_estimator(name, model, **options), dynamic_binarization=True)(
+            state, jnp.asarray(train[:16]), jax.random.key(1))
+        assert all(np.isfinite(float(v)) for v in metrics.values()), name
+    flow = MODELS["iaf"](train.shape[1:])
+    params = flow.init(jax.random.key(0), train[0])
+    with pytest.raises(ValueError, match="estimator 'stl' needs log q\\(z\\|x\\) at given draws.*FlowPosterior"):
+        make_estimator("stl", flow)(params, jax.random.key(1), train[0])
+    with pytest.raises(ValueError, match="a callable inside it hides its arrays"):
+        from vae_jax.estimators import gaussian
+        model, x = _two_level(diagonal_posterior=True)
+        gaussian.stl(jax.random.key(0), x, _encoder(_exact_factors(model, x)), model.decode, likelihood=LIK)
+    hierarchical = ModelConfig(architecture="gated_mlp", num_layers=2)
+    build.validate(RunConfig(model=hierarchical, train=TrainConfig(estimator="stl")))
+    with pytest.raises(ValueError, match="'dreg' needs log q\\(z\\|x\\) at given draws, which a flow posterior does "
+                                         "not give; with --num-layers 1 and --flow iaf choose from pathwise, iwae"):
+        build.validate(RunConfig(model=ModelConfig(architecture="gated_mlp", flow="iaf"),
+                                 train=TrainConfig(estimator="dreg", objective="iwae", num_samples=2)))

@@ -139,10 +139,14 @@ def _check_estimator(config: RunConfig) -> None:
                          f"from {', '.join(registry.names(model.latent))}.")
     record = registry.get(train.estimator)
     registry.check_latent(record, model.latent)
-    if (model.num_layers > 1 or model.flow != "none") and not record.any_posterior:
-        takes = [n for n, e in registry.ESTIMATORS.items() if e.any_posterior]
-        raise ValueError(f"estimator {record.name!r} needs a diagonal Gaussian posterior; with --num-layers "
-                         f"{model.num_layers} and --flow {model.flow} choose from {', '.join(takes)}.")
+    flow = model.flow != "none"
+    if (model.num_layers > 1 or flow) and not record.takes_posterior(flow):
+        takes = [n for n, e in registry.ESTIMATORS.items()
+                 if e.latents == registry.GAUSSIAN and e.takes_posterior(flow)]
+        needs = "log q(z|x) at given draws, which a flow posterior does not give" if record.any_posterior else \
+            "a diagonal Gaussian posterior"
+        raise ValueError(f"estimator {record.name!r} needs {needs}; with --num-layers {model.num_layers} and "
+                         f"--flow {model.flow} choose from {', '.join(takes)}.")
     if train.objective != record.bound:
         raise ValueError(f"estimator {record.name!r} estimates the gradient of the {record.bound!r} bound; give "
                          f"--objective {record.bound}.")

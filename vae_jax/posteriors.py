@@ -144,6 +144,32 @@ class HierarchicalPosterior(NamedTuple):
 
         return _draws(one, key, num_samples)
 
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        """``log q(z | x)`` of a given ``z [d_1 + ... + d_L]`` (nats), for Gaussian factors only (a
+        factor with a flow would need its inverse): what the estimators that evaluate ``log q`` at
+        stop-gradiented parameters (STL, DReG, the score function) need.
+
+        Raises:
+          ValueError: a factor has a flow, or ``z`` is not as long as the layers.
+        """
+        def factor(layer: tuple, z_layer: jax.Array) -> jax.Array:
+            if len(layer) == 3:
+                raise ValueError("log_prob of a given z needs Gaussian factors; a factor with a flow would need "
+                                 "the flow's inverse (draw z and log q together with sample_and_log_prob).")
+            return distributions.gaussian_log_prob(z_layer, *layer)
+
+        if z.shape != self.mean.shape:
+            raise ValueError(f"z has shape {z.shape}; this posterior's layers need {self.mean.shape}.")
+        end = z.shape[0] - self.top[0].shape[0]
+        z_above = z[end:]
+        total = factor(self.top, z_above)
+        for conditional in reversed(self.conditionals):  # top down, as the draws
+            layer = conditional(z_above)
+            end -= layer[0].shape[0]
+            z_above = z[end:end + layer[0].shape[0]]
+            total = total + factor(layer, z_above)
+        return total
+
 
 def precision_weighted(bottom_up: tuple[jax.Array, jax.Array],
                        top_down: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:

@@ -23,6 +23,10 @@ stays the true objective. ``aux`` repeats the objective as ``"elbo"`` or ``"iwae
 Stopping the gradient at the encoder outputs ``(mean, log_std)`` is the same as
 stopping it at the encoder parameters (they reach the loss only through those
 outputs), so these functions need plain callables, like :mod:`vae_jax.objectives`.
+All five also take the posterior objects of :mod:`vae_jax.posteriors` (``pathwise`` and
+``iwae`` any of them; ``score_function``, ``stl`` and ``dreg`` those with ``log_prob``, i.e.
+hierarchical posteriors with Gaussian factors), stopping the gradient at every array inside
+the object; with ``(mean, log_std)`` their computation is unchanged.
 Which bound each estimates and what it takes is its record in
 :mod:`vae_jax.estimators.registry`. Imports ``jax`` only.
 """
@@ -37,8 +41,35 @@ import jax.numpy as jnp
 from vae_jax import distributions, objectives
 from vae_jax._checks import check_positive_int
 from vae_jax.estimators._surrogate import attach, baseline_values, check_baseline, sg
+from vae_jax.posteriors import is_posterior
 
 pathwise = objectives.elbo  # the reparameterisation gradient IS the gradient of the ELBO estimate
+
+
+def _log_q_of_draws(encoded, estimator: str):
+    """``z [k, d] -> log q(z_k | x) [k]`` of a posterior object at given draws (its ``log_prob``)."""
+    if not hasattr(encoded, "log_prob"):
+        raise ValueError(f"estimator {estimator!r} needs log q(z|x) at given draws: a (mean, log_std) encoder or a "
+                         f"posterior object with log_prob (hierarchical, Gaussian factors); "
+                         f"{type(encoded).__name__} has none (use 'pathwise' or 'iwae').")
+    return jax.vmap(encoded.log_prob)
+
+
+def _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, num_samples, estimator):
+    """``(z [k, d], log_weights)``: reparameterised draws, and ``z [k, d] -> [k]`` log weights with q's
+    parameters (its encoder outputs, or every array in a posterior object) stop-gradiented."""
+    if is_posterior(encoded):
+        if any(callable(leaf) for leaf in jax.tree_util.tree_leaves(encoded)):
+            raise ValueError(f"estimator {estimator!r} stops the gradient at every array of the posterior object, "
+                             "and a callable inside it hides its arrays: hold them in jax.tree_util.Partial.")
+        z = encoded.sample_and_log_prob(key, num_samples)[0]
+        log_q = _log_q_of_draws(sg(encoded), estimator)
+        return z, lambda zz: objectives.log_importance_weights(zz, x, None, None, decode, likelihood=likelihood,
+                                                               prior=prior, log_q=log_q(zz))
+    mean, log_std = encoded
+    z = objectives.reparameterize(key, mean, log_std, num_samples)
+    return z, lambda zz: objectives.log_importance_weights(zz, x, sg(mean), sg(log_std), decode,
+                                                           likelihood=likelihood, prior=prior)
 
 
 def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, baseline="none",
@@ -69,10 +100,17 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
     """
     check_baseline(baseline, baseline_value, num_samples)
     objectives._check_objective_args(x, likelihood)
-    mean, log_std = encode(x)
-    z = sg(objectives.reparameterize(key, mean, log_std, num_samples))
-    log_w = objectives.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
-    log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
+    encoded = encode(x)
+    if is_posterior(encoded):
+        z = sg(encoded.sample_and_log_prob(key, num_samples)[0])
+        log_q = _log_q_of_draws(encoded, "score_function")(z)
+        log_w = objectives.log_importance_weights(z, x, None, None, decode, likelihood=likelihood, prior=prior,
+                                                  log_q=log_q)
+    else:
+        mean, log_std = encoded
+        z = sg(objectives.reparameterize(key, mean, log_std, num_samples))
+        log_w = objectives.log_importance_weights(z, x, mean, log_std, decode, likelihood=likelihood, prior=prior)
+        log_q = jax.vmap(distributions.gaussian_log_prob, in_axes=(0, None, None))(z, mean, log_std)
     f = sg(log_w)
     b = baseline_values(f, baseline, baseline_value)
     value = jnp.mean(f)
@@ -95,10 +133,8 @@ def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, prior=
     """
     objectives._check_objective_args(x, likelihood)
     check_positive_int(num_samples)
-    mean, log_std = encode(x)
-    z = objectives.reparameterize(key, mean, log_std, num_samples)
-    value = jnp.mean(objectives.log_importance_weights(z, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
-                                                       prior=prior))
+    z, log_weights = _draws_and_stopped_log_weights(key, x, encode(x), decode, likelihood, prior, num_samples, "stl")
+    value = jnp.mean(log_weights(z))
     return value, {"elbo": value}
 
 
@@ -132,13 +168,7 @@ def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=N
     """
     objectives._check_objective_args(x, likelihood)
     check_positive_int(num_samples)
-    mean, log_std = encode(x)
-    z = objectives.reparameterize(key, mean, log_std, num_samples)
-
-    def log_weights(zz):
-        return objectives.log_importance_weights(zz, x, sg(mean), sg(log_std), decode, likelihood=likelihood,
-                                                 prior=prior)
-
+    z, log_weights = _draws_and_stopped_log_weights(key, x, encode(x), decode, likelihood, prior, num_samples, "dreg")
     log_w = log_weights(sg(z))  # decoder path only
     g = jax.grad(lambda zz: jnp.sum(log_weights(zz)))(sg(z))  # [k, d]; row i is d log w_i / d z_i
     weights = jax.nn.softmax(sg(log_w))

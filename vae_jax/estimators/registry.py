@@ -50,6 +50,8 @@ class Estimator:
         when no estimator is named).
       any_posterior: it also takes the posterior objects of flow and hierarchical models
         (:mod:`vae_jax.posteriors`), not only ``(mean, log_std)``.
+      needs_log_prob: it evaluates ``log q`` at given draws, so of the posterior objects it takes
+        only those with ``log_prob`` (hierarchical, Gaussian factors; not flows).
     """
 
     name: str
@@ -62,6 +64,12 @@ class Estimator:
     min_num_samples: int = 1
     pathwise: bool = False
     any_posterior: bool = False
+    needs_log_prob: bool = False
+
+    def takes_posterior(self, flow: bool) -> bool:
+        """Whether it takes the posterior objects of a hierarchical model (``flow=False``) or of a model
+        with a flow posterior (``flow=True``)."""
+        return self.any_posterior and not (flow and self.needs_log_prob)
 
     @property
     def injected(self) -> tuple[str, ...]:
@@ -81,10 +89,10 @@ class Estimator:
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
     Estimator("pathwise", gaussian.pathwise, "elbo", GAUSSIAN, pathwise=True, any_posterior=True),
-    Estimator("score_function", gaussian.score_function, "elbo", GAUSSIAN),
-    Estimator("stl", gaussian.stl, "elbo", GAUSSIAN),
+    Estimator("score_function", gaussian.score_function, "elbo", GAUSSIAN, any_posterior=True, needs_log_prob=True),
+    Estimator("stl", gaussian.stl, "elbo", GAUSSIAN, any_posterior=True, needs_log_prob=True),
     Estimator("iwae", gaussian.iwae, "iwae", GAUSSIAN, pathwise=True, any_posterior=True),
-    Estimator("dreg", gaussian.dreg, "iwae", GAUSSIAN),
+    Estimator("dreg", gaussian.dreg, "iwae", GAUSSIAN, any_posterior=True, needs_log_prob=True),
     Estimator("reinforce", discrete.reinforce, "elbo", DISCRETE),
     Estimator("nvil", discrete.nvil, "elbo", DISCRETE, learned="baseline", hidden=100),
     Estimator("vimco", discrete.vimco, "iwae", DISCRETE, min_num_samples=2),
