@@ -18,7 +18,8 @@ with gated dense layers (:class:`vae_jax.networks.GatedDense`, 300 units, He ini
 (Sonderby et al. 2016): each lower factor is the precision-weighted product
 (:func:`vae_jax.posteriors.precision_weighted`) of a bottom-up Gaussian of x alone (x-branch and
 joint layer, no z-branch) and the generative model's own ``p(z_l | z_{l+1})``, so q shares the
-decoder's top-down networks; the top factor and any flow are as above.
+decoder's top-down networks (held as :class:`vae_jax.posteriors.Shared` in the posterior object, so
+that STL and DReG leave them live); the top factor and any flow are as above.
 
 ``net="conv"`` is the authors' ``models/convHVAE_2level.py``: the same model with gated convolutions
 where x enters and leaves (:mod:`vae_jax._hierarchical_nets`): ``q(z_L | x)`` and the x-branch of
@@ -51,7 +52,7 @@ from vae_jax._hierarchical_nets import NETS, HierarchicalDecoder, HierarchicalEn
 from vae_jax._posterior_model import PosteriorModelMixin
 from vae_jax.objectives import Bound
 from vae_jax._posterior_heads import FLOWS, flow_layer, flow_steps
-from vae_jax.posteriors import HierarchicalPosterior, precision_weighted, split_layers
+from vae_jax.posteriors import HierarchicalPosterior, Shared, precision_weighted, split_layers
 
 Params = Any
 INFERENCES = ("separate", "ladder")
@@ -158,8 +159,8 @@ class HierarchicalVAE(PosteriorModelMixin):
         return self._posterior_layer(self.encoder.apply({"params": encoder_params}, level, h_x, z_above,
                                                         method=HierarchicalEncoder.conditional))
 
-    def _ladder_conditional(self, level: int, decoder_params: Params, bottom_up: tuple, z_above: jax.Array) -> tuple:
-        top_down = self.conditional_prior({"decoder": decoder_params}, level, z_above)
+    def _ladder_conditional(self, level: int, decoder: Shared, bottom_up: tuple, z_above: jax.Array) -> tuple:
+        top_down = self.conditional_prior({"decoder": decoder.value}, level, z_above)
         return self._posterior_layer((*precision_weighted(bottom_up[:2], top_down), *bottom_up[2:]))
 
     def encode(self, params: Params, x: jax.Array) -> HierarchicalPosterior:
@@ -168,7 +169,7 @@ class HierarchicalVAE(PosteriorModelMixin):
         h_x = self.encoder.apply(variables, x, method=HierarchicalEncoder.x_features)
         if self.inference == "ladder":
             conditionals = [jax.tree_util.Partial(
-                functools.partial(self._ladder_conditional, level), params["decoder"],
+                functools.partial(self._ladder_conditional, level), Shared(params["decoder"]),
                 self.encoder.apply(variables, level, h, method=HierarchicalEncoder.bottom_up))
                 for level, h in enumerate(h_x)]
         else:

@@ -171,6 +171,41 @@ class HierarchicalPosterior(NamedTuple):
         return total
 
 
+class Shared(NamedTuple):
+    """Arrays of the generative model that a posterior object holds because q shares them (the
+    ladder's ``p(z_l | z_{l+1})`` networks), wrapped so that :func:`stop_variational` can leave them
+    live. ``value``: any pytree of arrays."""
+
+    value: Any
+
+
+def _is_shared(node: Any) -> bool:
+    return isinstance(node, Shared)
+
+
+def stop_variational(posterior: Any) -> Any:
+    """``posterior`` with the gradient stopped at q's own arrays, and :class:`Shared` ones left live.
+
+    What STL and DReG evaluate ``log q`` with: the score of q's own parameters has mean zero and is
+    dropped; a shared parameter's score in ``log q`` cancels against its score in ``log p`` draw by
+    draw, so dropping it too would keep the estimator unbiased but multiply the decoder's gradient
+    variance (by about 400 on the ladder HVAE: docs/hierarchical_flows.md).
+    """
+    return jax.tree_util.tree_map(lambda n: n if _is_shared(n) else jax.lax.stop_gradient(n), posterior,
+                                  is_leaf=_is_shared)
+
+
+def stop_shared(posterior: Any) -> Any:
+    """``posterior`` with the gradient stopped at its :class:`Shared` arrays only."""
+    return jax.tree_util.tree_map(lambda n: Shared(jax.lax.stop_gradient(n.value)) if _is_shared(n) else n,
+                                  posterior, is_leaf=_is_shared)
+
+
+def has_shared(posterior: Any) -> bool:
+    """Whether ``posterior`` holds :class:`Shared` arrays."""
+    return any(_is_shared(n) for n in jax.tree_util.tree_leaves(posterior, is_leaf=_is_shared))
+
+
 def precision_weighted(bottom_up: tuple[jax.Array, jax.Array],
                        top_down: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """The normalised product of two diagonal Gaussians, ``N(m_a, s_a^2) N(m_b, s_b^2) / Z``: the

@@ -26,7 +26,9 @@ outputs), so these functions need plain callables, like :mod:`vae_jax.objectives
 All five also take the posterior objects of :mod:`vae_jax.posteriors` (``pathwise`` and
 ``iwae`` any of them; ``score_function``, ``stl`` and ``dreg`` those with ``log_prob``, i.e.
 hierarchical posteriors with Gaussian factors), stopping the gradient at every array inside
-the object; with ``(mean, log_std)`` their computation is unchanged.
+the object but those it shares with the generative model (:class:`vae_jax.posteriors.Shared`: the
+ladder's; they keep the pathwise or IWAE gradient); with ``(mean, log_std)`` their computation is
+unchanged.
 Which bound each estimates and what it takes is its record in
 :mod:`vae_jax.estimators.registry`. Imports ``jax`` only.
 """
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 from vae_jax import distributions, objectives
 from vae_jax._checks import check_positive_int
 from vae_jax.estimators._surrogate import attach, baseline_values, check_baseline, sg
-from vae_jax.posteriors import is_posterior
+from vae_jax.posteriors import has_shared, is_posterior, stop_shared, stop_variational
 
 pathwise = objectives.elbo  # the reparameterisation gradient IS the gradient of the ELBO estimate
 
@@ -57,13 +59,14 @@ def _log_q_of_draws(encoded, estimator: str):
 
 def _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, num_samples, estimator):
     """``(z [k, d], log_weights)``: reparameterised draws, and ``z [k, d] -> [k]`` log weights with q's
-    parameters (its encoder outputs, or every array in a posterior object) stop-gradiented."""
+    parameters stop-gradiented: its encoder outputs, or every array of a posterior object but the
+    generative model's (:class:`vae_jax.posteriors.Shared`, see :func:`vae_jax.posteriors.stop_variational`)."""
     if is_posterior(encoded):
         if any(callable(leaf) for leaf in jax.tree_util.tree_leaves(encoded)):
             raise ValueError(f"estimator {estimator!r} stops the gradient at every array of the posterior object, "
                              "and a callable inside it hides its arrays: hold them in jax.tree_util.Partial.")
         z = encoded.sample_and_log_prob(key, num_samples)[0]
-        log_q = _log_q_of_draws(sg(encoded), estimator)
+        log_q = _log_q_of_draws(stop_variational(encoded), estimator)
         return z, lambda zz: objectives.log_importance_weights(zz, x, None, None, decode, likelihood=likelihood,
                                                                prior=prior, log_q=log_q(zz))
     mean, log_std = encoded
@@ -168,10 +171,19 @@ def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=N
     """
     objectives._check_objective_args(x, likelihood)
     check_positive_int(num_samples)
-    z, log_weights = _draws_and_stopped_log_weights(key, x, encode(x), decode, likelihood, prior, num_samples, "dreg")
-    log_w = log_weights(sg(z))  # decoder path only
+    encoded = encode(x)
+    z, log_weights = _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, num_samples, "dreg")
+    log_w = log_weights(sg(z))  # decoder path only (and the score of parameters q shares with p)
     g = jax.grad(lambda zz: jnp.sum(log_weights(zz)))(sg(z))  # [k, d]; row i is d log w_i / d z_i
     weights = jax.nn.softmax(sg(log_w))
-    surrogate = jnp.sum(weights * log_w) + jnp.sum(sg(jnp.square(weights)[:, None] * g) * z)
+    if is_posterior(encoded) and has_shared(encoded):
+        # q's own parameters: DReG's w^2 path term. Parameters q shares with p kept their score in log_w,
+        # so they take the IWAE path term (weights w), as the IWAE gradient has them.
+        own = stop_shared(encoded).sample_and_log_prob(key, num_samples)[0]
+        shared = stop_variational(encoded).sample_and_log_prob(key, num_samples)[0]
+        path = jnp.sum(sg(jnp.square(weights)[:, None] * g) * own) + jnp.sum(sg(weights[:, None] * g) * shared)
+    else:
+        path = jnp.sum(sg(jnp.square(weights)[:, None] * g) * z)
+    surrogate = jnp.sum(weights * log_w) + path
     value = jax.nn.logsumexp(log_w) - math.log(num_samples)
     return attach(value, surrogate), {"iwae": value}
