@@ -63,7 +63,7 @@ def _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, n
     generative model's (:class:`vae_jax.posteriors.Shared`, see :func:`vae_jax.posteriors.stop_variational`)."""
     if is_posterior(encoded):
         if any(callable(leaf) for leaf in jax.tree_util.tree_leaves(encoded)):
-            raise ValueError(f"estimator {estimator!r} stops the gradient at every array of the posterior object, "
+            raise ValueError(f"estimator {estimator!r} stops the gradient at q's arrays in the posterior object, "
                              "and a callable inside it hides its arrays: hold them in jax.tree_util.Partial.")
         z = encoded.sample_and_log_prob(key, num_samples)[0]
         log_q = _log_q_of_draws(stop_variational(encoded), estimator)
