@@ -106,7 +106,7 @@ def score_function(key, x, encode, decode, *, likelihood="bernoulli", num_sample
     encoded = encode(x)
     if is_posterior(encoded):
         z = sg(encoded.sample_and_log_prob(key, num_samples)[0])
-        log_q = _log_q_of_draws(encoded, "score_function")(z)
+        log_q = _log_q_of_draws(encoded, score_function.__name__)(z)
         log_w = objectives.log_importance_weights(z, x, None, None, decode, likelihood=likelihood, prior=prior,
                                                   log_q=log_q)
     else:
@@ -136,7 +136,8 @@ def stl(key, x, encode, decode, *, likelihood="bernoulli", num_samples=1, prior=
     """
     objectives._check_objective_args(x, likelihood)
     check_positive_int(num_samples)
-    z, log_weights = _draws_and_stopped_log_weights(key, x, encode(x), decode, likelihood, prior, num_samples, "stl")
+    z, log_weights = _draws_and_stopped_log_weights(key, x, encode(x), decode, likelihood, prior, num_samples,
+                                                    stl.__name__)
     value = jnp.mean(log_weights(z))
     return value, {"elbo": value}
 
@@ -172,7 +173,8 @@ def dreg(key, x, encode, decode, *, likelihood="bernoulli", num_samples, prior=N
     objectives._check_objective_args(x, likelihood)
     check_positive_int(num_samples)
     encoded = encode(x)
-    z, log_weights = _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, num_samples, "dreg")
+    z, log_weights = _draws_and_stopped_log_weights(key, x, encoded, decode, likelihood, prior, num_samples,
+                                                    dreg.__name__)
     log_w = log_weights(sg(z))  # decoder path only (and the score of parameters q shares with p)
     g = jax.grad(lambda zz: jnp.sum(log_weights(zz)))(sg(z))  # [k, d]; row i is d log w_i / d z_i
     weights = jax.nn.softmax(sg(log_w))
