@@ -130,6 +130,22 @@ def test_evaluate_and_sample(run, capsys):
     assert (run / "noext.png").is_file() and not (run / "noext").exists()
 
 
+def test_load_run_gives_python_the_checkpoint_that_evaluate_uses(run):
+    """runner.load_run / load_test_set: the model, parameters and binarised test set behind ``vae-jax
+    evaluate``, so the same objective on them gives evaluate's number bit for bit."""
+    from vae_jax import evaluation
+
+    best, latest = runner.load_run(run), runner.load_run(run, "latest")
+    rows = _rows(run)
+    assert latest.epoch == len(rows) == 4 and best.input_shape == (8, 8, 1)
+    assert best.epoch == 1 + max(range(len(rows)), key=lambda i: float(rows[i]["validation_elbo"]))
+    x = runner.load_test_set(best.config)
+    assert set(np.unique(x)) <= {0.0, 1.0}  # binarised as evaluated, not the grey levels
+    mine = evaluation.evaluate(best.objective, best.params, x, jax.random.split(jax.random.key(3))[0])["elbo"]
+    assert mine == runner.evaluate_run(run, seed=3, progress=False)["test_elbo"]
+    assert runner.load_test_set(best.config, 10).shape == (10, 8, 8, 1)
+
+
 def test_autoencoder_run_ranks_by_reconstruction(tmp_path, capsys):
     out = tmp_path / "ae"
     assert _train(out, "--model", "ae", "--epochs", "2") == 0

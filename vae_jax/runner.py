@@ -22,7 +22,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -242,13 +242,47 @@ def _versions() -> dict[str, str]:
     return {p: importlib.metadata.version(p) for p in ("vae_jax", "jax", "flax", "optax", "orbax-checkpoint")}
 
 
-def _restore(run: Path, which: str):
-    """``(config, model, params, eval_objective, epoch)`` of the ``which`` checkpoint of ``run`` (read only)."""
+class LoadedRun(NamedTuple):
+    """A trained run as :func:`load_run` gives it.
+
+    Attributes:
+      config: its :class:`vae_jax.config.RunConfig`.
+      model: the model the config builds (``model.bind(params)`` gives its pure functions).
+      params: the checkpoint's parameters.
+      objective: the per-example objective the run is evaluated with, ``(params, key, x) -> (value, aux)``.
+      epoch: the epochs the checkpoint had trained.
+      input_shape: ``(H, W, C)`` of one image.
+    """
+
+    config: RunConfig
+    model: Any
+    params: Any
+    objective: Any
+    epoch: int
+    input_shape: tuple[int, ...]
+
+
+def load_run(run: str | Path, which: str = "best") -> LoadedRun:
+    """The ``which`` checkpoint (``"best"``, ``"latest"`` or ``"latest-intact"``) of the run folder ``run``
+    that ``vae-jax train`` wrote, for use from Python; read only, so it may run beside a train.
+
+    Raises:
+      FileNotFoundError, ValueError: as ``vae-jax evaluate`` reports them (no run, a corrupt checkpoint,
+        a config that differs from the one the checkpoints were trained with).
+    """
+    run = Path(run)
     config, shape = load_run_config(run)
     model, state, _, eval_objective, metric = setup(validate(config), shape)
     with RunCheckpoints(run / "checkpoints", metric=metric, config=bound_config(config), defaults=DEFAULTS, read_only=True) as ckpts:
         state, history = ckpts.restore(state, which=which)
-    return config, model, state.params, eval_objective, len(history)
+    return LoadedRun(config, model, state.params, eval_objective, len(history), tuple(shape))
+
+
+def load_test_set(config: RunConfig, examples: int = 0) -> Any:
+    """The run's test set as it is evaluated (binarised with the run's fixed seed where it trains on
+    binary pixels; with labels for a labelled kind), its first ``examples`` (0: all)."""
+    images, splits = load_images(config)
+    return training.take(family_runs.run_data(config, images, splits)["test"], slice(0, examples or None))
 
 
 def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: int = 0,
@@ -259,11 +293,10 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
       FloatingPointError: a result is not finite (nothing is written).
     """
     run = Path(run)
-    config, model, params, eval_objective, epoch = _restore(run, which)
+    config, model, params, eval_objective, epoch, shape = load_run(run, which)
     if num_samples and config.model.kind not in ("vae", "conditional"):
         raise ValueError("--num-samples estimates log p(x), which needs a VAE (or log p(x|y), of a conditional VAE).")
-    images, splits = load_images(config)
-    x = training.take(family_runs.run_data(config, images, splits)["test"], slice(0, examples or None))
+    x = load_test_set(config, examples)
     key_elbo, key_marginal = jax.random.split(jax.random.key(seed))
     test = evaluation.evaluate(eval_objective, params, x, key_elbo)
     results = {"checkpoint": which, "epoch": epoch, "test_examples": training.num_examples(x),
@@ -271,7 +304,7 @@ def evaluate_run(run: Path, *, which: str = "best", seed: int = 0, num_samples: 
                **family_runs.extra_test_numbers(config, model, params, x)}
     if num_samples:
         # float32 whatever the run's compute_dtype (same parameters): the reference number
-        model = build_model(dataclasses.replace(config.model, compute_dtype="float32"), images["test"].shape[1:])
+        model = build_model(dataclasses.replace(config.model, compute_dtype="float32"), shape)
         estimate = evaluation.log_marginal(model, params, x, key_marginal, num_samples=num_samples,
                                            progress=progress)
         results.update(test_log_marginal=estimate.mean, test_log_marginal_stderr=estimate.stderr,
@@ -317,7 +350,7 @@ def sample_run(run: Path, out: Path | None = None, *, which: str = "best", seed:
     """
     run, n = Path(run), check_positive_int(n, "n")
     path = sample_path(run, out)
-    config, model, params, _, epoch = _restore(run, which)
+    config, model, params, _, epoch, _ = load_run(run, which)
     samples, ncols = family_runs.sample_grid(config, model, params, jax.random.key(seed), n)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 
-from vae_jax import family_runs, runner, training
+from vae_jax import runner
 from vae_jax.estimators import gradient_statistics, make_estimator
 from vae_jax.runs import write_json
 
@@ -25,9 +25,8 @@ ESTIMATORS = {"pathwise": {}, "stl": {}, "score_function": {"num_samples": K, "b
 out, results = Path(sys.argv[1]), {}
 for inference in ("separate", "ladder"):
     run = out / f"{inference}_seed0"
-    config, model, params, _, epoch = runner._restore(run, "best")
-    images, splits = runner.load_images(config)
-    x = training.take(family_runs.run_data(config, images, splits)["test"], slice(0, BATCH))
+    config, model, params, _, epoch, _ = runner.load_run(run, "best")
+    x = runner.load_test_set(config, BATCH)  # binarised as the run evaluates it
     rows = {}
     for name, options in ESTIMATORS.items():
         start = time.perf_counter()

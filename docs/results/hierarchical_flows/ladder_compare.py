@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from vae_jax import evaluation, family_runs, runner, training
+from vae_jax import evaluation, runner
 from vae_jax.cli import main
 from vae_jax.runs import write_json
 
@@ -33,9 +33,8 @@ for seed in SEEDS:
                     "--track", "none", "--no-progress", "--out", str(run)]
             if main(argv + (["--resume"] if (run / "config.json").exists() else [])) != 0:
                 raise SystemExit(f"training {run} failed")
-            config, model, params, eval_objective, epoch = runner._restore(run, "best")
-            images, splits = runner.load_images(config)
-            x = training.take(family_runs.run_data(config, images, splits)["test"], slice(0, IMAGES))  # binarised
+            config, model, params, eval_objective, epoch, _ = runner.load_run(run, "best")
+            x = runner.load_test_set(config, IMAGES)  # binarised as the run evaluates it
             estimate = evaluation.log_marginal(model, params, x, jax.random.key(100), num_samples=SAMPLES,
                                                progress=False)
             elbo = evaluation.evaluate(eval_objective, params, x, jax.random.key(101))["elbo"]
