@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "figures"
 DENSITY = ROOT / "docs" / "results" / "density_table"
 DENSITY_ROWS = ("vae", "vae_warmup", "vamp_warmup", "iwae5")
-FINISHED_NEW_ROWS = ("hvae_warmup", "iaf_warmup")  # finished in the new run folder; paired with the new rows only
+FINISHED_NEW_ROWS = ("hvae_warmup", "iaf_warmup", "hvae_vamp_warmup")  # finished in the new run folder
 
 
 def _json(path):
@@ -868,7 +868,8 @@ def readme():
               f"**{prior['vae']['fitted_gaussian_kl_q_samples']:.3f}** (one",
               f"| 5-NN class accuracy of the 2-D codes | {l2d['ae']['knn5_test_accuracy']:.3f} | "
               f"{l2d['vae']['knn5_test_accuracy']:.3f} |"]
-    return texts + _readme_discrete() + _readme_density() + _readme_speed() + _readme_disentanglement()
+    return (texts + _readme_discrete() + _readme_density() + hvae_vamp_texts()["README.md"] + _readme_speed()
+            + _readme_disentanglement())
 
 
 def _readme_discrete():
@@ -950,6 +951,43 @@ def estimator_variance():
     return texts
 
 
+def _paired(a, b):
+    """``(mean of a - b, paired standard error)`` from paired_differences.json, whichever order it holds."""
+    pairs = _pairs()
+    if (a, b) in pairs:
+        return pairs[(a, b)]["mean_difference"], pairs[(a, b)]["paired_stderr"]
+    return -pairs[(b, a)]["mean_difference"], pairs[(b, a)]["paired_stderr"]
+
+
+def hvae_vamp_texts():
+    """The finished HVAE + VampPrior row, as docs/density_table.md, README and hierarchical_flows.md quote it."""
+    r = _density_rows(FINISHED_NEW_ROWS)["hvae_vamp_warmup"]
+    assert r["protocol"] and r["test_images"] == 10000 and r["num_samples"] == 5000
+    v = _pm(r["test_log_px_mean"], r["test_log_px_stderr"])
+    gh, gi, gv = (_paired("hvae_vamp_warmup", "hvae_warmup"), _paired("hvae_vamp_warmup", "iaf_warmup"),
+                  _paired("vamp_warmup", "vae_warmup"))
+    return {
+        "docs/density_table.md": [
+            f"**HVAE + VampPrior (K = 500): {v}, meeting its target (the published -226.72)**, {gh[0]:.2f} ± "
+            f"{gh[1]:.2f} nats above our HVAE (paired)",
+            f"| HVAE + VampPrior (K = 500) + warm-up, ours (protocol) | **{v}** (test ELBO {r['test_elbo']:.2f}, "
+            f"{r['active_units']}/{r['latent_dim']} active units; early-stopped at epoch {r['epochs']}, best "
+            f"{r['best_epoch']}; {r['train_seconds_total'] / 60:.0f} min of training at the lowest priority on a shared "
+            f"core, log p(x) {r['log_px_seconds'] / 60:.0f} min)",
+            f"it early-stopped at epoch {r['epochs']} (best {r['best_epoch']}) at 21:00 UTC, and its log p(x) is "
+            f"**{v}**, {r['test_log_px_mean'] + 226.72:+.2f} nats from the published -226.72",
+            f"{gh[0]:.2f} ± {gh[1]:.2f} nats above the HVAE and {gi[0]:.2f} ± {gi[1]:.2f} above VAE + IAF",
+            f"The VampPrior adds {gh[0]:.2f} nats to the HVAE, against {gv[0]:.2f} ± {gv[1]:.2f} to the one-layer VAE "
+            f"with warm-up"],
+        "README.md": [f"VampPrior: finished, **{v}**, level with the published -226.72",
+                      f"and the HVAE + VampPrior **{v}** (published -226.72; epoch {r['epochs']}), {gh[0]:.2f} ± "
+                      f"{gh[1]:.2f} above the HVAE."],
+        "docs/hierarchical_flows.md": [
+            f"`hvae_vamp_warmup` (published -226.72): **finished, {v}** (test ELBO {r['test_elbo']:.2f}, early-stopped "
+            f"at epoch {r['epochs']}, best {r['best_epoch']}), {gh[0]:.2f} ± {gh[1]:.2f} nats above the HVAE (paired)"],
+    }
+
+
 def _readme_density():
     rows, pairs = _density_rows(FINISHED_NEW_ROWS), _pairs()
     pm = lambda n: _pm(rows[n]["test_log_px_mean"], rows[n]["test_log_px_stderr"])  # noqa: E731
@@ -961,7 +999,7 @@ def _readme_density():
             f"{pm('hvae_warmup')} (published -227.37; epoch {rows['hvae_warmup']['epochs']}), "
             f"{pairs[('hvae_warmup', 'iaf_warmup')]['mean_difference']:.2f} ± "
             f"{pairs[('hvae_warmup', 'iaf_warmup')]['paired_stderr']:.2f} above the VAE with a 2-step IAF posterior, "
-            f"{pm('iaf_warmup')} (epoch {rows['iaf_warmup']['epochs']}).",
+            f"{pm('iaf_warmup')} (epoch {rows['iaf_warmup']['epochs']}), and the HVAE +",
             f"warm-up adds {gain('vae', 'vae_warmup')} nats to the VAE, the VampPrior "
             f"{gain('vae_warmup', 'vamp_warmup')} to the VAE with warm-up, and the 5-sample bound "
             f"{gain('vae', 'iwae5')} to the VAE without it"]
@@ -1182,8 +1220,9 @@ PAGES = {
     "docs/gradient_estimators.md": gradient_estimators,
     "docs/discrete_estimators.md": discrete_estimators,
     "docs/ae_vs_vae.md": ae_vs_vae,
-    "docs/density_table.md": lambda: density_tables() + density_text(),
-    "docs/hierarchical_flows.md": lambda: hierarchical_flows_rows() + ladder_compare() + estimator_variance(),
+    "docs/density_table.md": lambda: density_tables() + density_text() + hvae_vamp_texts()["docs/density_table.md"],
+    "docs/hierarchical_flows.md": lambda: (hierarchical_flows_rows() + ladder_compare() + estimator_variance()
+                                           + hvae_vamp_texts()["docs/hierarchical_flows.md"]),
     "docs/benchmarks.md": benchmarks,
     "docs/marginal_likelihood.md": marginal_likelihood,
     "docs/disentanglement.md": disentanglement,
